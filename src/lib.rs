@@ -1,0 +1,18 @@
+//! pigeon: an SMTP mail transfer agent.
+//!
+//! # Layout
+//! - [`config`]: typed configuration, parsed once and validated. A leaf.
+//! - [`proto`]: sans-IO SMTP: command and address parsers, replies, the server
+//!   session state machine and the DATA/BDAT readers. No tokio, no files, no clock. A leaf.
+//! - [`policy`]: every accept/refuse decision, as pure functions returning a reply.
+//! - [`queue`]: all on-disk state: durable enqueue, recovery, per-recipient status.
+//! - [`server`]: the tokio shell: listeners, connection driver, limits, deadlines.
+//!
+//! Dependencies run one way: `server` → `policy`/`proto`/`queue` → `config`.
+
+pub mod config;
+pub mod policy;
+pub mod proto;
+pub mod queue;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,15 @@
+//! Sans-IO SMTP protocol core. No tokio, no files, no sockets, no clock:
+//! bytes in, replies and actions out. Untrusted bytes reach every function here.
+
+pub mod address;
+pub mod command;
+pub mod data;
+pub mod envelope;
+pub mod reply;
+pub mod session;
+#[cfg(test)]
+mod session_tests;
+
+pub use envelope::{BodyType, Envelope, Notify, Recipient, Ret};
+pub use reply::Reply;
+pub use session::{Action, Host, ServerSession, SessionConfig};

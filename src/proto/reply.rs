@@ -1,0 +1,133 @@
+//! SMTP replies as values: a code, an RFC 3463 enhanced status code and text.
+//! Every reply the server sends is built here or from these constants, so the
+//! wording and codes live in one place. No I/O.
+
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// RFC 3463 enhanced status code ("2.0.0"); empty where RFC 2034 leaves it
+    /// out (the greeting, EHLO) or for intermediate replies (354).
+    pub enhanced: &'static str,
+    /// Reply text; a '\n' separates the lines of a multi-line reply.
+    pub text: Cow<'static, str>,
+}
+
+impl Reply {
+    pub const fn new(code: u16, enhanced: &'static str, text: &'static str) -> Reply {
+        Reply { code, enhanced, text: Cow::Borrowed(text) }
+    }
+
+    pub fn owned(code: u16, enhanced: &'static str, text: String) -> Reply {
+        Reply { code, enhanced, text: Cow::Owned(text) }
+    }
+
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+
+    /// Appends the reply in wire form (CRLF-terminated lines) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            let sep = if lines.peek().is_some() { b'-' } else { b' ' };
+            out.extend_from_slice(itoa3(self.code).as_slice());
+            out.push(sep);
+            if !self.enhanced.is_empty() {
+                out.extend_from_slice(self.enhanced.as_bytes());
+                out.push(b' ');
+            }
+            // Reply text never carries CR or LF of its own into the stream.
+            out.extend(line.bytes().map(|b| if b == b'\r' { b' ' } else { b }));
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    pub fn to_wire(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(64);
+        self.write_to(&mut v);
+        v
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.enhanced.is_empty() {
+            write!(f, "{} {}", self.code, self.text.replace('\n', " / "))
+        } else {
+            write!(f, "{} {} {}", self.code, self.enhanced, self.text.replace('\n', " / "))
+        }
+    }
+}
+
+fn itoa3(code: u16) -> [u8; 3] {
+    let c = code.min(999);
+    [b'0' + (c / 100) as u8, b'0' + (c / 10 % 10) as u8, b'0' + (c % 10) as u8]
+}
+
+// Named replies. Texts follow common MTA wording so admins recognise them.
+pub const OK: Reply = Reply::new(250, "2.0.0", "Ok");
+pub const SENDER_OK: Reply = Reply::new(250, "2.1.0", "Ok");
+pub const RCPT_OK: Reply = Reply::new(250, "2.1.5", "Ok");
+pub const BYE: Reply = Reply::new(221, "2.0.0", "Bye");
+pub const START_DATA: Reply = Reply::new(354, "", "End data with <CR><LF>.<CR><LF>");
+pub const VRFY_CANNOT: Reply =
+    Reply::new(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery");
+pub const HELP: Reply = Reply::new(
+    214,
+    "2.0.0",
+    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT\nSee RFC 5321",
+);
+pub const UNKNOWN_COMMAND: Reply = Reply::new(500, "5.5.2", "Error: command not recognized");
+pub const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.2", "Error: line too long");
+pub const NOT_IMPLEMENTED: Reply = Reply::new(502, "5.5.1", "Error: command not implemented");
+pub const BAD_SEQUENCE_HELO: Reply = Reply::new(503, "5.5.1", "Error: send HELO/EHLO first");
+pub const BAD_SEQUENCE_NESTED_MAIL: Reply = Reply::new(503, "5.5.1", "Error: nested MAIL command");
+pub const BAD_SEQUENCE_NEED_MAIL: Reply = Reply::new(503, "5.5.1", "Error: need MAIL command");
+pub const BAD_SEQUENCE_NEED_RCPT: Reply = Reply::new(503, "5.5.1", "Error: need RCPT command");
+pub const BAD_SEQUENCE_BDAT: Reply =
+    Reply::new(503, "5.5.1", "Error: command not allowed while a BDAT transfer is in progress");
+pub const NO_VALID_RCPTS: Reply = Reply::new(554, "5.5.1", "Error: no valid recipients");
+pub const PARAM_UNKNOWN: Reply =
+    Reply::new(555, "5.5.4", "Error: MAIL FROM/RCPT TO parameter not recognized");
+pub const TOO_MANY_RCPTS: Reply = Reply::new(452, "4.5.3", "Error: too many recipients");
+pub const MSG_TOO_BIG: Reply = Reply::new(552, "5.3.4", "Error: message size exceeds fixed limit");
+pub const LOOP_DETECTED: Reply =
+    Reply::new(554, "5.4.6", "Error: too many hops (Received: headers), mail loop detected");
+pub const BARE_NEWLINE: Reply = Reply::new(
+    550,
+    "5.6.11",
+    "Error: message contains a bare CR or LF; every line must end with CRLF",
+);
+pub const NEED_SMTPUTF8: Reply =
+    Reply::new(553, "5.6.7", "Error: non-ASCII address requires the SMTPUTF8 parameter");
+pub const TOO_MANY_ERRORS: Reply = Reply::new(421, "4.7.0", "Error: too many errors, closing connection");
+pub const TIMEOUT: Reply = Reply::new(421, "4.4.2", "Error: timeout exceeded, closing connection");
+pub const SHUTTING_DOWN: Reply = Reply::new(421, "4.3.2", "Service shutting down, closing connection");
+pub const TOO_MANY_CONNECTIONS: Reply =
+    Reply::new(421, "4.7.0", "Error: too many connections, try again later");
+pub const TOO_MANY_CONNECTIONS_FROM_IP: Reply =
+    Reply::new(421, "4.7.0", "Error: too many connections from your address, try again later");
+pub const RELAY_DENIED: Reply = Reply::new(554, "5.7.1", "Error: relay access denied");
+pub const INSUFFICIENT_STORAGE: Reply =
+    Reply::new(452, "4.3.1", "Error: insufficient system storage, try again later");
+pub const LOCAL_ERROR: Reply =
+    Reply::new(451, "4.3.0", "Error: local error in processing, message not accepted; try again later");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_and_multi_line() {
+        assert_eq!(OK.to_wire(), b"250 2.0.0 Ok\r\n");
+        let r = Reply::owned(250, "", "host\nPIPELINING\nDSN".into());
+        assert_eq!(r.to_wire(), b"250-host\r\n250-PIPELINING\r\n250 DSN\r\n");
+        assert_eq!(START_DATA.to_wire(), b"354 End data with <CR><LF>.<CR><LF>\r\n");
+    }
+}

@@ -1,0 +1,689 @@
+//! The server side of one SMTP connection as a sans-IO state machine.
+//!
+//! The driver feeds received bytes to [`ServerSession::feed`]; the session
+//! appends replies (wire format) to its output buffer and decoded message
+//! content to its body buffer, and returns an [`Action`] when the driver has
+//! to do something: read more, make the message durable, discard it, close.
+//! Decisions that need the outside world (may this sender/recipient be
+//! accepted, the queue id, the time) are asked of a [`Host`], which the driver
+//! implements with the policy module. Untrusted bytes reach everything here.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::address::Domain;
+use super::command::{parse_command, Command, MailFrom, ParseError, RcptTo};
+use super::data::{BodyDecoder, Progress};
+use super::envelope::{Envelope, Recipient};
+use super::reply::{self, Reply};
+
+/// Limits and identity of the server, fixed for the life of a connection.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub hostname: String,
+    /// Longest command line, CRLF included (RFC 5321 minimum 512).
+    pub max_command_line: usize,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// Error replies tolerated before 421 and close.
+    pub max_errors: u32,
+    /// More Received: headers than this is a mail loop.
+    pub max_received_headers: u32,
+    /// Refuse messages with bare CR/LF instead of normalising them.
+    pub reject_bare_newline: bool,
+}
+
+/// What the session needs from its environment.
+pub trait Host {
+    /// Policy verdict on a syntactically valid MAIL command.
+    fn check_mail(&mut self, mail: &MailFrom) -> Result<(), Reply>;
+    /// Policy verdict on a syntactically valid RCPT command.
+    fn check_rcpt(&mut self, mail: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply>;
+    /// A fresh queue id for the message about to be received.
+    fn new_queue_id(&mut self) -> String;
+    /// Current time, seconds since the Unix epoch (for the Received: header).
+    fn now(&mut self) -> i64;
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Everything given was consumed or waits for more bytes: send the
+    /// output, then read more.
+    NeedInput,
+    /// A message is complete: write out the body buffer, make the message
+    /// durable, then call [`ServerSession::commit_result`].
+    Commit,
+    /// The message being received is abandoned: drop whatever was written
+    /// of it and clear the body buffer, then feed the rest.
+    Abort,
+    /// Send the output and close the connection.
+    Close,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Command,
+    Data,
+    /// Reading a BDAT chunk; `refused` is the reply to give once it is
+    /// read when the chunk is not part of an acceptable transaction.
+    Bdat { remaining: u64, last: bool, refused: Option<Reply> },
+    WaitCommit,
+}
+
+#[derive(Debug)]
+struct Txn {
+    mail: MailFrom,
+    rcpts: Vec<Recipient>,
+    /// Set once content reception has started (DATA or the first BDAT).
+    queue_id: Option<String>,
+    decoder: Option<BodyDecoder>,
+    bdat: bool,
+    /// Content bytes received from the client (after decoding).
+    size: u64,
+    too_big: bool,
+    headers: HeaderScan,
+}
+
+/// One connection's protocol state. Each field is owned here alone.
+pub struct ServerSession {
+    cfg: Arc<SessionConfig>,
+    client_ip: IpAddr,
+    /// HELO/EHLO argument, once given.
+    helo: Option<String>,
+    esmtp: bool,
+    txn: Option<Txn>,
+    phase: Phase,
+    /// Error replies sent so far.
+    errors: u32,
+    /// True while an overlong command line is being skipped.
+    skipping_line: bool,
+    closed: bool,
+    /// Replies not yet sent, in wire format.
+    out: Vec<u8>,
+    /// Decoded message content not yet handed to the queue.
+    body: Vec<u8>,
+    pending_abort: bool,
+    messages: u64,
+}
+
+impl ServerSession {
+    pub fn new(cfg: Arc<SessionConfig>, client_ip: IpAddr) -> ServerSession {
+        ServerSession {
+            cfg,
+            client_ip,
+            helo: None,
+            esmtp: false,
+            txn: None,
+            phase: Phase::Command,
+            errors: 0,
+            skipping_line: false,
+            closed: false,
+            out: Vec::with_capacity(256),
+            body: Vec::new(),
+            pending_abort: false,
+            messages: 0,
+        }
+    }
+
+    /// Queues the 220 greeting (RFC 2034: no enhanced code on it).
+    pub fn greeting(&mut self) {
+        let r = Reply::owned(220, "", format!("{} ESMTP pigeon", self.cfg.hostname));
+        r.write_to(&mut self.out);
+    }
+
+    pub fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    pub fn body(&mut self) -> &mut Vec<u8> {
+        &mut self.body
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// True while message content is expected (data timeouts apply).
+    pub fn in_content(&self) -> bool {
+        matches!(self.phase, Phase::Data | Phase::Bdat { .. })
+    }
+
+    /// True while a message is being received (DATA/BDAT started, not finished).
+    pub fn has_open_message(&self) -> bool {
+        self.txn.as_ref().is_some_and(|t| t.queue_id.is_some())
+    }
+
+    pub fn messages_accepted(&self) -> u64 {
+        self.messages
+    }
+
+    pub fn errors(&self) -> u32 {
+        self.errors
+    }
+
+    /// The queue id of the message being received.
+    pub fn queue_id(&self) -> Option<&str> {
+        self.txn.as_ref().and_then(|t| t.queue_id.as_deref())
+    }
+
+    /// The envelope of the message being received.
+    pub fn envelope(&self) -> Option<Envelope> {
+        let t = self.txn.as_ref()?;
+        Some(Envelope {
+            sender: t.mail.sender.as_ref().map(|m| m.address()).unwrap_or_default(),
+            recipients: t.rcpts.clone(),
+            ret: t.mail.ret,
+            envid: t.mail.envid.clone(),
+            body_type: t.mail.body,
+            smtputf8: t.mail.smtputf8,
+            client_ip: self.client_ip,
+            helo: self.helo.clone().unwrap_or_default(),
+            protocol: self.protocol().to_string(),
+            auth_user: None,
+        })
+    }
+
+    fn protocol(&self) -> &'static str {
+        if self.esmtp {
+            "ESMTP"
+        } else {
+            "SMTP"
+        }
+    }
+
+    /// The connection idled too long: 421 and close.
+    pub fn timeout(&mut self) {
+        reply::TIMEOUT.write_to(&mut self.out);
+        self.closed = true;
+    }
+
+    /// The server is stopping: 421 and close.
+    pub fn shutdown(&mut self) {
+        reply::SHUTTING_DOWN.write_to(&mut self.out);
+        self.closed = true;
+    }
+
+    /// The driver's answer to [`Action::Commit`]: the queue id on success, or
+    /// the reply to give (451/452) when the message could not be made durable.
+    pub fn commit_result(&mut self, result: Result<String, Reply>) {
+        match result {
+            Ok(id) => {
+                self.messages += 1;
+                let r = Reply::owned(250, "2.0.0", format!("Ok: queued as {id}"));
+                self.reply(r);
+            }
+            Err(r) => self.reply(r),
+        }
+        self.txn = None;
+        self.body.clear();
+        self.phase = Phase::Command;
+    }
+
+    fn reply(&mut self, r: Reply) {
+        r.write_to(&mut self.out);
+        let counts = r.code >= 400 && r.code != 421 && !(r.code == 452 && r.enhanced == "4.5.3");
+        if counts {
+            self.errors += 1;
+            if self.errors > self.cfg.max_errors {
+                reply::TOO_MANY_ERRORS.write_to(&mut self.out);
+                self.closed = true;
+            }
+        }
+    }
+
+    /// Drops the transaction; if content had started, the driver must
+    /// discard what it wrote.
+    fn reset_txn(&mut self) {
+        if let Some(t) = self.txn.take() {
+            if t.queue_id.is_some() {
+                self.pending_abort = true;
+            }
+        }
+    }
+
+    fn line_limit(&self, line: &[u8]) -> usize {
+        let base = self.cfg.max_command_line;
+        let verb = line.get(..4).map(|v| v.to_ascii_uppercase());
+        match verb.as_deref() {
+            // SIZE (RFC 1870) +26, DSN (RFC 3461) +100, SMTPUTF8 +10, AUTH= (RFC 4954) +500.
+            Some(b"MAIL") => base + 636,
+            // DSN NOTIFY/ORCPT (RFC 3461) +500.
+            Some(b"RCPT") => base + 500,
+            _ => base,
+        }
+    }
+
+    fn hard_line_cap(&self) -> usize {
+        self.cfg.max_command_line + 1024
+    }
+
+    /// Processes as much of `input` as possible. Returns how many bytes were
+    /// consumed and what the driver must do next. Bytes not consumed must be
+    /// given again, with more appended, on the next call.
+    pub fn feed(&mut self, input: &[u8], host: &mut dyn Host) -> (usize, Action) {
+        let mut pos = 0;
+        loop {
+            if self.pending_abort {
+                self.pending_abort = false;
+                return (pos, Action::Abort);
+            }
+            if self.closed {
+                return (pos, Action::Close);
+            }
+            match self.phase {
+                Phase::WaitCommit => return (pos, Action::Commit),
+                Phase::Command => {
+                    let rest = &input[pos..];
+                    let lf = memchr::memchr(b'\n', rest);
+                    if self.skipping_line {
+                        match lf {
+                            None => return (input.len(), Action::NeedInput),
+                            Some(i) => {
+                                pos += i + 1;
+                                self.skipping_line = false;
+                                self.reply(reply::LINE_TOO_LONG);
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(i) = lf else {
+                        if rest.len() > self.hard_line_cap() {
+                            self.skipping_line = true;
+                            return (input.len(), Action::NeedInput);
+                        }
+                        return (pos, Action::NeedInput);
+                    };
+                    let mut line = &rest[..i];
+                    if line.last() == Some(&b'\r') {
+                        line = &line[..line.len() - 1];
+                    }
+                    pos += i + 1;
+                    if line.len() + 2 > self.line_limit(line) {
+                        self.reply(reply::LINE_TOO_LONG);
+                        continue;
+                    }
+                    self.command(line, host);
+                }
+                Phase::Data => {
+                    let (progress, appended) = self.decode(&input[pos..]);
+                    self.scan_headers(appended);
+                    match progress {
+                        Progress::More => return (input.len(), Action::NeedInput),
+                        Progress::End(n) => {
+                            pos += n;
+                            if let Some(a) = self.finish_message() {
+                                return (pos, a);
+                            }
+                        }
+                    }
+                }
+                Phase::Bdat { remaining, last, ref mut refused } => {
+                    let refused = refused.take();
+                    let avail = (input.len() - pos) as u64;
+                    let take = remaining.min(avail) as usize;
+                    if refused.is_none() {
+                        let (_, appended) = self.decode(&input[pos..pos + take]);
+                        self.scan_headers(appended);
+                    }
+                    pos += take;
+                    let remaining = remaining - take as u64;
+                    if remaining > 0 {
+                        self.phase = Phase::Bdat { remaining, last, refused };
+                        return (pos, Action::NeedInput);
+                    }
+                    self.phase = Phase::Command;
+                    if let Some(r) = refused {
+                        // The chunk was read only to stay in sync; the
+                        // transaction, if any, stands as it was.
+                        self.reply(r);
+                        continue;
+                    }
+                    if last {
+                        if let Some(t) = self.txn.as_mut() {
+                            let out = if t.too_big { None } else { Some(&mut self.body) };
+                            if let Some(d) = t.decoder.as_mut() {
+                                d.finish_chunks(out);
+                            }
+                        }
+                        if let Some(a) = self.finish_message() {
+                            return (pos, a);
+                        }
+                    } else {
+                        let size = self.txn.as_ref().map(|t| t.size).unwrap_or(0);
+                        self.reply(Reply::owned(250, "2.0.0", format!("Ok: {size} octets received")));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the content decoder over `input`; returns its progress and the
+    /// range of `self.body` it appended.
+    fn decode(&mut self, input: &[u8]) -> (Progress, std::ops::Range<usize>) {
+        let before = self.body.len();
+        let Some(t) = self.txn.as_mut() else {
+            // BDAT without a transaction: content is read and dropped.
+            return (Progress::More, before..before);
+        };
+        let Some(d) = t.decoder.as_mut() else {
+            return (Progress::More, before..before);
+        };
+        let out = if t.too_big { None } else { Some(&mut self.body) };
+        let progress = d.feed(input, out);
+        let after = self.body.len();
+        t.size += (after - before) as u64;
+        if t.size > self.cfg.max_message_size && !t.too_big {
+            t.too_big = true;
+        }
+        (progress, before..after)
+    }
+
+    fn scan_headers(&mut self, range: std::ops::Range<usize>) {
+        if let Some(t) = self.txn.as_mut() {
+            if !range.is_empty() {
+                t.headers.scan(&self.body[range]);
+            }
+        }
+    }
+
+    /// The content is complete: check it and ask for a commit, or refuse it.
+    fn finish_message(&mut self) -> Option<Action> {
+        let Some(t) = self.txn.as_ref() else {
+            self.phase = Phase::Command;
+            return None;
+        };
+        let bare = t.decoder.as_ref().is_some_and(|d| d.saw_bare_newline());
+        let refusal = if t.too_big {
+            Some(reply::MSG_TOO_BIG)
+        } else if t.headers.received > self.cfg.max_received_headers {
+            Some(reply::LOOP_DETECTED)
+        } else if bare && self.cfg.reject_bare_newline {
+            Some(reply::BARE_NEWLINE)
+        } else {
+            None
+        };
+        match refusal {
+            Some(r) => {
+                self.reply(r);
+                self.reset_txn();
+                self.phase = Phase::Command;
+                self.pending_abort = false;
+                self.body.clear();
+                Some(Action::Abort)
+            }
+            None => {
+                self.phase = Phase::WaitCommit;
+                Some(Action::Commit)
+            }
+        }
+    }
+
+    /// Starts content reception: queue id and our Received: header.
+    fn begin_content(&mut self, host: &mut dyn Host, bdat: bool) {
+        let id = host.new_queue_id();
+        let now = host.now();
+        let proto = self.protocol();
+        let Some(t) = self.txn.as_mut() else { return };
+        let ip = match self.client_ip {
+            IpAddr::V4(v4) => format!("[{v4}]"),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => format!("[{v4}]"),
+                None => format!("[IPv6:{v6}]"),
+            },
+        };
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let for_clause = match t.rcpts.as_slice() {
+            [one] => format!("\r\n\tfor <{}>", one.address),
+            _ => String::new(),
+        };
+        let received = format!(
+            "Received: from {helo} ({ip})\r\n\tby {} (pigeon) with {proto} id {id}{for_clause};\r\n\t{}\r\n",
+            self.cfg.hostname,
+            rfc5322_date(now)
+        );
+        self.body.extend_from_slice(received.as_bytes());
+        t.queue_id = Some(id);
+        t.bdat = bdat;
+        t.decoder = Some(if bdat { BodyDecoder::chunks() } else { BodyDecoder::data() });
+    }
+
+    fn command(&mut self, line: &[u8], host: &mut dyn Host) {
+        let cmd = match parse_command(line) {
+            Ok(c) => c,
+            Err(ParseError::Unknown) => return self.reply(reply::UNKNOWN_COMMAND),
+            Err(ParseError::Syntax(why)) => {
+                return self.reply(Reply::owned(501, "5.5.4", format!("Syntax error: {why}")))
+            }
+            Err(ParseError::UnknownParam) => return self.reply(reply::PARAM_UNKNOWN),
+        };
+        let in_bdat = self.txn.as_ref().is_some_and(|t| t.bdat);
+        match cmd {
+            Command::Ehlo(name) => {
+                self.reset_txn();
+                self.helo = Some(name);
+                self.esmtp = true;
+                let text = format!(
+                    "{}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING\nDSN",
+                    self.cfg.hostname, self.cfg.max_message_size
+                );
+                self.reply(Reply::owned(250, "", text));
+            }
+            Command::Helo(name) => {
+                self.reset_txn();
+                self.helo = Some(name);
+                self.esmtp = false;
+                self.reply(Reply::owned(250, "", self.cfg.hostname.clone()));
+            }
+            Command::Mail(mail) => self.mail(mail, host, in_bdat),
+            Command::Rcpt(rcpt) => self.rcpt(rcpt, host, in_bdat),
+            Command::Data => {
+                if in_bdat {
+                    return self.reply(reply::BAD_SEQUENCE_BDAT);
+                }
+                match self.txn.as_ref() {
+                    None => self.reply(reply::BAD_SEQUENCE_NEED_MAIL),
+                    Some(t) if t.rcpts.is_empty() => self.reply(reply::NO_VALID_RCPTS),
+                    Some(_) => {
+                        self.begin_content(host, false);
+                        self.phase = Phase::Data;
+                        self.reply(reply::START_DATA);
+                    }
+                }
+            }
+            Command::Bdat { size, last } => self.bdat(size, last, host),
+            Command::Rset => {
+                self.reset_txn();
+                self.reply(reply::OK);
+            }
+            Command::Noop => self.reply(reply::OK),
+            Command::Vrfy => self.reply(reply::VRFY_CANNOT),
+            Command::Help => self.reply(reply::HELP),
+            Command::Quit => {
+                self.reset_txn();
+                self.reply(reply::BYE);
+                self.closed = true;
+            }
+            Command::Expn | Command::StartTls | Command::Auth(_) => self.reply(reply::NOT_IMPLEMENTED),
+        }
+    }
+
+    fn mail(&mut self, mail: MailFrom, host: &mut dyn Host, in_bdat: bool) {
+        if self.helo.is_none() {
+            return self.reply(reply::BAD_SEQUENCE_HELO);
+        }
+        if in_bdat {
+            return self.reply(reply::BAD_SEQUENCE_BDAT);
+        }
+        if self.txn.is_some() {
+            return self.reply(reply::BAD_SEQUENCE_NESTED_MAIL);
+        }
+        let has_params = mail.size.is_some()
+            || mail.smtputf8
+            || mail.ret.is_some()
+            || mail.envid.is_some()
+            || mail.auth.is_some()
+            || mail.body != Default::default();
+        if has_params && !self.esmtp {
+            return self.reply(reply::PARAM_UNKNOWN);
+        }
+        if mail.body == super::envelope::BodyType::BinaryMime {
+            // Not advertised: BINARYMIME needs BDAT-only handling we do not offer.
+            return self.reply(Reply::new(555, "5.5.4", "Error: BODY=BINARYMIME is not supported"));
+        }
+        if mail.sender.as_ref().is_some_and(|s| s.utf8) && !mail.smtputf8 {
+            return self.reply(reply::NEED_SMTPUTF8);
+        }
+        if mail.size.is_some_and(|s| s > self.cfg.max_message_size) {
+            return self.reply(reply::MSG_TOO_BIG);
+        }
+        if let Err(r) = host.check_mail(&mail) {
+            return self.reply(r);
+        }
+        self.txn = Some(Txn {
+            mail,
+            rcpts: Vec::new(),
+            queue_id: None,
+            decoder: None,
+            bdat: false,
+            size: 0,
+            too_big: false,
+            headers: HeaderScan::default(),
+        });
+        self.reply(reply::SENDER_OK);
+    }
+
+    fn rcpt(&mut self, mut rcpt: RcptTo, host: &mut dyn Host, in_bdat: bool) {
+        if in_bdat {
+            return self.reply(reply::BAD_SEQUENCE_BDAT);
+        }
+        let Some(t) = self.txn.as_ref() else {
+            return self.reply(reply::BAD_SEQUENCE_NEED_MAIL);
+        };
+        if t.rcpts.len() >= self.cfg.max_recipients {
+            return self.reply(reply::TOO_MANY_RCPTS);
+        }
+        if rcpt.rcpt.utf8 && !t.mail.smtputf8 {
+            return self.reply(reply::NEED_SMTPUTF8);
+        }
+        if rcpt.bare_postmaster {
+            rcpt.rcpt.domain = Domain::Name(self.cfg.hostname.to_ascii_lowercase());
+        }
+        if let Err(r) = host.check_rcpt(&t.mail, &rcpt) {
+            return self.reply(r);
+        }
+        let r = Recipient { address: rcpt.rcpt.address(), orcpt: rcpt.orcpt, notify: rcpt.notify };
+        if let Some(t) = self.txn.as_mut() {
+            t.rcpts.push(r);
+        }
+        self.reply(reply::RCPT_OK);
+    }
+
+    fn bdat(&mut self, size: u64, last: bool, host: &mut dyn Host) {
+        // The chunk is always read, even when refused, to stay in sync.
+        let refused = match self.txn.as_ref() {
+            None if self.helo.is_none() => Some(reply::BAD_SEQUENCE_HELO),
+            None => Some(reply::BAD_SEQUENCE_NEED_MAIL),
+            Some(t) if t.rcpts.is_empty() => Some(reply::NO_VALID_RCPTS),
+            Some(t) if t.queue_id.is_some() && !t.bdat => Some(reply::BAD_SEQUENCE_BDAT),
+            Some(_) => None,
+        };
+        if refused.is_none() {
+            if self.txn.as_ref().is_some_and(|t| t.queue_id.is_none()) {
+                self.begin_content(host, true);
+            }
+            if let Some(t) = self.txn.as_mut() {
+                if t.size.saturating_add(size) > self.cfg.max_message_size {
+                    t.too_big = true;
+                }
+            }
+        }
+        self.phase = Phase::Bdat { remaining: size, last, refused };
+    }
+}
+
+/// Counts Received: header fields in the header section of canonical
+/// (CRLF) content, fed in pieces.
+#[derive(Debug, Default)]
+struct HeaderScan {
+    done: bool,
+    line_len: usize,
+    prefix: [u8; 9],
+    received: u32,
+}
+
+impl HeaderScan {
+    fn scan(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.done {
+                return;
+            }
+            match b {
+                b'\n' => {
+                    if self.line_len == 0 {
+                        self.done = true;
+                    }
+                    self.line_len = 0;
+                }
+                b'\r' => {}
+                _ => {
+                    if self.line_len < 9 {
+                        self.prefix[self.line_len] = b.to_ascii_lowercase();
+                    }
+                    self.line_len += 1;
+                    if self.line_len == 9 && &self.prefix == b"received:" {
+                        self.received += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// RFC 5322 date-time in UTC, e.g. "Mon, 23 Nov 2026 18:35:00 +0000".
+pub fn rfc5322_date(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil-from-days (proleptic Gregorian), after H. Hinnant's algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MON: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    format!(
+        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
+        WD[days.rem_euclid(7) as usize],
+        day,
+        MON[(month - 1) as usize],
+        year,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(1_795_459_500), "Mon, 23 Nov 2026 18:45:00 +0000");
+        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+
+    #[test]
+    fn header_scan() {
+        let mut h = HeaderScan::default();
+        h.scan(b"Received: a\r\n\tb\r\nRECEIVED: c\r\nX: y\r\n");
+        h.scan(b"\r\nReceived: in body\r\n");
+        assert_eq!(h.received, 2);
+    }
+}

@@ -1,0 +1,362 @@
+//! Whole-dialog tests of the server session, without sockets.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use super::command::{MailFrom, RcptTo};
+use super::reply::{self, Reply};
+use super::session::{Action, Host, ServerSession, SessionConfig};
+
+struct FakeHost {
+    next_id: u32,
+    relay_ok: bool,
+    space_ok: bool,
+}
+
+impl Host for FakeHost {
+    fn check_mail(&mut self, _mail: &MailFrom) -> Result<(), Reply> {
+        if self.space_ok {
+            Ok(())
+        } else {
+            Err(reply::INSUFFICIENT_STORAGE)
+        }
+    }
+    fn check_rcpt(&mut self, _mail: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply> {
+        if self.relay_ok || rcpt.rcpt.domain.as_str() == "local.test" || rcpt.rcpt.domain.as_str() == "mx.test" {
+            Ok(())
+        } else {
+            Err(reply::RELAY_DENIED)
+        }
+    }
+    fn new_queue_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("ID{}", self.next_id)
+    }
+    fn now(&mut self) -> i64 {
+        1_795_459_500
+    }
+}
+
+fn cfg() -> SessionConfig {
+    SessionConfig {
+        hostname: "mx.test".into(),
+        max_command_line: 512,
+        max_message_size: 10_000,
+        max_recipients: 5,
+        max_errors: 10,
+        max_received_headers: 3,
+        reject_bare_newline: false,
+    }
+}
+
+struct Run {
+    out: String,
+    /// (queue id, envelope sender, recipients, content)
+    msgs: Vec<(String, String, Vec<String>, Vec<u8>)>,
+    closed: bool,
+}
+
+fn run_with(cfg: SessionConfig, chunks: &[&[u8]]) -> Run {
+    let mut s = ServerSession::new(Arc::new(cfg), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    let mut host = FakeHost { next_id: 0, relay_ok: false, space_ok: true };
+    s.greeting();
+    let mut msgs = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut closed = false;
+    'outer: for c in chunks {
+        buf.extend_from_slice(c);
+        loop {
+            let (n, a) = s.feed(&buf, &mut host);
+            buf.drain(..n);
+            match a {
+                Action::NeedInput => break,
+                Action::Commit => {
+                    let env = s.envelope().unwrap();
+                    let id = s.queue_id().unwrap().to_string();
+                    let body = std::mem::take(s.body());
+                    msgs.push((
+                        id.clone(),
+                        env.sender,
+                        env.recipients.iter().map(|r| r.address.clone()).collect(),
+                        body,
+                    ));
+                    s.commit_result(Ok(id));
+                }
+                Action::Abort => s.body().clear(),
+                Action::Close => {
+                    closed = true;
+                    break 'outer;
+                }
+            }
+        }
+    }
+    let out = String::from_utf8_lossy(s.output()).into_owned();
+    Run { out, msgs, closed }
+}
+
+fn run(input: &str) -> Run {
+    run_with(cfg(), &[input.as_bytes()])
+}
+
+fn codes(out: &str) -> Vec<String> {
+    out.lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).map(|l| l[..3].to_string()).collect()
+}
+
+/// Strips our Received: header (first header field, folded) from content.
+fn content(body: &[u8]) -> &[u8] {
+    let s = body;
+    let mut i = 0;
+    loop {
+        let nl = s[i..].iter().position(|&b| b == b'\n').unwrap() + i + 1;
+        i = nl;
+        if s.get(i) != Some(&b'\t') {
+            return &s[i..];
+        }
+    }
+}
+
+#[test]
+fn basic_transaction() {
+    let r = run("EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    assert_eq!(codes(&r.out), ["220", "250", "250", "250", "354", "250", "221"]);
+    assert!(r.out.contains("250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 DSN\r\n"));
+    assert!(r.out.contains("250 2.0.0 Ok: queued as ID1\r\n"));
+    assert_eq!(r.msgs.len(), 1);
+    assert_eq!(content(&r.msgs[0].3), b"Subject: hi\r\n\r\nbody\r\n");
+    let body = String::from_utf8_lossy(&r.msgs[0].3);
+    assert!(body.starts_with("Received: from c.test ([192.0.2.1])\r\n\tby mx.test (pigeon) with ESMTP id ID1\r\n\tfor <u@local.test>;\r\n\tMon, 23 Nov 2026 18:45:00 +0000\r\n"), "{body}");
+    assert!(r.closed);
+}
+
+#[test]
+fn every_reply_has_enhanced_code_except_greeting_ehlo_354() {
+    let r = run("HELO c\r\nNOOP\r\nRSET\r\nVRFY x\r\nHELP\r\nFOO\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n");
+    for l in r.out.lines() {
+        let code = &l[..3];
+        if code == "220" || code == "354" || l.starts_with("250 mx.test") {
+            continue;
+        }
+        let enh = l[4..].split(' ').next().unwrap();
+        assert!(enh.len() == 5 && enh.as_bytes()[1] == b'.', "no enhanced code: {l}");
+        assert_eq!(enh.as_bytes()[0], code.as_bytes()[0], "{l}");
+    }
+}
+
+#[test]
+fn sequence_errors() {
+    let r = run("MAIL FROM:<a@b.test>\r\nEHLO c\r\nRCPT TO:<u@local.test>\r\nDATA\r\nMAIL FROM:<a@b.test>\r\nMAIL FROM:<a@b.test>\r\nDATA\r\n");
+    assert_eq!(codes(&r.out), ["220", "503", "250", "503", "503", "250", "503", "554"]);
+    assert!(r.out.contains("503 5.5.1 Error: send HELO/EHLO first"));
+    assert!(r.out.contains("503 5.5.1 Error: nested MAIL"));
+    assert!(r.out.contains("554 5.5.1 Error: no valid recipients"));
+}
+
+#[test]
+fn unknown_and_syntax() {
+    let r = run("XYZZY\r\nEHLO\r\nEHLO c\r\nMAIL FROM:a@b.test\r\nMAIL FROM:<a@b.test> FOO=BAR\r\nVRFY bob\r\nEXPN list\r\n");
+    assert_eq!(codes(&r.out), ["220", "500", "501", "250", "501", "555", "252", "502"]);
+    assert!(r.out.contains("500 5.5.2"));
+    assert!(r.out.contains("501 5.5.4 Syntax error: address must be enclosed in <>"));
+}
+
+#[test]
+fn long_lines() {
+    let long = format!("NOOP {}\r\n", "x".repeat(600));
+    let huge = format!("NOOP {}\r\n", "x".repeat(100_000));
+    let rcpt_ok = format!("RCPT TO:<u@local.test> ORCPT=rfc822;{}@local.test\r\n", "a".repeat(60));
+    let input = format!("EHLO c\r\n{long}{huge}MAIL FROM:<a@b.test>\r\n{rcpt_ok}QUIT\r\n");
+    let r = run(&input);
+    assert_eq!(codes(&r.out), ["220", "250", "500", "500", "250", "250", "221"]);
+    // A huge line fed in pieces is skipped without buffering it whole.
+    let mut s = ServerSession::new(Arc::new(cfg()), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let mut host = FakeHost { next_id: 0, relay_ok: false, space_ok: true };
+    let chunk = vec![b'x'; 4096];
+    for _ in 0..100 {
+        let (n, a) = s.feed(&chunk, &mut host);
+        assert_eq!(a, Action::NeedInput);
+        assert!(chunk.len() - n <= 2048);
+        if n == chunk.len() {
+            continue;
+        }
+    }
+}
+
+#[test]
+fn pipelined_transaction_replies_in_order() {
+    let r = run("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nRCPT TO:<x@remote.test>\r\nRCPT TO:<v@local.test>\r\nDATA\r\nhello\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<w@local.test>\r\nDATA\r\nsecond\r\n.\r\nQUIT\r\n");
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "250", "250", "554", "250", "354", "250", "250", "250", "354", "250", "221"]
+    );
+    assert_eq!(r.msgs.len(), 2);
+    assert_eq!(r.msgs[0].2, ["u@local.test", "v@local.test"]);
+    assert_eq!(r.msgs[1].1, "");
+}
+
+#[test]
+fn byte_at_a_time() {
+    let input = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n..x\r\n.\r\nBDAT 3\r\nabcBDAT 0 LAST\r\n";
+    let one: Vec<&[u8]> = input.chunks(1).collect();
+    let r = run_with(cfg(), &one);
+    let whole = run_with(cfg(), &[input]);
+    assert_eq!(r.out, whole.out);
+    assert_eq!(r.msgs.len(), 1);
+    assert_eq!(content(&r.msgs[0].3), b".x\r\n");
+}
+
+#[test]
+fn size_limits() {
+    let r = run("EHLO c\r\nMAIL FROM:<a@b.test> SIZE=10001\r\nMAIL FROM:<a@b.test> SIZE=9999\r\nRCPT TO:<u@local.test>\r\nDATA\r\n");
+    assert!(r.out.contains("552 5.3.4"));
+    let big = "x".repeat(200);
+    let mut input = String::from("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n");
+    for _ in 0..60 {
+        input.push_str(&big);
+        input.push_str("\r\n");
+    }
+    input.push_str(".\r\nNOOP\r\n");
+    let r = run(&input);
+    assert!(r.msgs.is_empty());
+    assert_eq!(codes(&r.out), ["220", "250", "250", "250", "354", "552", "250"]);
+    // BDAT over the limit: chunk read, 552 at LAST, nothing queued.
+    let r = run_with(
+        cfg(),
+        &[b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 20000 LAST\r\n", &vec![b'y'; 20000], b"NOOP\r\n"],
+    );
+    assert!(r.msgs.is_empty());
+    assert_eq!(codes(&r.out), ["220", "250", "250", "250", "552", "250"]);
+}
+
+#[test]
+fn recipient_limit_keeps_accepted() {
+    let mut input = String::from("EHLO c\r\nMAIL FROM:<a@b.test>\r\n");
+    for i in 0..7 {
+        input.push_str(&format!("RCPT TO:<u{i}@local.test>\r\n"));
+    }
+    input.push_str("DATA\r\nx\r\n.\r\n");
+    let r = run(&input);
+    assert_eq!(r.out.matches("452 4.5.3").count(), 2);
+    assert_eq!(r.msgs[0].2.len(), 5);
+}
+
+#[test]
+fn error_limit_closes() {
+    let input = "FOO\r\n".repeat(12);
+    let r = run(&input);
+    assert!(r.out.ends_with("421 4.7.0 Error: too many errors, closing connection\r\n"));
+    assert_eq!(r.out.matches("500 5.5.2").count(), 11);
+    assert!(r.closed);
+}
+
+#[test]
+fn hop_count_loop() {
+    let mut input = String::from("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n");
+    input.push_str(&"Received: from x by y\r\n".repeat(4));
+    input.push_str("\r\nbody\r\n.\r\n");
+    let r = run(&input);
+    assert!(r.out.contains("554 5.4.6"));
+    assert!(r.msgs.is_empty());
+    // Exactly at the limit passes; Received: in the body does not count.
+    let mut input = String::from("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n");
+    input.push_str(&"Received: from x by y\r\n".repeat(3));
+    input.push_str("\r\nReceived: x\r\nReceived: x\r\n.\r\n");
+    assert_eq!(run(&input).msgs.len(), 1);
+}
+
+#[test]
+fn smuggling_never_makes_a_second_message() {
+    for variant in ["\n.\n", "\r.\r", "\n.\r\n", "\r\n.\r", "\r\n.\r\r\n", "\r\n.\n", "\r.\r\n"] {
+        for reject in [false, true] {
+            let input = format!(
+                "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nfirst{variant}MAIL FROM:<evil@b.test>\r\nRCPT TO:<v@local.test>\r\nDATA\r\nsmuggled\r\n.\r\nNOOP\r\n"
+            );
+            let mut c = cfg();
+            c.reject_bare_newline = reject;
+            let r = run_with(c, &[input.as_bytes()]);
+            assert!(r.msgs.len() <= 1, "{variant:?}: {} messages", r.msgs.len());
+            if reject {
+                assert!(r.msgs.is_empty(), "{variant:?} accepted in reject mode");
+                assert!(r.out.contains("550 5.6.11"));
+            } else {
+                let c = content(&r.msgs[0].3);
+                assert!(!c.windows(2).enumerate().any(|(i, w)| (w[1] == b'\n' && w[0] != b'\r') || (w[0] == b'\r' && w[1] != b'\n') || (i == 0 && w[0] == b'\n')));
+                assert_eq!(r.msgs[0].2, ["u@local.test"]);
+            }
+            assert_eq!(codes(&r.out).last().unwrap(), "250", "{variant:?}");
+        }
+    }
+}
+
+#[test]
+fn bdat_chunks_and_rset() {
+    let r = run_with(
+        cfg(),
+        &[b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 5\r\nhel\r\nBDAT 3\r\nlo\nRSET\r\n",
+          b"MAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 7\r\nline\r\n.BDAT 2 LAST\r\n\r\nQUIT\r\n"],
+    );
+    assert_eq!(codes(&r.out), ["220", "250", "250", "250", "250", "250", "250", "250", "250", "250", "250", "221"]);
+    assert_eq!(r.msgs.len(), 1);
+    assert_eq!(content(&r.msgs[0].3), b"line\r\n.\r\n");
+    // DATA during BDAT, BDAT without MAIL, BDAT without recipients.
+    let r = run_with(
+        cfg(),
+        &[b"EHLO c\r\nBDAT 3\r\nabcMAIL FROM:<a@b.test>\r\nBDAT 2 LAST\r\nxyRCPT TO:<u@local.test>\r\nBDAT 1\r\nzDATA\r\nRCPT TO:<v@local.test>\r\nBDAT 0 LAST\r\n"],
+    );
+    assert_eq!(codes(&r.out), ["220", "250", "503", "250", "554", "250", "250", "503", "503", "250"]);
+    assert_eq!(r.msgs.len(), 1);
+    assert_eq!(content(&r.msgs[0].3), b"z\r\n");
+}
+
+#[test]
+fn utf8_and_dsn_params() {
+    let r = run("EHLO c\r\nMAIL FROM:<δ@b.test>\r\nMAIL FROM:<δ@b.test> SMTPUTF8 BODY=8BITMIME RET=FULL ENVID=e+2B1\r\nRCPT TO:<ü@local.test> NOTIFY=SUCCESS,DELAY ORCPT=utf-8;ü@local.test\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(codes(&r.out), ["220", "250", "553", "250", "250", "354", "250"]);
+    assert_eq!(r.msgs[0].1, "δ@b.test");
+    let r2 = run("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<ü@local.test>\r\n");
+    assert!(r2.out.contains("553 5.6.7"));
+}
+
+#[test]
+fn helo_rejects_esmtp_params() {
+    let r = run("HELO c\r\nMAIL FROM:<a@b.test> SIZE=10\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(codes(&r.out), ["220", "250", "555", "250", "250", "354", "250"]);
+    assert!(String::from_utf8_lossy(&r.msgs[0].3).contains("with SMTP id"));
+}
+
+#[test]
+fn postmaster_without_domain() {
+    let r = run("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<Postmaster>\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(r.msgs[0].2, ["postmaster@mx.test"]);
+}
+
+#[test]
+fn relay_and_space_verdicts_are_the_hosts() {
+    let r = run("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@remote.test>\r\n");
+    assert!(r.out.contains("554 5.7.1 Error: relay access denied"));
+    let mut s = ServerSession::new(Arc::new(cfg()), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let mut host = FakeHost { next_id: 0, relay_ok: false, space_ok: false };
+    s.feed(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n", &mut host);
+    assert!(String::from_utf8_lossy(s.output()).contains("452 4.3.1"));
+}
+
+#[test]
+fn commit_failure_is_reported_and_session_goes_on() {
+    let mut s = ServerSession::new(Arc::new(cfg()), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let mut host = FakeHost { next_id: 0, relay_ok: false, space_ok: true };
+    let input = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n";
+    let (n, a) = s.feed(input, &mut host);
+    assert_eq!(a, Action::Commit);
+    s.commit_result(Err(reply::LOCAL_ERROR));
+    let (_, a) = s.feed(&input[n..], &mut host);
+    assert_eq!(a, Action::NeedInput);
+    let out = String::from_utf8_lossy(s.output()).into_owned();
+    assert!(out.contains("451 4.3.0"));
+    assert!(!out.contains("queued as"));
+    assert!(out.ends_with("250 2.0.0 Ok\r\n"));
+}
+
+#[test]
+fn dot_lines_survive() {
+    let r = run("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n..\r\n...\r\n.. leading\r\n\r\n.\r\n");
+    assert_eq!(content(&r.msgs[0].3), b".\r\n..\r\n. leading\r\n\r\n");
+}
