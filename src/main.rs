@@ -1,0 +1,297 @@
+//! The `pigeon` command: parse the CLI, load the configuration, and either
+//! run the daemon (bind, recover the queue, serve, stop on a signal) or
+//! act on the spool directly (`queue list/show`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use pigeon::config::{self, Config};
+use pigeon::queue::{self, QueueId};
+
+const DEFAULT_CONFIG: &str = "/etc/pigeon/pigeon.toml";
+
+#[derive(Parser)]
+#[command(name = "pigeon", version, about = "pigeon: an SMTP mail transfer agent")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the mail server.
+    Serve {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Check a configuration file; print every error with its key and line.
+    CheckConfig {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Inspect the mail queue (reads the spool directly; safe while the server runs).
+    Queue {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Spool directory to use instead of the one in the configuration.
+        #[arg(long)]
+        spool: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: QueueCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// One line per message: id, age, size, sender, recipients and their state.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Envelope, per-recipient state and headers of one message.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        /// Print the whole stored message (headers and body) instead.
+        #[arg(long)]
+        body: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig { config } => match load(&config) {
+            Some(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            None => ExitCode::FAILURE,
+        },
+        Cmd::Serve { config } => match load(&config) {
+            Some(cfg) => serve(cfg),
+            None => ExitCode::FAILURE,
+        },
+        Cmd::Queue { config, spool, cmd } => {
+            let dir = match spool {
+                Some(d) => d,
+                None => match load(&config) {
+                    Some(cfg) => cfg.spool.dir.clone(),
+                    None => return ExitCode::FAILURE,
+                },
+            };
+            match cmd {
+                QueueCmd::List { json } => queue_list(&dir, json),
+                QueueCmd::Show { id, json, body } => queue_show(&dir, &id, json, body),
+            }
+        }
+    }
+}
+
+fn load(path: &Path) -> Option<Config> {
+    match config::load(path) {
+        Ok(c) => Some(c),
+        Err(errs) => {
+            for e in &errs {
+                eprintln!("{}: {e}", path.display());
+            }
+            None
+        }
+    }
+}
+
+/// Lets the daemon hold as many sockets as the hard limit allows.
+fn raise_nofile_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn serve(cfg: Config) -> ExitCode {
+    pigeon::telemetry::init(&cfg.log);
+    raise_nofile_limit();
+    let cfg = Arc::new(cfg);
+    let reserve = cfg.spool.effective_reserve(&cfg.limits);
+    let (q, rec) = match queue::Queue::open(&cfg.spool.dir, reserve) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(spool = %cfg.spool.dir.display(), error = %e, "cannot open the queue");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        loaded = rec.loaded,
+        corrupt = rec.corrupt,
+        tmp_removed = rec.tmp_removed,
+        ms = rec.elapsed.as_millis() as u64,
+        "queue recovered"
+    );
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listeners = match pigeon::server::bind_all(&cfg) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "start-up failed");
+                return ExitCode::FAILURE;
+            }
+        };
+        let running = match pigeon::server::start(cfg.clone(), q, listeners) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "start-up failed");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(hostname = %cfg.server.hostname, "pigeon started");
+        wait_for_stop_signal().await;
+        tracing::info!(open = running.connections(), "stopping: no new connections, finishing messages in progress");
+        running.shutdown(Duration::from_secs(cfg.limits.shutdown_grace_secs)).await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn age(arrival: i64) -> String {
+    let s = (now() - arrival).max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+fn queue_list(dir: &Path, json: bool) -> ExitCode {
+    let list = match queue::list(dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot read the queue in {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&list) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    for m in &list {
+        let sender = if m.sender.is_empty() { "<>" } else { &m.sender };
+        let rcpts: Vec<String> = m
+            .recipients
+            .iter()
+            .map(|r| format!("{} ({})", r.address, serde_json::to_value(r.status.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()))
+            .collect();
+        println!("{}  {:>4}  {:>8}  {}  {}", m.id, age(m.arrival), m.size, sender, rcpts.join(", "));
+    }
+    if list.is_empty() {
+        println!("queue is empty");
+    }
+    ExitCode::SUCCESS
+}
+
+fn queue_show(dir: &Path, id: &str, json: bool, body: bool) -> ExitCode {
+    let Ok(qid) = id.parse::<QueueId>() else {
+        eprintln!("not a queue id: {id}");
+        return ExitCode::FAILURE;
+    };
+    let msg = match queue::read_message(dir, qid) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{id}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if body {
+        use std::io::Write;
+        let _ = std::io::stdout().write_all(&msg.body);
+        return ExitCode::SUCCESS;
+    }
+    let header_end = msg.body.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 2).unwrap_or(msg.body.len());
+    let headers = String::from_utf8_lossy(&msg.body[..header_end]).replace("\r\n", "\n");
+    let env = &msg.envelope;
+    if json {
+        let rcpts: Vec<serde_json::Value> = env
+            .recipients
+            .iter()
+            .zip(msg.status.rcpts.iter())
+            .map(|(r, st)| {
+                serde_json::json!({
+                    "address": r.address, "orcpt": r.orcpt, "notify": r.notify.0,
+                    "state": st.state, "attempts": st.attempts, "next_attempt": st.next_attempt, "last_reply": st.last_reply,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "id": msg.id.to_string(), "arrival": msg.arrival, "size": msg.body.len(),
+            "sender": env.sender, "ret": env.ret.map(|r| format!("{r:?}").to_uppercase()), "envid": env.envid,
+            "body_type": format!("{:?}", env.body_type), "smtputf8": env.smtputf8,
+            "client_ip": env.client_ip.to_string(), "helo": env.helo, "protocol": env.protocol,
+            "recipients": rcpts, "headers": headers,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    println!("id:         {}", msg.id);
+    println!("arrival:    {} ({} ago)", msg.arrival, age(msg.arrival));
+    println!("size:       {}", msg.body.len());
+    println!("sender:     <{}>", env.sender);
+    println!("client:     {} (helo {}), {}", env.client_ip, env.helo, env.protocol);
+    println!("body:       {:?}{}", env.body_type, if env.smtputf8 { ", SMTPUTF8" } else { "" });
+    if let Some(r) = env.ret {
+        println!("ret:        {r:?}");
+    }
+    if let Some(e) = &env.envid {
+        println!("envid:      {e}");
+    }
+    for (r, st) in env.recipients.iter().zip(msg.status.rcpts.iter()) {
+        println!(
+            "recipient:  <{}> {:?} attempts={} next={}{}{}",
+            r.address,
+            st.state,
+            st.attempts,
+            st.next_attempt,
+            r.orcpt.as_ref().map(|o| format!(" orcpt={o}")).unwrap_or_default(),
+            if st.last_reply.is_empty() { String::new() } else { format!(" last=\"{}\"", st.last_reply) }
+        );
+    }
+    println!("\n{headers}");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,423 @@
+//! The tokio shell around the sans-IO session: listeners, admission
+//! (global and per-client-IP connection limits), the per-connection driver
+//! with its deadlines, hand-off of message content to the queue, and
+//! graceful shutdown. Never calls delivery. Untrusted bytes pass through
+//! here to `proto`, which alone interprets them.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{timeout, timeout_at, Instant};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::{BareNewline, Config, ListenerMode};
+use crate::policy::{Client, Policy};
+use crate::proto::command::{MailFrom, RcptTo};
+use crate::proto::reply::{self, Reply};
+use crate::proto::{Action, Host, ServerSession, SessionConfig};
+use crate::queue::{MessageWriter, Queue, QueueError, QueueId};
+
+/// Body bytes buffered in the session before they are handed to the queue
+/// writer (which itself spills to disk past its own threshold).
+const BODY_FLUSH: usize = 64 * 1024;
+
+/// Everything connections share.
+struct Shared {
+    cfg: Arc<Config>,
+    session_cfg: Arc<SessionConfig>,
+    policy: Policy,
+    queue: Queue,
+    conns: Arc<Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A started server.
+pub struct Running {
+    /// The bound addresses, in the order of the configured listeners.
+    pub addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    shared: Arc<Shared>,
+    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Connections currently open.
+    pub fn connections(&self) -> usize {
+        self.shared.cfg.limits.max_connections - self.shared.conns.available_permits()
+    }
+
+    /// Stops accepting, lets messages being received finish for up to
+    /// `grace`, sends 421 to idle sessions, and returns when all are gone
+    /// (or the grace period is over).
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        for t in std::mem::take(&mut self.accept_tasks) {
+            let _ = t.await;
+        }
+        let deadline = Instant::now() + grace;
+        let max = self.shared.cfg.limits.max_connections as u32;
+        if timeout_at(deadline, self.shared.conns.acquire_many(max)).await.is_err() {
+            warn!(open = self.connections(), "grace period over, closing remaining connections");
+        }
+    }
+}
+
+/// Session limits derived from the configuration.
+pub fn session_config(cfg: &Config) -> SessionConfig {
+    SessionConfig {
+        hostname: cfg.server.hostname.clone(),
+        max_command_line: cfg.limits.max_command_line,
+        max_message_size: cfg.limits.max_message_size,
+        max_recipients: cfg.limits.max_recipients,
+        max_errors: cfg.limits.max_errors,
+        max_received_headers: cfg.limits.max_received_headers,
+        reject_bare_newline: cfg.smtp.bare_newline == BareNewline::Reject,
+    }
+}
+
+/// Binds every configured listener; an error names the address.
+pub fn bind_all(cfg: &Config) -> io::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for l in &cfg.listeners {
+        if l.mode != ListenerMode::Smtp {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("listener {}: mode \"{}\" needs TLS, which this build does not provide yet", l.bind, l.mode.as_str()),
+            ));
+        }
+        let bind = || -> io::Result<TcpListener> {
+            let sock = if l.bind.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            sock.set_reuseaddr(true)?;
+            sock.bind(l.bind)?;
+            sock.listen(1024)
+        };
+        out.push(bind().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind)))?);
+    }
+    Ok(out)
+}
+
+/// Starts serving on already bound listeners (one per `cfg.listeners`).
+pub fn start(cfg: Arc<Config>, queue: Queue, listeners: Vec<TcpListener>) -> io::Result<Running> {
+    let shared = Arc::new(Shared {
+        session_cfg: Arc::new(session_config(&cfg)),
+        policy: Policy::new(&cfg),
+        queue,
+        conns: Arc::new(Semaphore::new(cfg.limits.max_connections)),
+        per_ip: Mutex::new(HashMap::new()),
+        cfg,
+    });
+    let (tx, rx) = watch::channel(false);
+    let mut addrs = Vec::new();
+    let mut accept_tasks = Vec::new();
+    for (listener, lcfg) in listeners.into_iter().zip(shared.cfg.listeners.iter()) {
+        addrs.push(listener.local_addr()?);
+        info!(addr = %addrs[addrs.len() - 1], mode = lcfg.mode.as_str(), "listening");
+        accept_tasks.push(tokio::spawn(accept_loop(shared.clone(), listener, lcfg.mode, rx.clone())));
+    }
+    // Free-space watch: MAIL is refused with 452 4.3.1 below the reserve.
+    let q = shared.queue.clone();
+    let mut stop = rx.clone();
+    tokio::spawn(async move {
+        loop {
+            let q2 = q.clone();
+            let _ = tokio::task::spawn_blocking(move || q2.refresh_space()).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    });
+    Ok(Running { addrs, shutdown: tx, shared, accept_tasks })
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mode: ListenerMode, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let ip = canonical_ip(peer.ip());
+        let Ok(permit) = shared.conns.clone().try_acquire_owned() else {
+            info!(peer = %ip, "connection refused: global connection limit");
+            tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS));
+            continue;
+        };
+        let client = shared.policy.client(ip);
+        let slot = if client.trusted {
+            None
+        } else {
+            match IpSlot::take(&shared, ip) {
+                Some(s) => Some(s),
+                None => {
+                    info!(peer = %ip, "connection refused: per-IP connection limit");
+                    tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS_FROM_IP));
+                    continue;
+                }
+            }
+        };
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let span = info_span!("conn", peer = %ip, listener = mode.as_str());
+            connection(&shared, stream, client, stop, permit).instrument(span).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn refuse(mut stream: TcpStream, r: Reply) {
+    let _ = timeout(Duration::from_secs(5), stream.write_all(&r.to_wire())).await;
+    let _ = stream.shutdown().await;
+}
+
+/// IPv4-mapped IPv6 peers are treated as the IPv4 address they are.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// A held per-IP connection slot, released on drop.
+struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
+        let limit = shared.cfg.limits.max_connections_per_ip;
+        if limit == 0 {
+            return Some(IpSlot { shared: shared.clone(), ip });
+        }
+        let mut map = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { shared: shared.clone(), ip })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if self.shared.cfg.limits.max_connections_per_ip == 0 {
+            return;
+        }
+        let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The session's view of the world.
+struct ConnHost<'a> {
+    shared: &'a Shared,
+    client: Client,
+    last_id: Option<QueueId>,
+}
+
+impl Host for ConnHost<'_> {
+    fn check_mail(&mut self, mail: &MailFrom) -> Result<(), Reply> {
+        self.shared.policy.check_mail(&self.client, mail, self.shared.queue.space_ok())
+    }
+
+    fn check_rcpt(&mut self, _mail: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply> {
+        self.shared.policy.check_rcpt(&self.client, rcpt)
+    }
+
+    fn new_queue_id(&mut self) -> String {
+        let id = self.shared.queue.new_id();
+        self.last_id = Some(id);
+        id.to_string()
+    }
+
+    fn now(&mut self) -> i64 {
+        unix_now()
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// The message being received: its writer, or why it can no longer be
+/// accepted (a write failed; the client still gets its reply at the end).
+#[derive(Default)]
+struct Incoming {
+    writer: Option<MessageWriter>,
+    failed: Option<QueueError>,
+}
+
+impl Incoming {
+    async fn push(&mut self, s: &mut ServerSession, host: &ConnHost<'_>, queue: &Queue) {
+        if s.body().is_empty() {
+            return;
+        }
+        if self.failed.is_some() {
+            s.body().clear();
+            return;
+        }
+        if self.writer.is_none() {
+            let (Some(id), Some(env)) = (host.last_id, s.envelope()) else {
+                s.body().clear();
+                return;
+            };
+            self.writer = Some(queue.writer(id, unix_now(), env));
+        }
+        if let Some(w) = self.writer.as_mut() {
+            if let Err(e) = w.write(s.body()).await {
+                self.failed = Some(e);
+                self.writer = None;
+            }
+        }
+        s.body().clear();
+    }
+
+    async fn commit(&mut self, s: &mut ServerSession, host: &ConnHost<'_>, queue: &Queue) {
+        self.push(s, host, queue).await;
+        let env = s.envelope();
+        let result = match (self.failed.take(), self.writer.take()) {
+            (Some(e), _) => Err(e),
+            (None, Some(w)) => queue.commit(w).await,
+            (None, None) => Err(QueueError::Io(io::Error::other("no message content"))),
+        };
+        let (sender, nrcpt) = env.map(|e| (e.sender, e.recipients.len())).unwrap_or_default();
+        let id = host.last_id.map(|i| i.to_string()).unwrap_or_default();
+        match result {
+            Ok(qid) => {
+                info!(queue_id = %qid, from = %sender, nrcpt, "message accepted");
+                s.commit_result(Ok(qid.to_string()));
+            }
+            Err(e) => {
+                let r = match e {
+                    QueueError::NoSpace => reply::INSUFFICIENT_STORAGE,
+                    QueueError::Io(_) => reply::LOCAL_ERROR,
+                };
+                warn!(queue_id = %id, from = %sender, nrcpt, error = %e, reply = %r, "message not accepted");
+                s.commit_result(Err(r));
+            }
+        }
+    }
+}
+
+async fn connection(
+    shared: &Shared,
+    mut stream: TcpStream,
+    client: Client,
+    mut stop: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let started = Instant::now();
+    info!("connect");
+    let limits = &shared.cfg.limits;
+    let session_deadline = started + Duration::from_secs(limits.session_timeout_secs);
+    let mut s = ServerSession::new(shared.session_cfg.clone(), client.ip);
+    let mut host = ConnHost { shared, client, last_id: None };
+    let mut incoming = Incoming::default();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut stopping = *stop.borrow();
+    s.greeting();
+    let result: io::Result<&str> = async {
+        loop {
+            if !s.output().is_empty() {
+                let out = std::mem::take(s.output());
+                match timeout(Duration::from_secs(limits.command_timeout_secs), stream.write_all(&out)).await {
+                    Ok(r) => r?,
+                    Err(_) => return Ok("write timeout"),
+                }
+                let mut out = out;
+                out.clear();
+                *s.output() = out;
+            }
+            if s.is_closed() {
+                return Ok("closed");
+            }
+            if stopping && !s.has_open_message() {
+                s.shutdown();
+                continue;
+            }
+            let wait = if s.in_content() { limits.data_timeout_secs } else { limits.command_timeout_secs };
+            let deadline = (Instant::now() + Duration::from_secs(wait)).min(session_deadline);
+            tokio::select! {
+                r = timeout_at(deadline, stream.readable()) => match r {
+                    Err(_) => { s.timeout(); continue; }
+                    Ok(r) => r?,
+                },
+                _ = stop.changed(), if !stopping => { stopping = true; continue; }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(if s.in_content() { 64 * 1024 } else { 4096 });
+            }
+            match stream.try_read_buf(&mut buf) {
+                Ok(0) => return Ok("client disconnected"),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+            let mut start = 0;
+            loop {
+                let (n, action) = s.feed(&buf[start..], &mut host);
+                start += n;
+                match action {
+                    Action::NeedInput => {
+                        if s.body().len() >= BODY_FLUSH {
+                            incoming.push(&mut s, &host, &shared.queue).await;
+                        }
+                        break;
+                    }
+                    Action::Commit => incoming.commit(&mut s, &host, &shared.queue).await,
+                    Action::Abort => {
+                        let last = String::from_utf8_lossy(s.output()).lines().last().unwrap_or("").to_string();
+                        info!(queue_id = %host.last_id.map(|i| i.to_string()).unwrap_or_default(), reply = %last, "message refused");
+                        incoming = Incoming::default();
+                        s.body().clear();
+                    }
+                    Action::Close => break,
+                }
+            }
+            buf.drain(..start);
+            if buf.is_empty() && !s.in_content() {
+                // Idle connections hold no read buffer.
+                buf = Vec::new();
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(why) => info!(
+            reason = why,
+            messages = s.messages_accepted(),
+            errors = s.errors(),
+            secs = started.elapsed().as_secs_f64(),
+            "disconnect"
+        ),
+        Err(e) => debug!(error = %e, messages = s.messages_accepted(), errors = s.errors(), "disconnect on I/O error"),
+    }
+}
