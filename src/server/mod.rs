@@ -315,10 +315,9 @@ impl Incoming {
                 s.commit_result(Ok(qid.to_string()));
             }
             Err(e) => {
-                let r = match e {
-                    QueueError::NoSpace => reply::INSUFFICIENT_STORAGE,
-                    QueueError::Io(_) => reply::LOCAL_ERROR,
-                };
+                // Any failure to make the message durable is temporary for
+                // the client: 451 4.3.0, whether the disk is full or broken.
+                let r = reply::LOCAL_ERROR;
                 warn!(queue_id = %id, from = %sender, nrcpt, error = %e, reply = %r, "message not accepted");
                 s.commit_result(Err(r));
             }
