@@ -1,0 +1,193 @@
+//! Crash test: 20 parallel sessions push up to 5,000 messages at the real
+//! binary, which is killed with SIGKILL at a random moment. After a restart
+//! every message that got a 250 must be in `pigeon queue list`, intact.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const SESSIONS: usize = 20;
+const MESSAGES: usize = 5_000;
+const ROUNDS: usize = 3;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    let cfg = format!(
+        "[server]\nhostname = \"mx.test\"\n\n[[listener]]\nbind = \"127.0.0.1:{port}\"\nmode = \"smtp\"\n\n\
+         [domains]\nlocal = [\"example.org\"]\n\n[spool]\ndir = \"{}\"\n\n[log]\nlevel = \"warn\"\n",
+        dir.join("spool").display()
+    );
+    let path = dir.join("pigeon.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+fn spawn_server(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_pigeon"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(port: u16) {
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn read_reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<String> {
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        if line.as_bytes().get(3) == Some(&b' ') {
+            return Some(line);
+        }
+    }
+}
+
+/// One client: sends messages until the shared budget is spent or the
+/// server dies; records (queue id → body) for every 250.
+async fn client(port: u16, n: usize, budget: Arc<Mutex<usize>>, acked: Arc<Mutex<HashMap<String, Vec<u8>>>>) {
+    let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await else { return };
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    if read_reply(&mut r).await.is_none() {
+        return;
+    }
+    if w.write_all(b"EHLO crash.test\r\n").await.is_err() || read_reply(&mut r).await.is_none() {
+        return;
+    }
+    let mut i = 0;
+    loop {
+        {
+            let mut b = budget.lock().unwrap();
+            if *b == 0 {
+                return;
+            }
+            *b -= 1;
+        }
+        i += 1;
+        let body = format!(
+            "Subject: crash {n}/{i}\r\nMessage-Id: <{n}.{i}@crash.test>\r\n\r\n{}\r\n.leading dot {n} {i}\r\n",
+            format!("payload {n} {i} ").repeat(1 + (n * 7 + i) % 40)
+        );
+        let mut wire = format!("MAIL FROM:<s{n}@src.test>\r\nRCPT TO:<u{i}@example.org>\r\nDATA\r\n").into_bytes();
+        if w.write_all(&wire).await.is_err() {
+            return;
+        }
+        for _ in 0..3 {
+            match read_reply(&mut r).await {
+                Some(l) if l.starts_with('2') || l.starts_with('3') => {}
+                _ => return,
+            }
+        }
+        wire.clear();
+        wire.extend_from_slice(body.replace("\r\n.", "\r\n..").as_bytes());
+        wire.extend_from_slice(b".\r\n");
+        if w.write_all(&wire).await.is_err() {
+            return;
+        }
+        match read_reply(&mut r).await {
+            Some(l) if l.starts_with("250 2.0.0 Ok: queued as ") => {
+                let id = l.trim_end().rsplit(' ').next().unwrap_or("").to_string();
+                acked.lock().unwrap().insert(id, body.into_bytes());
+            }
+            _ => return,
+        }
+    }
+}
+
+fn strip_received(body: &[u8]) -> &[u8] {
+    let mut i = 0;
+    loop {
+        let nl = body[i..].iter().position(|&b| b == b'\n').unwrap() + i + 1;
+        i = nl;
+        if body.get(i) != Some(&b'\t') {
+            return &body[i..];
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_message() {
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = write_config(dir.path(), port);
+        let mut server = spawn_server(&config);
+        wait_ready(port).await;
+        let budget = Arc::new(Mutex::new(MESSAGES));
+        let acked = Arc::new(Mutex::new(HashMap::new()));
+        let mut tasks = Vec::new();
+        for n in 0..SESSIONS {
+            tasks.push(tokio::spawn(client(port, n, budget.clone(), acked.clone())));
+        }
+        // Kill at a random point of the stream: after a random number of
+        // acknowledgements, plus a random sub-millisecond delay.
+        let kill_at = 50 + (rand() as usize) % (MESSAGES - 500);
+        let t0 = Instant::now();
+        while acked.lock().unwrap().len() < kill_at && t0.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        tokio::time::sleep(Duration::from_micros(rand() % 1000)).await;
+        let kill_after = t0.elapsed();
+        server.kill().unwrap(); // SIGKILL
+        server.wait().unwrap();
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+        let acked = std::mem::take(&mut *acked.lock().unwrap());
+        eprintln!("round {round}: killed after {kill_after:?}, {} messages acknowledged", acked.len());
+
+        // Restart on the same spool: recovery must succeed and keep everything.
+        let mut server = spawn_server(&config);
+        wait_ready(port).await;
+        let out = Command::new(env!("CARGO_BIN_EXE_pigeon"))
+            .args(["queue", "--config"])
+            .arg(&config)
+            .args(["list", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed: std::collections::HashSet<String> =
+            list.as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+        let spool = dir.path().join("spool");
+        for (id, body) in &acked {
+            assert!(listed.contains(id), "round {round}: acknowledged {id} missing after kill -9");
+            let msg = pigeon::queue::read_message(&spool, id.parse().unwrap()).unwrap();
+            assert_eq!(strip_received(&msg.body), body.as_slice(), "round {round}: {id} damaged");
+        }
+        let corrupt = std::fs::read_dir(spool.join("corrupt")).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(corrupt, 0, "round {round}: files moved to corrupt/");
+        unsafe_sigterm(&server);
+        let status = server.wait().unwrap();
+        assert!(status.success(), "clean stop after restart: {status:?}");
+    }
+}
+
+fn unsafe_sigterm(child: &Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+}
