@@ -1,0 +1,571 @@
+//! Configuration: the typed form of `pigeon.toml`, parsed once and validated.
+//!
+//! This module owns the configuration structs, their defaults, and the rules
+//! that decide whether a file is acceptable. [`load`] reads one file;
+//! [`parse`] turns text into a [`Config`] or into a list of [`ConfigError`]s,
+//! each naming the key (`listener[1].bind`) and the line it is on. Unknown keys
+//! are errors. Syntax and type errors stop parsing at the first one; the value
+//! checks that follow report every problem at once.
+//!
+//! Untrusted bytes reach this module: the configuration file is operator
+//! input and is treated as such (size-capped, never trusted to be well
+//! formed). Apart from reading the file it is given and `/etc/hostname` (for
+//! the default hostname), it touches nothing. It is a leaf: it imports nothing
+//! from the rest of the crate.
+
+mod cidr;
+mod locate;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use cidr::{Cidr, ParseCidrError};
+
+use serde::Deserialize;
+use std::fmt;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use locate::{line_of_offset, Locator};
+
+/// Configuration files larger than this are refused.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The whole configuration. Every section is optional in the file; a missing
+/// section or key takes its default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: identity of this host.
+    pub server: ServerConfig,
+    /// `[[listener]]`: the addresses to accept connections on.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// `[domains]`: the domains this server receives mail for.
+    pub domains: DomainsConfig,
+    /// `[relay]`: who may send mail through this server to other domains.
+    pub relay: RelayConfig,
+    /// `[spool]`: where the queue lives on disk.
+    pub spool: SpoolConfig,
+    /// `[limits]`: sizes, counts and timeouts.
+    pub limits: Limits,
+    /// `[smtp]`: protocol behaviour.
+    pub smtp: SmtpConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    /// A valid configuration: one SMTP listener on `0.0.0.0:25`, every other
+    /// key at its default.
+    fn default() -> Config {
+        Config {
+            server: ServerConfig::default(),
+            listeners: vec![ListenerConfig {
+                bind: SocketAddr::from(([0, 0, 0, 0], 25)),
+                mode: ListenerMode::Smtp,
+            }],
+            domains: DomainsConfig::default(),
+            relay: RelayConfig::default(),
+            spool: SpoolConfig::default(),
+            limits: Limits::default(),
+            smtp: SmtpConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The name this server gives in its greeting, in EHLO replies and in
+    /// `Received:` headers. A domain name, stored lowercase without a
+    /// trailing dot. Default: the contents of `/etc/hostname`, or
+    /// `localhost` if that file is missing or does not hold a valid name.
+    pub hostname: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            hostname: system_hostname(),
+        }
+    }
+}
+
+/// The machine's hostname from `/etc/hostname`, or `localhost`.
+fn system_hostname() -> String {
+    let mut text = String::new();
+    let read =
+        std::fs::File::open("/etc/hostname").and_then(|f| f.take(1024).read_to_string(&mut text));
+    if read.is_ok() {
+        if let Ok(name) = validate::normalize_domain(text.trim()) {
+            return name;
+        }
+    }
+    "localhost".to_string()
+}
+
+/// One `[[listener]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// The address and port to listen on, such as `0.0.0.0:25` or `[::]:25`.
+    /// Required.
+    #[serde(deserialize_with = "deserialize_bind")]
+    pub bind: SocketAddr,
+    /// What the port is for. Default: `smtp`.
+    #[serde(default)]
+    pub mode: ListenerMode,
+}
+
+/// What a listening port is for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    /// Mail from other servers (port 25).
+    #[default]
+    Smtp,
+    /// Mail from users' clients, with STARTTLS (port 587, RFC 6409).
+    Submission,
+    /// Mail from users' clients over implicit TLS (port 465, RFC 8314).
+    Submissions,
+}
+
+impl ListenerMode {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerMode::Smtp => "smtp",
+            ListenerMode::Submission => "submission",
+            ListenerMode::Submissions => "submissions",
+        }
+    }
+}
+
+impl fmt::Display for ListenerMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[domains]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DomainsConfig {
+    /// The domains whose mail is delivered on this machine. Stored
+    /// lowercase, without a trailing dot. Default: none.
+    pub local: Vec<String>,
+}
+
+/// `[relay]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Clients in these networks may relay mail to any domain and are
+    /// exempt from `limits.max_connections_per_ip`.
+    /// Default: `127.0.0.0/8` and `::1/128`.
+    pub trusted_networks: Vec<Cidr>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> RelayConfig {
+        RelayConfig {
+            trusted_networks: vec![
+                Cidr {
+                    addr: std::net::IpAddr::from([127, 0, 0, 0]),
+                    prefix: 8,
+                },
+                Cidr {
+                    addr: std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                    prefix: 128,
+                },
+            ],
+        }
+    }
+}
+
+/// `[spool]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// The queue directory. A relative path is taken relative to the
+    /// current working directory. Default: `/var/spool/pigeon`.
+    pub dir: PathBuf,
+    /// Free disk space, in bytes, below which new mail is refused with a
+    /// temporary error. 0 (the default) means 1.5 × `limits.max_message_size`;
+    /// see [`SpoolConfig::effective_reserve`].
+    pub reserve_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> SpoolConfig {
+        SpoolConfig {
+            dir: PathBuf::from("/var/spool/pigeon"),
+            reserve_bytes: 0,
+        }
+    }
+}
+
+impl SpoolConfig {
+    /// The free-space reserve in bytes: `reserve_bytes`, or when that is 0,
+    /// 1.5 × `limits.max_message_size` (saturating).
+    pub fn effective_reserve(&self, limits: &Limits) -> u64 {
+        if self.reserve_bytes != 0 {
+            return self.reserve_bytes;
+        }
+        let size = limits.max_message_size;
+        size.saturating_add(size / 2)
+    }
+}
+
+/// `[limits]`: every resource a client can consume has a bound here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Longest command line accepted, in bytes including CRLF.
+    /// Default 512, the RFC 5321 §4.5.3.1.4 minimum; 512 to 1048576.
+    pub max_command_line: usize,
+    /// Largest message accepted, in bytes; advertised in the EHLO `SIZE`
+    /// keyword. Default 52428800 (50 MiB); at least 1024.
+    pub max_message_size: u64,
+    /// Most recipients accepted in one transaction. Default 1000; at least
+    /// 100 (RFC 5321 §4.5.3.1.8).
+    pub max_recipients: usize,
+    /// Error replies (4xx and 5xx) tolerated in one session; one more and
+    /// the server answers 421 and closes the connection. Default 10; at
+    /// least 1.
+    pub max_errors: u32,
+    /// A message carrying more `Received:` headers than this is refused
+    /// with 554 5.4.6 (mail loop). Default 50; at least 1.
+    pub max_received_headers: u32,
+    /// Most simultaneous connections, over all listeners. Default 5000;
+    /// 1 to 1000000.
+    pub max_connections: usize,
+    /// Most simultaneous connections from one IP address; 0 means no limit.
+    /// Clients in `relay.trusted_networks` are exempt. Default 50.
+    pub max_connections_per_ip: usize,
+    /// Seconds to wait for the next command. Default 300, the RFC 5321
+    /// §4.5.3.2.7 minimum; lower values are accepted. Timeouts range from 1
+    /// to 604800 (one week).
+    pub command_timeout_secs: u64,
+    /// Seconds to wait for the next block of message data during DATA or
+    /// BDAT. Default 600; at least 1.
+    pub data_timeout_secs: u64,
+    /// Longest a single connection may last, in seconds. Default 3600; at
+    /// least 1.
+    pub session_timeout_secs: u64,
+    /// On SIGTERM, seconds that transactions in progress may continue
+    /// before connections are closed. Default 30; 0 closes at once.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_command_line: 512,
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 1000,
+            max_errors: 10,
+            max_received_headers: 50,
+            max_connections: 5000,
+            max_connections_per_ip: 50,
+            command_timeout_secs: 300,
+            data_timeout_secs: 600,
+            session_timeout_secs: 3600,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// `[smtp]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// What to do with a CR or LF not part of a CRLF pair in message data.
+    /// Default: `normalize`.
+    pub bare_newline: BareNewline,
+}
+
+/// Handling of bare CR and bare LF in message data.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewline {
+    /// Accept the message and rewrite each bare CR or LF as CRLF.
+    #[default]
+    Normalize,
+    /// Refuse the message (protection against SMTP smuggling).
+    Reject,
+}
+
+impl BareNewline {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BareNewline::Normalize => "normalize",
+            BareNewline::Reject => "reject",
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Least severe level written: `error`, `warn`, `info`, `debug` or
+    /// `trace`. Written in any case, stored lowercase. Default: `info`.
+    pub level: String,
+    /// Output format. Default: `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The dotted key the problem is about (`limits.max_recipients`,
+    /// `listener[1].bind`); empty when it concerns the file as a whole
+    /// (unreadable file, TOML syntax error).
+    pub key: String,
+    /// The 1-based line of the key, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    /// `line 12: key `limits.max_recipients`: must be at least 100`; the
+    /// line and key parts are left out when unknown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "key `{}`: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and parses the configuration file at `path`.
+///
+/// A file that cannot be read (missing, unreadable, larger than
+/// [`MAX_CONFIG_FILE_BYTES`], not UTF-8) gives one error naming the file.
+pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let shown = path.display();
+    let cannot_read =
+        |why: String| vec![ConfigError::new("", format!("cannot read {shown}: {why}"))];
+    let file = std::fs::File::open(path).map_err(|e| cannot_read(e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| cannot_read(e.to_string()))?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE_BYTES {
+        return Err(cannot_read(format!(
+            "file is larger than {MAX_CONFIG_FILE_BYTES} bytes"
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        cannot_read(format!(
+            "file is not valid UTF-8 (at byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    parse(&text)
+}
+
+/// Parses configuration text, then checks every value.
+///
+/// On failure, returns every problem found, in the order of the lines they
+/// are on (problems with no known line last). A syntax error, a value of the
+/// wrong type or an unknown key is reported alone, since parsing stops there.
+pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut config: Config = toml::from_str(text).map_err(|e| vec![from_toml_error(text, &e)])?;
+    let mut errors = validate::normalize_and_validate(&mut config);
+    if errors.is_empty() {
+        return Ok(config);
+    }
+    if let Some(locator) = Locator::new(text) {
+        for e in &mut errors {
+            e.line = locator.line_of_path(&e.key);
+        }
+    }
+    errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+    Err(errors)
+}
+
+/// Deserializes `bind` with an error message that says what is expected.
+fn deserialize_bind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    struct BindVisitor;
+    impl serde::de::Visitor<'_> for BindVisitor {
+        type Value = SocketAddr;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an address and port such as \"0.0.0.0:25\" or \"[::]:25\"")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SocketAddr, E> {
+            v.parse().map_err(|_| {
+                E::custom(format!(
+                    "`{v}` is not an address and port: expected IP:PORT such as \"0.0.0.0:25\" or \"[::]:25\""
+                ))
+            })
+        }
+    }
+    d.deserialize_str(BindVisitor)
+}
+
+/// Turns a `toml` error into a [`ConfigError`] naming the key and line.
+fn from_toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
+    let span = err.span();
+    let line = span.as_ref().map(|s| line_of_offset(text, s.start));
+    let message = one_line(err.message());
+    let Some(locator) = Locator::new(text) else {
+        // The text is not valid TOML: a syntax error, about no single key.
+        let column = span.as_ref().map(|s| {
+            let start = s.start.min(text.len());
+            let line_start = text.as_bytes()[..start]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            start - line_start + 1
+        });
+        let message = match column {
+            Some(c) => format!("invalid TOML at column {c}: {message}"),
+            None => format!("invalid TOML: {message}"),
+        };
+        return ConfigError {
+            key: String::new(),
+            line,
+            message,
+        };
+    };
+    if let Some((name, rest)) = backquoted_after(&message, "unknown field `") {
+        let key = span
+            .as_ref()
+            .and_then(|s| locator.path_of_key_at(name, s.start))
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                let table = span.as_ref().map_or("", |s| locator.table_at(s.start));
+                join_key(table, name)
+            });
+        let rest = rest.trim_start_matches([',', ' ']);
+        let message = if rest.is_empty() {
+            "unknown key".to_string()
+        } else {
+            format!("unknown key; {rest}")
+        };
+        return ConfigError { key, line, message };
+    }
+    if let Some((name, _)) = backquoted_after(&message, "missing field `") {
+        let table = span
+            .as_ref()
+            .and_then(|s| locator.path_covering(s))
+            .unwrap_or("");
+        return ConfigError {
+            key: join_key(table, name),
+            line,
+            message: "required key is missing".to_string(),
+        };
+    }
+    let key = span
+        .as_ref()
+        .and_then(|s| locator.path_covering(s))
+        .unwrap_or("")
+        .to_string();
+    ConfigError {
+        key,
+        line,
+        message: plain_words(&message),
+    }
+}
+
+/// Rewrites the Rust type names and serde terms in a deserializer message
+/// into the vocabulary of the configuration file.
+fn plain_words(message: &str) -> String {
+    const INTEGER_TYPES: [(&str, &str); 3] = [
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number of at least 0"),
+        ("expected usize", "expected a whole number of at least 0"),
+    ];
+    for (rust, plain) in INTEGER_TYPES {
+        if let Some(head) = message.strip_suffix(rust) {
+            return format!("{head}{plain}");
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        return format!("unknown value {rest}");
+    }
+    message.to_string()
+}
+
+/// If `message` starts with `prefix` (which ends in a backquote), the
+/// backquoted name and the text after its closing backquote.
+fn backquoted_after<'a>(message: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
+    let rest = message.strip_prefix(prefix)?;
+    let end = rest.find('`')?;
+    Some((&rest[..end], &rest[end + 1..]))
+}
+
+fn join_key(table: &str, name: &str) -> String {
+    if table.is_empty() {
+        name.to_string()
+    } else {
+        format!("{table}.{name}")
+    }
+}
+
+/// Joins the lines of a multi-line message with "; ".
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,255 @@
+//! Value checks run after a configuration has been deserialized.
+//!
+//! Normalizes names (lowercase, no trailing dot) and checks every value
+//! against its allowed range, collecting all problems rather than stopping at
+//! the first. Untrusted (operator) strings reach this code; it only inspects
+//! them.
+
+use super::{Config, ConfigError};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+/// Longest command line that may be configured, in bytes.
+const MAX_COMMAND_LINE_CEILING: usize = 1024 * 1024;
+/// Most simultaneous connections that may be configured.
+const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
+/// Longest timeout that may be configured, in seconds (one week).
+const TIMEOUT_CEILING_SECS: u64 = 7 * 24 * 3600;
+/// Log levels, least verbose first.
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// Normalizes `config` in place and returns every problem found (with no line
+/// numbers: the caller adds them).
+pub(super) fn normalize_and_validate(config: &mut Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut err = |key: String, message: String| errors.push(ConfigError::new(key, message));
+
+    match normalize_domain(&config.server.hostname) {
+        Ok(name) => config.server.hostname = name,
+        Err(why) => err("server.hostname".into(), why),
+    }
+
+    check_listeners(&config.listeners, &mut err);
+
+    for (i, domain) in config.domains.local.iter_mut().enumerate() {
+        match normalize_domain(domain) {
+            Ok(name) => *domain = name,
+            Err(why) => err(format!("domains.local[{i}]"), why),
+        }
+    }
+
+    if config.spool.dir.as_os_str().is_empty() {
+        err("spool.dir".into(), "must not be empty".into());
+    }
+
+    let l = &config.limits;
+    let mut at_least = |key: &str, value: u64, min: u64, note: &str| {
+        if value < min {
+            err(
+                format!("limits.{key}"),
+                format!("is {value}; must be at least {min}{note}"),
+            );
+        }
+    };
+    at_least(
+        "max_command_line",
+        l.max_command_line as u64,
+        512,
+        " (RFC 5321 section 4.5.3.1.4)",
+    );
+    at_least("max_message_size", l.max_message_size, 1024, "");
+    at_least(
+        "max_recipients",
+        l.max_recipients as u64,
+        100,
+        " (RFC 5321 section 4.5.3.1.8)",
+    );
+    at_least("max_errors", u64::from(l.max_errors), 1, "");
+    at_least(
+        "max_received_headers",
+        u64::from(l.max_received_headers),
+        1,
+        "",
+    );
+    at_least("max_connections", l.max_connections as u64, 1, "");
+    at_least("command_timeout_secs", l.command_timeout_secs, 1, "");
+    at_least("data_timeout_secs", l.data_timeout_secs, 1, "");
+    at_least("session_timeout_secs", l.session_timeout_secs, 1, "");
+    let mut at_most = |key: &str, value: u64, max: u64, note: &str| {
+        if value > max {
+            err(
+                format!("limits.{key}"),
+                format!("is {value}; must be at most {max}{note}"),
+            );
+        }
+    };
+    at_most(
+        "max_command_line",
+        l.max_command_line as u64,
+        MAX_COMMAND_LINE_CEILING as u64,
+        "",
+    );
+    at_most(
+        "max_connections",
+        l.max_connections as u64,
+        MAX_CONNECTIONS_CEILING as u64,
+        "",
+    );
+    for (key, value) in [
+        ("command_timeout_secs", l.command_timeout_secs),
+        ("data_timeout_secs", l.data_timeout_secs),
+        ("session_timeout_secs", l.session_timeout_secs),
+        ("shutdown_grace_secs", l.shutdown_grace_secs),
+    ] {
+        at_most(key, value, TIMEOUT_CEILING_SECS, " (one week)");
+    }
+
+    let level = config.log.level.to_ascii_lowercase();
+    if LOG_LEVELS.contains(&level.as_str()) {
+        config.log.level = level;
+    } else {
+        err(
+            "log.level".into(),
+            format!(
+                "`{}` is not a log level; expected one of error, warn, info, debug, trace",
+                config.log.level
+            ),
+        );
+    }
+
+    errors
+}
+
+/// At least one listener; no two listeners on the same address and port,
+/// nor a specific address on a port that a wildcard listener of the same
+/// family already holds. Port 0 (any free port) never conflicts.
+fn check_listeners(listeners: &[super::ListenerConfig], err: &mut impl FnMut(String, String)) {
+    if listeners.is_empty() {
+        err(
+            "listener".into(),
+            "at least one [[listener]] is required".into(),
+        );
+        return;
+    }
+    // First listener seen for each exact address, and for each
+    // (family, port): the first wildcard and the first specific address.
+    let mut exact: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut wildcard: HashMap<(bool, u16), usize> = HashMap::new();
+    let mut specific: HashMap<(bool, u16), usize> = HashMap::new();
+    for (i, l) in listeners.iter().enumerate() {
+        let bind = l.bind;
+        if bind.port() == 0 {
+            continue;
+        }
+        let family_port = (bind.is_ipv6(), bind.port());
+        let is_wildcard = bind.ip().is_unspecified();
+        let clash = if let Some(&j) = exact.get(&bind) {
+            Some((j, "is the same address as"))
+        } else if is_wildcard {
+            specific
+                .get(&family_port)
+                .map(|&j| (j, "is a wildcard address covering"))
+        } else {
+            wildcard
+                .get(&family_port)
+                .map(|&j| (j, "is already covered by the wildcard address of"))
+        };
+        if let Some((j, why)) = clash {
+            let other = listeners
+                .get(j)
+                .map(|o| o.bind.to_string())
+                .unwrap_or_default();
+            err(
+                format!("listener[{i}].bind"),
+                format!("`{bind}` {why} listener[{j}] (`{other}`)"),
+            );
+        }
+        exact.entry(bind).or_insert(i);
+        let first = if is_wildcard {
+            &mut wildcard
+        } else {
+            &mut specific
+        };
+        first.entry(family_port).or_insert(i);
+    }
+}
+
+/// Checks that `name` is a domain name (letters, digits and hyphens in
+/// dot-separated labels of 1 to 63 characters, 253 in all, not ending in an
+/// all-numeric label) and returns it lowercase without a trailing dot.
+pub(super) fn normalize_domain(name: &str) -> Result<String, String> {
+    let bad = |why: &str| Err(format!("`{name}` is not a valid domain name: {why}"));
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() {
+        return bad("it is empty");
+    }
+    if trimmed.len() > 253 {
+        return bad("longer than 253 characters");
+    }
+    if trimmed.parse::<IpAddr>().is_ok() || trimmed.starts_with('[') {
+        return bad("it is an IP address");
+    }
+    let mut last = "";
+    for label in trimmed.split('.') {
+        if label.is_empty() {
+            return bad("it has an empty label");
+        }
+        if label.len() > 63 {
+            return bad("a label is longer than 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return bad("only letters, digits, hyphens and dots are allowed");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad("a label starts or ends with a hyphen");
+        }
+        last = label;
+    }
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return bad("the last label is all digits");
+    }
+    Ok(trimmed.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_domain;
+
+    #[test]
+    fn domains() {
+        assert_eq!(
+            normalize_domain("Mail.Example.ORG.").unwrap(),
+            "mail.example.org"
+        );
+        assert_eq!(normalize_domain("localhost").unwrap(), "localhost");
+        assert_eq!(
+            normalize_domain("xn--bcher-kva.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        assert_eq!(normalize_domain("a-1.b2").unwrap(), "a-1.b2");
+        let long_label = "a".repeat(64);
+        let long_name = vec!["a".repeat(63); 4].join(".");
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            ".a",
+            "-a.b",
+            "a-.b",
+            "a_b.c",
+            "a b",
+            "1.2.3.4",
+            "[1.2.3.4]",
+            "::1",
+            "example.123",
+            long_label.as_str(),
+            long_name.as_str(),
+            "ex\u{e4}mple.org",
+        ] {
+            assert!(normalize_domain(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}
