@@ -1,0 +1,391 @@
+//! The mail queue. OWNS ALL ON-DISK STATE of the daemon: everything under the
+//! spool directory is created, written, renamed and removed only here.
+//!
+//! # What it promises
+//! Nothing is acknowledged before it is durable. [`Queue::commit`] returns
+//! `Ok` only once the message file (envelope + body) has been written to
+//! `tmp/`, fsynced, renamed into `queue/` and the `queue/` directory itself
+//! fsynced. Directory fsyncs are shared between concurrent commits (group
+//! commit, see [`commit`](Queue::commit)); file fsyncs run in parallel on
+//! tokio's blocking pool.
+//!
+//! # Layout of the spool directory
+//! - `lock`: held with `flock(LOCK_EX)` by the one daemon using the spool.
+//! - `tmp/`: files being written; emptied at start-up.
+//! - `queue/<ID>`: one message, written once, never modified.
+//! - `queue/<ID>.st`: per-recipient delivery status, replaced atomically.
+//! - `corrupt/`: files that failed verification; kept for the operator.
+//!
+//! The byte formats are in `codec.rs` and documented in `docs/queue.md`.
+//!
+//! # Trust
+//! Nothing read from disk is trusted: every file is checked (magic, version,
+//! CRC32, record grammar, id against file name) before use, and a file that
+//! fails is moved to `corrupt/` with an error log line, never deleted and
+//! never a panic. The envelope written here was validated by the SMTP parser.
+//!
+//! The queue never calls the delivery code; delivery reads messages with
+//! [`read_message`], records progress with [`Queue::update_status`] and
+//! removes finished messages with [`Queue::remove`].
+
+mod codec;
+mod id;
+mod read;
+mod store;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use codec::{encode_message, encode_status};
+pub use id::{ParseQueueIdError, QueueId};
+pub use read::{list, read_message, Summary, SummaryRcpt};
+pub use writer::MessageWriter;
+
+use crate::proto::Envelope;
+
+/// Body bytes kept in memory before the writer spills to `tmp/<ID>`.
+pub const MEMORY_LIMIT: usize = 256 * 1024;
+
+// ------------------------------------------------------------------ errors
+
+/// Why a message could not be queued. The server answers `451 4.3.0` for
+/// `Io` and `452 4.3.1` for `NoSpace`.
+#[derive(Debug)]
+pub enum QueueError {
+    Io(io::Error),
+    /// The spool file system is full (ENOSPC) or over quota (EDQUOT).
+    NoSpace,
+}
+
+impl fmt::Display for QueueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueueError::Io(e) => write!(f, "queue I/O error: {e}"),
+            QueueError::NoSpace => f.write_str("no space left on the spool file system"),
+        }
+    }
+}
+
+impl std::error::Error for QueueError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            QueueError::Io(e) => Some(e),
+            QueueError::NoSpace => None,
+        }
+    }
+}
+
+impl From<io::Error> for QueueError {
+    fn from(e: io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => QueueError::NoSpace,
+            _ => QueueError::Io(e),
+        }
+    }
+}
+
+/// Why a stored message could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// No such message (it may have just been delivered and removed).
+    NotFound,
+    /// The file exists but failed verification; the text says how.
+    Corrupt(String),
+    Io(io::Error),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::NotFound => f.write_str("no such message"),
+            ReadError::Corrupt(why) => write!(f, "corrupt queue file: {why}"),
+            ReadError::Io(e) => write!(f, "queue I/O error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReadError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::NotFound {
+            ReadError::NotFound
+        } else {
+            ReadError::Io(e)
+        }
+    }
+}
+
+// ------------------------------------------------------------ status types
+
+/// Delivery state of one recipient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+/// Delivery progress of one recipient.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RcptStatus {
+    pub state: RcptState,
+    pub attempts: u32,
+    /// Unix time (seconds) of the next attempt; 0 = as soon as possible.
+    pub next_attempt: i64,
+    /// The last reply or error text seen for this recipient.
+    pub last_reply: String,
+}
+
+impl RcptStatus {
+    /// The state of a recipient nobody has tried yet.
+    pub fn pending() -> RcptStatus {
+        RcptStatus { state: RcptState::Pending, attempts: 0, next_attempt: 0, last_reply: String::new() }
+    }
+}
+
+/// Delivery progress of one message: one entry per envelope recipient, in
+/// envelope order.
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize)]
+pub struct MessageStatus {
+    pub rcpts: Vec<RcptStatus>,
+    /// Unix time (seconds) of the next attempt for the message as a whole.
+    pub next_attempt: i64,
+}
+
+impl MessageStatus {
+    /// The status of a message without a status file: all recipients pending.
+    pub fn all_pending(n: usize) -> MessageStatus {
+        MessageStatus { rcpts: vec![RcptStatus::pending(); n], next_attempt: 0 }
+    }
+}
+
+/// A whole message as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: QueueId,
+    /// Unix time (seconds) at which the message was received.
+    pub arrival: i64,
+    pub envelope: Envelope,
+    pub status: MessageStatus,
+    pub body: Vec<u8>,
+}
+
+/// What [`Queue::open`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// Messages verified and now in the queue.
+    pub loaded: usize,
+    /// Messages (or stray files) moved to `corrupt/`.
+    pub corrupt: usize,
+    /// Leftovers removed from `tmp/`.
+    pub tmp_removed: usize,
+    pub elapsed: Duration,
+}
+
+/// Decodes a message file (as produced by [`encode_message`]), verifying
+/// everything. The status is "all recipients pending".
+pub fn decode_message(bytes: &[u8]) -> Result<StoredMessage, ReadError> {
+    let d = codec::decode_message_bytes(bytes, true).map_err(ReadError::Corrupt)?;
+    let status = MessageStatus::all_pending(d.envelope.recipients.len());
+    Ok(StoredMessage { id: d.id, arrival: d.arrival, envelope: d.envelope, status, body: d.body.unwrap_or_default() })
+}
+
+/// Decodes a status file (as produced by [`encode_status`]), verifying it.
+pub fn decode_status(bytes: &[u8]) -> Result<MessageStatus, ReadError> {
+    codec::decode_status_bytes(bytes).map_err(ReadError::Corrupt)
+}
+
+// ------------------------------------------------------------------- queue
+
+/// A handle on the spool. Cheap to clone; all clones share one state and one
+/// committer thread, which stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    tmp_dir: PathBuf,
+    queue_dir: PathBuf,
+    reserve_bytes: u64,
+    space_ok: AtomicBool,
+    /// The last id handed out (or the largest found at open).
+    last_id: AtomicU64,
+    /// Names temporary status files.
+    tmp_seq: AtomicU64,
+    /// Ids of the messages in `queue/`. Shared with the committer thread,
+    /// which adds a message only once it is durable.
+    index: Arc<Mutex<BTreeSet<QueueId>>>,
+    jobs: Mutex<mpsc::Sender<store::Job>>,
+    /// Directory fsyncs done by the committer (for tests and stats).
+    dir_syncs: Arc<AtomicU64>,
+    /// Keeps the spool's `flock` for the life of the queue.
+    _lock: File,
+}
+
+fn lock_index(m: &Mutex<BTreeSet<QueueId>>) -> std::sync::MutexGuard<'_, BTreeSet<QueueId>> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+impl Queue {
+    /// Opens (creating if needed) the spool at `dir`: takes the spool lock,
+    /// empties `tmp/`, verifies every message in `queue/` (CRC included) and
+    /// moves whatever fails to `corrupt/`, then starts the committer thread.
+    /// A plain blocking function: call it before or outside the runtime.
+    ///
+    /// Fails if another process holds the spool (`ErrorKind::WouldBlock`).
+    pub fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recovery)> {
+        store::open(dir, reserve_bytes)
+    }
+
+    /// A new id, unique across restarts: the current Unix time in
+    /// microseconds, bumped if needed to stay above every id issued or found.
+    pub fn new_id(&self) -> QueueId {
+        let now = now_micros();
+        let mut last = self.inner.last_id.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last.saturating_add(1));
+            match self.inner.last_id.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return QueueId(next),
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    /// A writer for one message. Does no I/O until the body grows past
+    /// [`MEMORY_LIMIT`] or the message is committed.
+    pub fn writer(&self, id: QueueId, arrival_unix: i64, env: Envelope) -> MessageWriter {
+        MessageWriter::new(self.clone(), id, arrival_unix, env)
+    }
+
+    /// False when free space on the spool file system is below the reserve
+    /// (as of the last [`refresh_space`](Queue::refresh_space)).
+    pub fn space_ok(&self) -> bool {
+        self.inner.space_ok.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the free space of the spool file system (`statvfs`,
+    /// `f_bavail * f_frsize`). On failure the previous answer stands.
+    pub fn refresh_space(&self) {
+        match store::free_bytes(&self.inner.dir) {
+            Ok(free) => {
+                let ok = free >= self.inner.reserve_bytes;
+                let was = self.inner.space_ok.swap(ok, Ordering::Relaxed);
+                if was && !ok {
+                    tracing::warn!(free, reserve = self.inner.reserve_bytes, "spool below its free-space reserve; refusing new mail");
+                } else if !was && ok {
+                    tracing::info!(free, reserve = self.inner.reserve_bytes, "spool free space back above the reserve");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, dir = %self.inner.dir.display(), "statvfs on the spool failed"),
+        }
+    }
+
+    /// Makes the message durable and returns its id. When this returns `Ok`
+    /// the file has been fsynced, renamed into `queue/`, and `queue/` has
+    /// been fsynced; only then may the server answer 250. On error no file
+    /// of this message is left in `tmp/` or `queue/`.
+    ///
+    /// Group commit: the file is written and fsynced on the blocking pool,
+    /// then handed to the committer thread, which renames every file handed
+    /// to it since its last round and fsyncs `queue/` once for all of them.
+    ///
+    /// If this future is dropped after the hand-over, the message may still
+    /// be committed (and will then be delivered): a possible duplicate, never
+    /// a loss.
+    pub async fn commit(&self, w: MessageWriter) -> Result<QueueId, QueueError> {
+        // The writer carries its own handle on the queue that created it.
+        w.commit().await
+    }
+
+    /// Atomically replaces the status file of `id` (temporary file, fsync,
+    /// rename, directory fsync shared with concurrent commits). Blocks:
+    /// call it from `spawn_blocking` or a plain thread.
+    pub fn update_status(&self, id: QueueId, st: &MessageStatus) -> io::Result<()> {
+        if !lock_index(&self.inner.index).contains(&id) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("message {id} is not in the queue")));
+        }
+        store::write_status(self, id, st)
+    }
+
+    /// Removes a finished message: first its message file, then its status
+    /// file (so a crash in between leaves an orphan status file, which the
+    /// next start-up removes, never a message without its status). Removing
+    /// a message that is already gone is not an error. Blocks.
+    pub fn remove(&self, id: QueueId) -> io::Result<()> {
+        let msg = self.inner.queue_dir.join(id.to_string());
+        let st = self.inner.queue_dir.join(format!("{id}.st"));
+        for path in [msg, st] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        lock_index(&self.inner.index).remove(&id);
+        Ok(())
+    }
+
+    /// Number of messages in `queue/`.
+    pub fn len(&self) -> usize {
+        lock_index(&self.inner.index).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ids of every queued message, in id (= arrival) order.
+    pub fn ids(&self) -> Vec<QueueId> {
+        lock_index(&self.inner.index).iter().copied().collect()
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    fn tmp_dir(&self) -> &Path {
+        &self.inner.tmp_dir
+    }
+
+    fn queue_dir(&self) -> &Path {
+        &self.inner.queue_dir
+    }
+
+    /// Hands a fsynced temporary file to the committer thread.
+    fn submit(&self, job: store::Job) -> io::Result<()> {
+        let tx = self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        tx.send(job).map_err(|_| io::Error::other("queue committer thread has stopped"))
+    }
+
+    /// Directory fsyncs done by the committer since open (a metric: with
+    /// many concurrent commits this grows much slower than the message count).
+    pub fn dir_fsyncs(&self) -> u64 {
+        self.inner.dir_syncs.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,428 @@
+//! Start-up recovery, the committer thread (group commit of renames and
+//! directory fsyncs), status file replacement and free-space checks.
+//! Touches only the spool directory. Files read here are untrusted: each is
+//! verified with the codec and quarantined in `corrupt/` on failure.
+
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::{CString, OsStr};
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
+
+use super::codec;
+use super::id::{QueueId, ID_LEN};
+use super::{lock_index, Inner, MessageStatus, Queue, Recovery};
+
+/// Most renames the committer does before one directory fsync.
+const MAX_BATCH: usize = 4096;
+
+/// Creates a new private file; fails if the name exists.
+pub(crate) fn create_new_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
+/// Removes a file, treating "already gone" as success.
+pub(crate) fn remove_quietly(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn copy_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// One fsynced temporary file waiting to be renamed into `queue/`.
+pub(crate) struct Job {
+    pub tmp: PathBuf,
+    pub dst: PathBuf,
+    /// For a new message: its id, added to the index once durable (and the
+    /// destination unlinked again if the directory fsync fails).
+    pub new_message: Option<QueueId>,
+    /// Called with the outcome once the rename and the directory fsync are
+    /// done (or failed).
+    pub done: Box<dyn FnOnce(io::Result<()>) + Send>,
+}
+
+/// The committer loop: wait for a job, take every other job already
+/// waiting, rename them all, fsync `queue/` once, report to each.
+/// Exits when every sender (every `Queue` clone) is gone.
+fn committer(
+    rx: mpsc::Receiver<Job>,
+    queue_dir: File,
+    index: Arc<Mutex<BTreeSet<QueueId>>>,
+    dir_syncs: Arc<AtomicU64>,
+) {
+    let mut batch: Vec<Job> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut renamed = Vec::with_capacity(batch.len());
+        for job in batch.drain(..) {
+            match fs::rename(&job.tmp, &job.dst) {
+                Ok(()) => renamed.push(job),
+                Err(e) => {
+                    tracing::error!(error = %e, tmp = %job.tmp.display(), "rename into queue/ failed");
+                    if let Err(e2) = remove_quietly(&job.tmp) {
+                        tracing::warn!(error = %e2, tmp = %job.tmp.display(), "cannot remove temporary file");
+                    }
+                    (job.done)(Err(e));
+                }
+            }
+        }
+        if renamed.is_empty() {
+            continue;
+        }
+        let synced = queue_dir.sync_all();
+        dir_syncs.fetch_add(1, Ordering::Relaxed);
+        match synced {
+            Ok(()) => {
+                {
+                    let mut idx = lock_index(&index);
+                    for job in &renamed {
+                        if let Some(id) = job.new_message {
+                            idx.insert(id);
+                        }
+                    }
+                }
+                for job in renamed {
+                    (job.done)(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, count = renamed.len(), "fsync of queue/ failed");
+                for job in renamed {
+                    // A new message that was not acknowledged must not stay:
+                    // the client will be told to retry. A replaced status
+                    // file cannot be un-replaced; it is left as it is.
+                    if job.new_message.is_some() {
+                        if let Err(e2) = remove_quietly(&job.dst) {
+                            tracing::error!(error = %e2, file = %job.dst.display(), "cannot remove unacknowledged message");
+                        }
+                    }
+                    (job.done)(Err(copy_error(&e)));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a status file to `tmp/`, fsyncs it and has the committer rename
+/// it over `queue/<ID>.st`. Blocks until the directory fsync is done.
+pub(crate) fn write_status(q: &Queue, id: QueueId, st: &MessageStatus) -> io::Result<()> {
+    let bytes = codec::encode_status(st);
+    let seq = q.inner.tmp_seq.fetch_add(1, Ordering::Relaxed);
+    let tmp = q.tmp_dir().join(format!("{id}.st.{seq}"));
+    let written = create_new_file(&tmp).and_then(|mut f| {
+        f.write_all(&bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        if let Err(e2) = remove_quietly(&tmp) {
+            tracing::warn!(error = %e2, tmp = %tmp.display(), "cannot remove temporary status file");
+        }
+        return Err(e);
+    }
+    let (tx, rx) = mpsc::channel();
+    let job = Job {
+        tmp: tmp.clone(),
+        dst: q.queue_dir().join(format!("{id}.st")),
+        new_message: None,
+        done: Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    };
+    if let Err(e) = q.submit(job) {
+        let _ = remove_quietly(&tmp);
+        return Err(e);
+    }
+    rx.recv().unwrap_or_else(|_| Err(io::Error::other("queue committer thread has stopped")))
+}
+
+/// Bytes available to unprivileged users on the file system holding `dir`.
+#[allow(clippy::unnecessary_cast)]
+pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: statvfs is plain old data, valid when zeroed; the path is a
+    // NUL-terminated string that outlives the call.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
+}
+
+fn make_dir(path: &Path) -> io::Result<()> {
+    match DirBuilder::new().recursive(true).mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display()))),
+    }
+}
+
+fn take_lock(dir: &Path) -> io::Result<File> {
+    let path = dir.join("lock");
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("spool {} is in use by another process", dir.display()),
+            ));
+        }
+        return Err(e);
+    }
+    Ok(f)
+}
+
+/// Removes every file in `tmp/`; returns how many, and the largest id seen
+/// in their names.
+fn clean_tmp(tmp: &Path) -> io::Result<(usize, u64)> {
+    let mut removed = 0;
+    let mut max_id = 0;
+    for entry in fs::read_dir(tmp)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            tracing::warn!(path = %path.display(), "unexpected directory in tmp/; leaving it");
+            continue;
+        }
+        if let Some(id) = entry.file_name().to_str().and_then(|n| n.get(..ID_LEN)).and_then(QueueId::from_file_name) {
+            max_id = max_id.max(id.0);
+        }
+        remove_quietly(&path)?;
+        removed += 1;
+    }
+    Ok((removed, max_id))
+}
+
+/// Moves `queue/<name>` to `corrupt/`, choosing a free name there.
+fn quarantine(queue_dir: &Path, corrupt_dir: &Path, name: &OsStr, why: &str) {
+    let from = queue_dir.join(name);
+    let mut to = corrupt_dir.join(name);
+    let mut n = 1;
+    while to.symlink_metadata().is_ok() {
+        let mut alt = name.to_os_string();
+        alt.push(format!(".{n}"));
+        to = corrupt_dir.join(alt);
+        n += 1;
+    }
+    match fs::rename(&from, &to) {
+        Ok(()) => tracing::error!(file = %from.display(), moved_to = %to.display(), reason = why, "corrupt queue file quarantined"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::error!(file = %from.display(), reason = why, error = %e, "corrupt queue file could not be moved to corrupt/"),
+    }
+}
+
+enum Verdict {
+    Good,
+    Vanished,
+    Corrupt(String),
+}
+
+/// Reads `path` fully into `buf`; `None` if the file does not exist.
+fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<Option<()>> {
+    buf.clear();
+    match File::open(path) {
+        Ok(mut f) => {
+            f.read_to_end(buf)?;
+            Ok(Some(()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Verifies one message and its status file, if any.
+fn verify(queue_dir: &Path, id: QueueId, has_status: bool, buf: &mut Vec<u8>) -> Verdict {
+    let name = id.to_string();
+    match read_into(&queue_dir.join(&name), buf) {
+        Ok(Some(())) => {}
+        Ok(None) => return Verdict::Vanished,
+        Err(e) => return Verdict::Corrupt(format!("unreadable: {e}")),
+    }
+    let d = match codec::decode_message_bytes(buf, false) {
+        Ok(d) => d,
+        Err(why) => return Verdict::Corrupt(why),
+    };
+    if d.id != id {
+        return Verdict::Corrupt(format!("file holds message {} under the name {name}", d.id));
+    }
+    if has_status {
+        match read_into(&queue_dir.join(format!("{name}.st")), buf) {
+            Ok(Some(())) => match codec::decode_status_bytes(buf) {
+                Ok(st) if st.rcpts.len() == d.envelope.recipients.len() => {}
+                Ok(st) => {
+                    return Verdict::Corrupt(format!(
+                        "status file has {} recipients, envelope has {}",
+                        st.rcpts.len(),
+                        d.envelope.recipients.len()
+                    ))
+                }
+                Err(why) => return Verdict::Corrupt(format!("status file: {why}")),
+            },
+            Ok(None) => {}
+            Err(e) => return Verdict::Corrupt(format!("status file unreadable: {e}")),
+        }
+    }
+    Verdict::Good
+}
+
+/// Verifies every message, on a few threads (reads are I/O bound on a cold
+/// cache and CRC bound on a warm one).
+fn verify_all(queue_dir: &Path, ids: &[QueueId], with_status: &HashSet<QueueId>) -> Vec<(QueueId, Verdict)> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+    if ids.len() < 64 || threads == 1 {
+        let mut buf = Vec::new();
+        return ids.iter().map(|&id| (id, verify(queue_dir, id, with_status.contains(&id), &mut buf))).collect();
+    }
+    let per = ids.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .chunks(per)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut buf = Vec::with_capacity(8192);
+                    part.iter().map(|&id| (id, verify(queue_dir, id, with_status.contains(&id), &mut buf))).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for (h, part) in handles.into_iter().zip(ids.chunks(per)) {
+            match h.join() {
+                Ok(v) => out.extend(v),
+                // A verifier thread cannot panic on bad input; should it
+                // anyway, its messages are kept for the operator to see.
+                Err(_) => out.extend(part.iter().map(|&id| (id, Verdict::Corrupt("verifier thread failed".into())))),
+            }
+        }
+        out
+    })
+}
+
+pub(crate) fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recovery)> {
+    let started = Instant::now();
+    let tmp_dir = dir.join("tmp");
+    let queue_dir = dir.join("queue");
+    let corrupt_dir = dir.join("corrupt");
+    for d in [dir, &tmp_dir, &queue_dir, &corrupt_dir] {
+        make_dir(d)?;
+    }
+    let lock = take_lock(dir)?;
+    let (tmp_removed, mut max_id) = clean_tmp(&tmp_dir)?;
+
+    let mut messages = Vec::new();
+    let mut statuses = HashSet::new();
+    let mut strays = Vec::new();
+    for entry in fs::read_dir(&queue_dir)? {
+        let entry = entry?;
+        let os_name = entry.file_name();
+        let Some(name) = os_name.to_str() else {
+            strays.push(os_name);
+            continue;
+        };
+        if let Some(id) = QueueId::from_file_name(name) {
+            messages.push(id);
+            max_id = max_id.max(id.0);
+        } else if let Some(id) = name.strip_suffix(".st").and_then(QueueId::from_file_name) {
+            statuses.insert(id);
+            max_id = max_id.max(id.0);
+        } else {
+            strays.push(os_name.clone());
+        }
+    }
+    messages.sort_unstable();
+
+    let mut corrupt = 0;
+    for name in &strays {
+        quarantine(&queue_dir, &corrupt_dir, name, "unexpected file name in queue/");
+        corrupt += 1;
+    }
+
+    let mut index = BTreeSet::new();
+    for (id, verdict) in verify_all(&queue_dir, &messages, &statuses) {
+        match verdict {
+            Verdict::Good => {
+                index.insert(id);
+            }
+            Verdict::Vanished => {}
+            Verdict::Corrupt(why) => {
+                quarantine(&queue_dir, &corrupt_dir, OsStr::new(&id.to_string()), &why);
+                if statuses.contains(&id) {
+                    quarantine(&queue_dir, &corrupt_dir, OsStr::new(&format!("{id}.st")), "status of a corrupt message");
+                }
+                corrupt += 1;
+            }
+        }
+    }
+    // A status file without its message is what a crash inside remove()
+    // leaves behind: the message was delivered and removed.
+    for id in statuses.iter().filter(|id| messages.binary_search(id).is_err()) {
+        let path = queue_dir.join(format!("{id}.st"));
+        match remove_quietly(&path) {
+            Ok(()) => tracing::info!(file = %path.display(), "removed status file of a message no longer queued"),
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot remove orphan status file"),
+        }
+    }
+
+    let dir_file = File::open(&queue_dir)?;
+    // Quarantines and removals above change queue/; make them durable
+    // before new work starts (not needed for safety, but keeps the disk
+    // state in step with what was logged).
+    dir_file.sync_all()?;
+
+    let index = Arc::new(Mutex::new(index));
+    let dir_syncs = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel();
+    {
+        let index = Arc::clone(&index);
+        let dir_syncs = Arc::clone(&dir_syncs);
+        std::thread::Builder::new()
+            .name("queue-commit".into())
+            .spawn(move || committer(rx, dir_file, index, dir_syncs))?;
+    }
+    let loaded = lock_index(&index).len();
+    let q = Queue {
+        inner: Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            tmp_dir,
+            queue_dir,
+            reserve_bytes,
+            space_ok: AtomicBool::new(true),
+            last_id: AtomicU64::new(max_id),
+            tmp_seq: AtomicU64::new(0),
+            index,
+            jobs: Mutex::new(tx),
+            dir_syncs,
+            _lock: lock,
+        }),
+    };
+    q.refresh_space();
+    let recovery = Recovery { loaded, corrupt, tmp_removed, elapsed: started.elapsed() };
+    tracing::debug!(
+        loaded = recovery.loaded,
+        corrupt = recovery.corrupt,
+        tmp_removed = recovery.tmp_removed,
+        elapsed_ms = recovery.elapsed.as_millis() as u64,
+        "queue opened"
+    );
+    Ok((q, recovery))
+}
