@@ -10,6 +10,7 @@
 //!
 //! Dependencies run one way: `server` → `policy`/`proto`/`queue` → `config`.
 
+pub mod auth;
 pub mod config;
 pub mod policy;
 pub mod proto;

@@ -15,7 +15,11 @@ use pigeon::queue::{self, QueueId};
 const DEFAULT_CONFIG: &str = "/etc/pigeon/pigeon.toml";
 
 #[derive(Parser)]
-#[command(name = "pigeon", version, about = "pigeon: an SMTP mail transfer agent")]
+#[command(
+    name = "pigeon",
+    version,
+    about = "pigeon: an SMTP mail transfer agent"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -33,6 +37,9 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Read a password (without echo, or from standard input when it is not
+    /// a terminal) and print its argon2id hash for the users file.
+    HashPassword,
     /// Inspect the mail queue (reads the spool directly; safe while the server runs).
     Queue {
         #[arg(long, default_value = DEFAULT_CONFIG)]
@@ -77,6 +84,7 @@ fn main() -> ExitCode {
             Some(cfg) => serve(cfg),
             None => ExitCode::FAILURE,
         },
+        Cmd::HashPassword => hash_password(),
         Cmd::Queue { config, spool, cmd } => {
             let dir = match spool {
                 Some(d) => d,
@@ -109,7 +117,10 @@ fn load(path: &Path) -> Option<Config> {
 fn raise_nofile_limit() {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
@@ -136,7 +147,10 @@ fn serve(cfg: Config) -> ExitCode {
         ms = rec.elapsed.as_millis() as u64,
         "queue recovered"
     );
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
@@ -159,29 +173,104 @@ fn serve(cfg: Config) -> ExitCode {
             }
         };
         tracing::info!(hostname = %cfg.server.hostname, "pigeon started");
-        wait_for_stop_signal().await;
-        tracing::info!(open = running.connections(), "stopping: no new connections, finishing messages in progress");
-        running.shutdown(Duration::from_secs(cfg.limits.shutdown_grace_secs)).await;
+        wait_for_stop_signal(&running).await;
+        tracing::info!(
+            open = running.connections(),
+            "stopping: no new connections, finishing messages in progress"
+        );
+        running
+            .shutdown(Duration::from_secs(cfg.limits.shutdown_grace_secs))
+            .await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_stop_signal() {
+/// Returns on SIGTERM or SIGINT; SIGHUP reloads the TLS certificates.
+async fn wait_for_stop_signal(running: &pigeon::server::Running) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         tracing::warn!("cannot install signal handlers; stop with SIGKILL");
         std::future::pending::<()>().await;
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading certificates");
+                running.reload_certificates();
+            }
+        }
     }
 }
 
+fn hash_password() -> ExitCode {
+    let password = match read_password() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cannot read the password: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if password.is_empty() {
+        eprintln!("empty password refused");
+        return ExitCode::FAILURE;
+    }
+    match pigeon::auth::hash_password(&password) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot hash: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line from standard input; on a terminal, prompted and not echoed.
+fn read_password() -> std::io::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let mut saved: Option<libc::termios> = None;
+    if tty {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+        // SAFETY: tcgetattr/tcsetattr read and write the termios struct we own.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) == 0 {
+                saved = Some(t);
+                t.c_lflag &= !libc::ECHO;
+                libc::tcsetattr(0, libc::TCSANOW, &t);
+            }
+        }
+    }
+    let mut line = String::new();
+    let r = stdin.lock().read_line(&mut line);
+    if let Some(t) = saved {
+        // SAFETY: restores the settings read above.
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+        }
+        eprintln!();
+    }
+    r?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn age(arrival: i64) -> String {
@@ -217,9 +306,25 @@ fn queue_list(dir: &Path, json: bool) -> ExitCode {
         let rcpts: Vec<String> = m
             .recipients
             .iter()
-            .map(|r| format!("{} ({})", r.address, serde_json::to_value(r.status.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()))
+            .map(|r| {
+                format!(
+                    "{} ({})",
+                    r.address,
+                    serde_json::to_value(r.status.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                )
+            })
             .collect();
-        println!("{}  {:>4}  {:>8}  {}  {}", m.id, age(m.arrival), m.size, sender, rcpts.join(", "));
+        println!(
+            "{}  {:>4}  {:>8}  {}  {}",
+            m.id,
+            age(m.arrival),
+            m.size,
+            sender,
+            rcpts.join(", ")
+        );
     }
     if list.is_empty() {
         println!("queue is empty");
@@ -244,7 +349,12 @@ fn queue_show(dir: &Path, id: &str, json: bool, body: bool) -> ExitCode {
         let _ = std::io::stdout().write_all(&msg.body);
         return ExitCode::SUCCESS;
     }
-    let header_end = msg.body.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 2).unwrap_or(msg.body.len());
+    let header_end = msg
+        .body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .unwrap_or(msg.body.len());
     let headers = String::from_utf8_lossy(&msg.body[..header_end]).replace("\r\n", "\n");
     let env = &msg.envelope;
     if json {
@@ -273,8 +383,15 @@ fn queue_show(dir: &Path, id: &str, json: bool, body: bool) -> ExitCode {
     println!("arrival:    {} ({} ago)", msg.arrival, age(msg.arrival));
     println!("size:       {}", msg.body.len());
     println!("sender:     <{}>", env.sender);
-    println!("client:     {} (helo {}), {}", env.client_ip, env.helo, env.protocol);
-    println!("body:       {:?}{}", env.body_type, if env.smtputf8 { ", SMTPUTF8" } else { "" });
+    println!(
+        "client:     {} (helo {}), {}",
+        env.client_ip, env.helo, env.protocol
+    );
+    println!(
+        "body:       {:?}{}",
+        env.body_type,
+        if env.smtputf8 { ", SMTPUTF8" } else { "" }
+    );
     if let Some(r) = env.ret {
         println!("ret:        {r:?}");
     }
@@ -288,8 +405,15 @@ fn queue_show(dir: &Path, id: &str, json: bool, body: bool) -> ExitCode {
             st.state,
             st.attempts,
             st.next_attempt,
-            r.orcpt.as_ref().map(|o| format!(" orcpt={o}")).unwrap_or_default(),
-            if st.last_reply.is_empty() { String::new() } else { format!(" last=\"{}\"", st.last_reply) }
+            r.orcpt
+                .as_ref()
+                .map(|o| format!(" orcpt={o}"))
+                .unwrap_or_default(),
+            if st.last_reply.is_empty() {
+                String::new()
+            } else {
+                format!(" last=\"{}\"", st.last_reply)
+            }
         );
     }
     println!("\n{headers}");

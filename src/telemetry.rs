@@ -8,7 +8,10 @@ pub fn init(cfg: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PIGEON_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("pigeon={}", cfg.level)));
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
     let result = match (cfg.format, journald) {
         (LogFormat::Json, _) => builder.json().flatten_event(true).try_init(),
         (LogFormat::Text, true) => builder.without_time().with_ansi(false).try_init(),

@@ -12,9 +12,18 @@ async fn accepts_and_stores_durably() {
     let mut c = srv.client().await;
     assert!(c.reply().await.starts_with("220 mx.test ESMTP"));
     let ehlo = c.cmd("EHLO client.test").await;
-    assert!(ehlo.contains("250-PIPELINING") && ehlo.ends_with("250 DSN"), "{ehlo}");
+    assert!(
+        ehlo.contains("250-PIPELINING") && ehlo.ends_with("250 DSN"),
+        "{ehlo}"
+    );
     let body = "Subject: test\r\nFrom: a@src.test\r\n\r\nline 1\r\n..starts with a dot\r\n\u{e9}t\u{e9}\r\n";
-    let r = c.mail("a@src.test", &["u@example.org", "v@example.org"], &body.replace("\r\n..", "\r\n...")).await;
+    let r = c
+        .mail(
+            "a@src.test",
+            &["u@example.org", "v@example.org"],
+            &body.replace("\r\n..", "\r\n..."),
+        )
+        .await;
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
     let id = queued_id(&r);
     assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye");
@@ -26,7 +35,12 @@ async fn accepts_and_stores_durably() {
     assert_eq!(msg.envelope.recipients.len(), 2);
     assert_eq!(strip_received(&msg.body), body.as_bytes());
     let text = String::from_utf8_lossy(&msg.body);
-    assert!(text.starts_with("Received: from client.test ([127.0.0.1])\r\n\tby mx.test (pigeon) with ESMTP id "), "{text}");
+    assert!(
+        text.starts_with(
+            "Received: from client.test ([127.0.0.1])\r\n\tby mx.test (pigeon) with ESMTP id "
+        ),
+        "{text}"
+    );
     assert!(text.contains(&format!("id {id};")), "{text}");
 }
 
@@ -43,10 +57,14 @@ async fn pipelined_transaction_in_one_write() {
     assert!(replies[3].starts_with("501 5.5.4"));
     assert!(replies[4].starts_with("250 2.1.5"));
     assert!(replies[5].starts_with("354"));
-    c.send("x\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<u@example.org>\r\nBDAT 3 LAST\r\nabcQUIT\r\n").await;
+    c.send("x\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<u@example.org>\r\nBDAT 3 LAST\r\nabcQUIT\r\n")
+        .await;
     let replies = futures_replies(&mut c, 5).await;
     assert!(replies[0].starts_with("250 2.0.0 Ok: queued as"));
-    assert!(replies[3].starts_with("250 2.0.0 Ok: queued as"), "{replies:?}");
+    assert!(
+        replies[3].starts_with("250 2.0.0 Ok: queued as"),
+        "{replies:?}"
+    );
     assert!(replies[4].starts_with("221"));
     assert_eq!(srv.queued().len(), 2);
 }
@@ -78,7 +96,10 @@ async fn unauthenticated_relay_refused() {
         "<@example.org:bob@remote.test>",
     ] {
         let r = c.cmd(&format!("RCPT TO:{rcpt}")).await;
-        assert!(r.starts_with("554 5.7.1") || r.starts_with("501"), "{rcpt}: {r}");
+        assert!(
+            r.starts_with("554 5.7.1") || r.starts_with("501"),
+            "{rcpt}: {r}"
+        );
     }
     assert!(c.cmd("RCPT TO:<bob@example.org>").await.starts_with("250"));
 }
@@ -132,7 +153,10 @@ async fn low_disk_space_refuses_mail() {
     let mut c = srv.client().await;
     c.reply().await;
     c.cmd("EHLO c").await;
-    assert!(c.cmd("MAIL FROM:<a@src.test>").await.starts_with("452 4.3.1"));
+    assert!(c
+        .cmd("MAIL FROM:<a@src.test>")
+        .await
+        .starts_with("452 4.3.1"));
 }
 
 #[tokio::test]
@@ -143,9 +167,14 @@ async fn oversized_message_leaves_nothing() {
     let mut c = srv.client().await;
     c.reply().await;
     c.cmd("EHLO c").await;
-    assert!(c.cmd("MAIL FROM:<a@src.test> SIZE=100001").await.starts_with("552 5.3.4"));
+    assert!(c
+        .cmd("MAIL FROM:<a@src.test> SIZE=100001")
+        .await
+        .starts_with("552 5.3.4"));
     let line = format!("{}\r\n", "x".repeat(998));
-    let r = c.mail("a@src.test", &["u@example.org"], &line.repeat(400)).await;
+    let r = c
+        .mail("a@src.test", &["u@example.org"], &line.repeat(400))
+        .await;
     assert!(r.starts_with("552 5.3.4"), "{r}");
     assert!(c.cmd("NOOP").await.starts_with("250"));
     assert!(srv.queued().is_empty());
@@ -235,7 +264,10 @@ async fn shutdown_lets_data_finish_then_closes() {
     c.send("part two\r\n.\r\n").await;
     assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as"));
     assert!(c.reply().await.starts_with("421 4.3.2"));
-    tokio::time::timeout(Duration::from_secs(5), stopper).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), stopper)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(srv.queued().len(), 1);
     assert!(tokio::net::TcpStream::connect(srv.addr).await.is_err());
 }
@@ -276,13 +308,21 @@ async fn full_disk_mid_data_gives_451_and_no_partial_file() {
     c.reply().await;
     c.cmd("EHLO c").await;
     let line = format!("{}\r\n", "z".repeat(500));
-    let r = c.mail("a@src.test", &["u@example.org"], &line.repeat(4000)).await;
+    let r = c
+        .mail("a@src.test", &["u@example.org"], &line.repeat(4000))
+        .await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
     assert!(c.cmd("NOOP").await.starts_with("250"));
     assert_eq!(std::fs::read_dir(spool.join("tmp")).unwrap().count(), 0);
     assert!(pigeon::queue::list(&spool).unwrap().is_empty());
     // A small message still fits and is accepted.
-    let r = c.mail("a@src.test", &["u@example.org"], "Subject: small\r\n\r\nok\r\n").await;
+    let r = c
+        .mail(
+            "a@src.test",
+            &["u@example.org"],
+            "Subject: small\r\n\r\nok\r\n",
+        )
+        .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
     running.shutdown(Duration::from_secs(1)).await;
 }

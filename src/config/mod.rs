@@ -15,12 +15,13 @@
 
 mod cidr;
 mod locate;
-mod validate;
+pub(crate) mod validate;
 
 #[cfg(test)]
 mod tests;
 
 pub use cidr::{Cidr, ParseCidrError};
+pub use validate::check_user;
 
 use serde::Deserialize;
 use std::fmt;
@@ -55,6 +56,10 @@ pub struct Config {
     pub smtp: SmtpConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[tls]`: certificates for STARTTLS and implicit TLS.
+    pub tls: TlsConfig,
+    /// `[auth]`: SMTP AUTH users and the rules around them.
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -66,6 +71,8 @@ impl Default for Config {
             listeners: vec![ListenerConfig {
                 bind: SocketAddr::from(([0, 0, 0, 0], 25)),
                 mode: ListenerMode::Smtp,
+                auth: None,
+                plaintext_auth: false,
             }],
             domains: DomainsConfig::default(),
             relay: RelayConfig::default(),
@@ -73,6 +80,8 @@ impl Default for Config {
             limits: Limits::default(),
             smtp: SmtpConfig::default(),
             log: LogConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -120,6 +129,40 @@ pub struct ListenerConfig {
     /// What the port is for. Default: `smtp`.
     #[serde(default)]
     pub mode: ListenerMode,
+    /// Offer SMTP AUTH. `submission` and `submissions` listeners always
+    /// offer and require it; on an `smtp` listener it is off unless set to
+    /// true (then offered, not required). Default: by mode.
+    #[serde(default)]
+    pub auth: Option<bool>,
+    /// Offer AUTH on a connection without TLS. Allowed only on a loopback
+    /// address. Default: false.
+    #[serde(default)]
+    pub plaintext_auth: bool,
+}
+
+impl ListenerConfig {
+    /// A listener with the defaults of its mode.
+    pub fn new(bind: SocketAddr, mode: ListenerMode) -> ListenerConfig {
+        ListenerConfig {
+            bind,
+            mode,
+            auth: None,
+            plaintext_auth: false,
+        }
+    }
+
+    /// AUTH is offered on this listener (under TLS unless `plaintext_auth`).
+    pub fn auth_offered(&self) -> bool {
+        match self.mode {
+            ListenerMode::Smtp => self.auth.unwrap_or(false),
+            ListenerMode::Submission | ListenerMode::Submissions => true,
+        }
+    }
+
+    /// MAIL is refused until the client has authenticated.
+    pub fn auth_required(&self) -> bool {
+        self.mode != ListenerMode::Smtp
+    }
 }
 
 /// What a listening port is for.
@@ -350,6 +393,102 @@ impl LogFormat {
             LogFormat::Json => "json",
         }
     }
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chains and keys (PEM files). The first is the default;
+    /// the others are chosen by the name the client asks for (SNI) when it
+    /// matches a name in the certificate. Default: none.
+    pub certificates: Vec<CertificateConfig>,
+    /// When no certificate is configured, make a self-signed one for
+    /// `server.hostname` on first start and keep it in `<spool>/tls/`.
+    /// Meant for testing; clients will warn about it. Default: false.
+    pub self_signed: bool,
+}
+
+impl TlsConfig {
+    /// TLS is available (STARTTLS offered, implicit TLS possible).
+    pub fn enabled(&self) -> bool {
+        !self.certificates.is_empty() || self.self_signed
+    }
+}
+
+/// One `[[tls.certificates]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A TOML file of `[[user]]` entries (same keys as `[[auth.user]]`),
+    /// read at start. Empty: none. Default: empty.
+    pub users_file: PathBuf,
+    /// Users given inline. Default: none.
+    #[serde(rename = "user")]
+    pub users: Vec<UserConfig>,
+    /// An authenticated user may use only their own addresses in MAIL FROM
+    /// (553 5.7.1 otherwise). Default: true.
+    pub sender_login_match: bool,
+    /// Apply the same rule to the addresses in the From: header. Default: false.
+    pub check_header_from: bool,
+    /// Milliseconds to wait before answering a failed authentication.
+    /// Default: 1000.
+    pub failure_delay_ms: u64,
+    /// Failed authentications allowed on one connection before it is closed
+    /// with 421. Default: 3.
+    pub max_failures_per_connection: u32,
+    /// Failed authentications from one IP address, within
+    /// `ip_failure_window_secs`, after which that address may not try again
+    /// for `ip_block_secs`. 0 disables the per-address limit. Default: 10.
+    pub ip_max_failures: u32,
+    /// Default: 600.
+    pub ip_failure_window_secs: u64,
+    /// Default: 900.
+    pub ip_block_secs: u64,
+    /// Exempt loopback clients from the per-address limit. Default: false.
+    pub exempt_loopback: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            users_file: PathBuf::new(),
+            users: Vec::new(),
+            sender_login_match: true,
+            check_header_from: false,
+            failure_delay_ms: 1000,
+            max_failures_per_connection: 3,
+            ip_max_failures: 10,
+            ip_failure_window_secs: 600,
+            ip_block_secs: 900,
+            exempt_loopback: false,
+        }
+    }
+}
+
+/// One user, in `[[auth.user]]` or in the users file's `[[user]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The name given to AUTH.
+    pub login: String,
+    /// Password hash: argon2id (`$argon2id$...`, made by
+    /// `pigeon hash-password`), sha512-crypt (`$6$...`) or bcrypt (`$2y$...`).
+    pub password: String,
+    /// Addresses the user may send as: `user@domain`, or `@domain` for any
+    /// address in that domain.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// One problem found in a configuration file.

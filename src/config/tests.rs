@@ -29,9 +29,12 @@ fn ip(s: &str) -> IpAddr {
 fn shipped_config_parses() {
     let c = parse(SHIPPED).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(c.server.hostname, "pigeon.localhost");
-    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(c.listeners.len(), 3);
     assert_eq!(c.listeners[0].bind, "127.0.0.1:2525".parse().unwrap());
     assert_eq!(c.listeners[0].mode, ListenerMode::Smtp);
+    assert_eq!(c.listeners[1].mode, ListenerMode::Submission);
+    assert_eq!(c.listeners[2].mode, ListenerMode::Submissions);
+    assert!(c.tls.self_signed);
     assert_eq!(c.domains.local, ["localhost.test", "example.org"]);
     assert_eq!(c.spool.dir, PathBuf::from("spool"));
     assert_eq!(c.log.level, "info");
@@ -48,6 +51,8 @@ fn shipped_config_lists_every_key_at_its_default() {
     assert_eq!(c.spool.reserve_bytes, d.spool.reserve_bytes);
     assert_eq!(c.smtp.bare_newline, d.smtp.bare_newline);
     assert_eq!(c.log.format, d.log.format);
+    assert_eq!(format!("{:?}", c.auth), format!("{:?}", d.auth));
+    assert_eq!(c.listeners[0].plaintext_auth, d.listeners[0].plaintext_auth);
     // Every key of every section appears uncommented in the file.
     let table: toml::Table = toml::from_str(SHIPPED).unwrap();
     let keys = |section: &str| -> Vec<String> {
@@ -62,7 +67,7 @@ fn shipped_config_lists_every_key_at_its_default() {
     };
     let expected: &[(&str, &[&str])] = &[
         ("server", &["hostname"]),
-        ("listener", &["bind", "mode"]),
+        ("listener", &["bind", "mode", "plaintext_auth"]),
         ("domains", &["local"]),
         ("relay", &["trusted_networks"]),
         ("spool", &["dir", "reserve_bytes"]),
@@ -84,6 +89,21 @@ fn shipped_config_lists_every_key_at_its_default() {
         ),
         ("smtp", &["bare_newline"]),
         ("log", &["format", "level"]),
+        ("tls", &["certificates", "self_signed"]),
+        (
+            "auth",
+            &[
+                "check_header_from",
+                "exempt_loopback",
+                "failure_delay_ms",
+                "ip_block_secs",
+                "ip_failure_window_secs",
+                "ip_max_failures",
+                "max_failures_per_connection",
+                "sender_login_match",
+                "users_file",
+            ],
+        ),
     ];
     for (section, want) in expected {
         let mut got = keys(section);
@@ -155,7 +175,8 @@ fn several_listeners_and_modes() {
         "[[listener]]\nbind = \"[::]:25\"\n\
          [[listener]]\nbind = \"0.0.0.0:25\"\n\
          [[listener]]\nbind = \"127.0.0.1:587\"\nmode = \"submission\"\n\
-         [[listener]]\nbind = \"127.0.0.1:465\"\nmode = \"submissions\"\n",
+         [[listener]]\nbind = \"127.0.0.1:465\"\nmode = \"submissions\"\n\
+         [tls]\nself_signed = true\n",
     )
     .unwrap();
     let modes: Vec<&str> = c.listeners.iter().map(|l| l.mode.as_str()).collect();
@@ -264,7 +285,7 @@ fn error_duplicate_bind() {
     let e = one_error(
         "[[listener]]\nbind = \"127.0.0.1:25\"\n\
          [[listener]]\nbind = \"127.0.0.1:587\"\nmode = \"submission\"\n\
-         [[listener]]\nbind = \"127.0.0.1:25\"\n",
+         [[listener]]\nbind = \"127.0.0.1:25\"\n[tls]\nself_signed = true\n",
     );
     assert_eq!(e.key, "listener[2].bind");
     assert_eq!(e.line, Some(7));

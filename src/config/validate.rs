@@ -104,6 +104,8 @@ pub(super) fn normalize_and_validate(config: &mut Config) -> Vec<ConfigError> {
         at_most(key, value, TIMEOUT_CEILING_SECS, " (one week)");
     }
 
+    check_tls_auth(config, &mut err);
+
     let level = config.log.level.to_ascii_lowercase();
     if LOG_LEVELS.contains(&level.as_str()) {
         config.log.level = level;
@@ -118,6 +120,130 @@ pub(super) fn normalize_and_validate(config: &mut Config) -> Vec<ConfigError> {
     }
 
     errors
+}
+
+/// TLS must exist where a listener needs it; AUTH settings must make sense;
+/// users must be well formed.
+fn check_tls_auth(config: &mut Config, err: &mut impl FnMut(String, String)) {
+    let tls = config.tls.enabled();
+    for (i, l) in config.listeners.iter().enumerate() {
+        use super::ListenerMode::*;
+        if l.mode == Submissions && !tls {
+            err(
+                format!("listener[{i}].mode"),
+                "`submissions` needs TLS: add [[tls.certificates]] or set tls.self_signed = true"
+                    .into(),
+            );
+        }
+        if l.mode == Submission && !tls && !l.plaintext_auth {
+            err(
+                format!("listener[{i}].mode"),
+                "`submission` needs TLS for AUTH: add [[tls.certificates]], set tls.self_signed = true, or (loopback only) plaintext_auth = true".into(),
+            );
+        }
+        if l.mode != Smtp && l.auth == Some(false) {
+            err(
+                format!("listener[{i}].auth"),
+                format!("`{}` listeners always require AUTH", l.mode),
+            );
+        }
+        if l.plaintext_auth && !l.bind.ip().is_loopback() {
+            err(
+                format!("listener[{i}].plaintext_auth"),
+                format!(
+                    "AUTH without TLS is allowed only on a loopback address, not `{}`",
+                    l.bind.ip()
+                ),
+            );
+        }
+    }
+    for (i, c) in config.tls.certificates.iter().enumerate() {
+        if c.cert.as_os_str().is_empty() {
+            err(
+                format!("tls.certificates[{i}].cert"),
+                "must not be empty".into(),
+            );
+        }
+        if c.key.as_os_str().is_empty() {
+            err(
+                format!("tls.certificates[{i}].key"),
+                "must not be empty".into(),
+            );
+        }
+    }
+    let a = &mut config.auth;
+    if a.max_failures_per_connection == 0 {
+        err(
+            "auth.max_failures_per_connection".into(),
+            "must be at least 1".into(),
+        );
+    }
+    if a.failure_delay_ms > 60_000 {
+        err(
+            "auth.failure_delay_ms".into(),
+            format!("is {}; must be at most 60000", a.failure_delay_ms),
+        );
+    }
+    for (key, v) in [
+        ("ip_failure_window_secs", a.ip_failure_window_secs),
+        ("ip_block_secs", a.ip_block_secs),
+    ] {
+        if v > TIMEOUT_CEILING_SECS {
+            err(
+                format!("auth.{key}"),
+                format!("is {v}; must be at most {TIMEOUT_CEILING_SECS} (one week)"),
+            );
+        }
+    }
+    for (i, u) in a.users.iter_mut().enumerate() {
+        for m in check_user(u) {
+            err(format!("auth.user[{i}].{}", m.0), m.1);
+        }
+    }
+}
+
+/// Problems with one user entry, as (key, message); normalises addresses
+/// (domain part lowercased) in place. Also used for the users file.
+pub fn check_user(u: &mut super::UserConfig) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if u.login.is_empty() || u.login.len() > 256 || u.login.chars().any(|c| c.is_control()) {
+        out.push((
+            "login",
+            "must be 1 to 256 characters without control characters".to_string(),
+        ));
+    }
+    let known = [
+        "$argon2id$",
+        "$argon2i$",
+        "$argon2d$",
+        "$6$",
+        "$2y$",
+        "$2b$",
+        "$2a$",
+    ];
+    if !known.iter().any(|p| u.password.starts_with(p)) {
+        out.push((
+            "password",
+            "must be a password hash: $argon2id$ (pigeon hash-password), $6$ (sha512-crypt) or $2y$ (bcrypt)".to_string(),
+        ));
+    }
+    for a in u.addresses.iter_mut() {
+        let (local, domain) = match a.rsplit_once('@') {
+            Some(x) => x,
+            None => {
+                out.push((
+                    "addresses",
+                    format!("`{a}` is neither user@domain nor @domain"),
+                ));
+                continue;
+            }
+        };
+        match normalize_domain(domain) {
+            Ok(d) => *a = format!("{local}@{d}"),
+            Err(why) => out.push(("addresses", format!("`{a}`: {why}"))),
+        }
+    }
+    out
 }
 
 /// At least one listener; no two listeners on the same address and port,

@@ -7,6 +7,9 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::auth::User;
 
 use crate::config::{Cidr, Config};
 use crate::proto::address::Domain;
@@ -18,28 +21,48 @@ use crate::proto::reply::{self, Reply};
 pub struct Policy {
     local_domains: HashSet<String>,
     trusted: Vec<Cidr>,
+    sender_login_match: bool,
+    check_header_from: bool,
 }
 
 /// What is known about the client when a decision is made.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Client {
     pub ip: IpAddr,
     /// In `relay.trusted_networks`.
     pub trusted: bool,
+    /// The listener requires AUTH before MAIL (submission ports).
+    pub auth_required: bool,
+    /// The authenticated user, once AUTH succeeded.
+    pub user: Option<Arc<User>>,
 }
 
 impl Policy {
     pub fn new(cfg: &Config) -> Policy {
-        let mut local_domains: HashSet<String> =
-            cfg.domains.local.iter().map(|d| d.to_ascii_lowercase()).collect();
+        let mut local_domains: HashSet<String> = cfg
+            .domains
+            .local
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
         // The server's own name is always local, as Postfix's $myhostname is.
         local_domains.insert(cfg.server.hostname.to_ascii_lowercase());
-        Policy { local_domains, trusted: cfg.relay.trusted_networks.clone() }
+        Policy {
+            local_domains,
+            trusted: cfg.relay.trusted_networks.clone(),
+            sender_login_match: cfg.auth.sender_login_match,
+            check_header_from: cfg.auth.check_header_from,
+        }
     }
 
     /// Facts about a newly connected client.
-    pub fn client(&self, ip: IpAddr) -> Client {
-        Client { ip, trusted: self.is_trusted(ip) }
+    pub fn client(&self, ip: IpAddr, auth_required: bool) -> Client {
+        Client {
+            ip,
+            trusted: self.is_trusted(ip),
+            auth_required,
+            user: None,
+        }
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -55,16 +78,42 @@ impl Policy {
     }
 
     /// MAIL FROM: may a transaction start now?
-    pub fn check_mail(&self, _client: &Client, _mail: &MailFrom, spool_has_space: bool) -> Result<(), Reply> {
+    pub fn check_mail(
+        &self,
+        client: &Client,
+        mail: &MailFrom,
+        spool_has_space: bool,
+    ) -> Result<(), Reply> {
+        if client.auth_required && client.user.is_none() {
+            return Err(reply::AUTH_REQUIRED);
+        }
+        if let (Some(user), Some(sender)) = (&client.user, &mail.sender) {
+            if self.sender_login_match && !user.may_send_as(&sender.address()) {
+                return Err(reply::SENDER_NOT_OWNED);
+            }
+        }
         if !spool_has_space {
             return Err(reply::INSUFFICIENT_STORAGE);
         }
         Ok(())
     }
 
+    /// End of DATA/BDAT: with `auth.check_header_from`, every address in
+    /// the From: header of an authenticated user's message must be theirs.
+    pub fn check_message(&self, client: &Client, from_header: Option<&str>) -> Result<(), Reply> {
+        let (true, Some(user)) = (self.check_header_from, &client.user) else {
+            return Ok(());
+        };
+        let addrs = header_addresses(from_header.unwrap_or(""));
+        if addrs.is_empty() || !addrs.iter().all(|a| user.may_send_as(a)) {
+            return Err(reply::FROM_HEADER_NOT_OWNED);
+        }
+        Ok(())
+    }
+
     /// RCPT TO: is this recipient local, or may this client relay to it?
     pub fn check_rcpt(&self, client: &Client, rcpt: &RcptTo) -> Result<(), Reply> {
-        if client.trusted {
+        if client.trusted || client.user.is_some() {
             return Ok(());
         }
         if !self.is_local_domain(&rcpt.rcpt.domain) {
@@ -79,6 +128,49 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+/// The addresses in a From: header value: those in angle brackets, or
+/// else the bare comma-separated ones, with (comments) removed.
+fn header_addresses(value: &str) -> Vec<String> {
+    let mut no_comments = String::with_capacity(value.len());
+    let mut depth = 0u32;
+    let mut quoted = false;
+    for c in value.chars() {
+        match c {
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                no_comments.push(c);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            _ if depth == 0 => no_comments.push(c),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let mut quoted = false;
+    let mut current: Option<String> = None;
+    for c in no_comments.chars() {
+        match (c, current.as_mut()) {
+            ('"', None) => quoted = !quoted,
+            ('<', None) if !quoted => current = Some(String::new()),
+            ('>', Some(a)) => {
+                out.push(a.trim().to_string());
+                current = None;
+            }
+            (c, Some(a)) => a.push(c),
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        out = no_comments
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| a.contains('@'))
+            .collect();
+    }
+    out
 }
 
 #[cfg(test)]
@@ -97,7 +189,7 @@ mod tests {
         let Ok(Command::Rcpt(r)) = parse_command(line.as_bytes()) else {
             return Err(Reply::new(501, "5.5.4", "syntax"));
         };
-        p.check_rcpt(&p.client(ip.parse().unwrap()), &r)
+        p.check_rcpt(&p.client(ip.parse().unwrap(), false), &r)
     }
 
     #[test]
@@ -106,7 +198,10 @@ mod tests {
         assert!(rcpt(&p, "192.0.2.1", "RCPT TO:<alice@example.org>").is_ok());
         assert!(rcpt(&p, "192.0.2.1", "RCPT TO:<alice@EXAMPLE.ORG>").is_ok());
         assert!(rcpt(&p, "192.0.2.1", "RCPT TO:<postmaster@mx.example.org>").is_ok());
-        assert_eq!(rcpt(&p, "192.0.2.1", "RCPT TO:<bob@remote.test>"), Err(reply::RELAY_DENIED));
+        assert_eq!(
+            rcpt(&p, "192.0.2.1", "RCPT TO:<bob@remote.test>"),
+            Err(reply::RELAY_DENIED)
+        );
         assert!(rcpt(&p, "127.0.0.1", "RCPT TO:<bob@remote.test>").is_ok());
         assert!(rcpt(&p, "::1", "RCPT TO:<bob@remote.test>").is_ok());
     }
@@ -134,5 +229,104 @@ mod tests {
         }
         // A source route to a local mailbox is ignored, as RFC 5321 says.
         assert!(rcpt(&p, "198.51.100.7", "RCPT TO:<@remote.test:bob@example.org>").is_ok());
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+    use crate::config::UserConfig;
+    use crate::proto::command::{parse_command, Command};
+
+    fn setup(check_from: bool) -> (Policy, Client, Client) {
+        let mut cfg = Config::default();
+        cfg.domains.local = vec!["example.org".into()];
+        cfg.relay.trusted_networks = vec![];
+        cfg.auth.check_header_from = check_from;
+        cfg.auth.users = vec![UserConfig {
+            login: "alice".into(),
+            password: crate::auth::hash_password("pw").unwrap(),
+            addresses: vec!["alice@example.org".into(), "@alice.test".into()],
+        }];
+        let db = crate::auth::UserDb::load(&cfg.auth).unwrap();
+        let p = Policy::new(&cfg);
+        let anon = p.client("192.0.2.1".parse().unwrap(), true);
+        let mut alice = p.client("192.0.2.1".parse().unwrap(), true);
+        alice.user = db.get("alice");
+        (p, anon, alice)
+    }
+
+    fn mail(line: &str) -> MailFrom {
+        match parse_command(line.as_bytes()) {
+            Ok(Command::Mail(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn rcpt(line: &str) -> RcptTo {
+        match parse_command(line.as_bytes()) {
+            Ok(Command::Rcpt(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn submission_rules() {
+        let (p, anon, alice) = setup(false);
+        assert_eq!(
+            p.check_mail(&anon, &mail("MAIL FROM:<alice@example.org>"), true),
+            Err(reply::AUTH_REQUIRED)
+        );
+        assert!(p
+            .check_mail(&alice, &mail("MAIL FROM:<alice@example.org>"), true)
+            .is_ok());
+        assert!(p
+            .check_mail(&alice, &mail("MAIL FROM:<ALICE@Example.org>"), true)
+            .is_ok());
+        assert!(p
+            .check_mail(&alice, &mail("MAIL FROM:<x@alice.test>"), true)
+            .is_ok());
+        assert!(p.check_mail(&alice, &mail("MAIL FROM:<>"), true).is_ok());
+        assert_eq!(
+            p.check_mail(&alice, &mail("MAIL FROM:<bob@example.org>"), true),
+            Err(reply::SENDER_NOT_OWNED)
+        );
+        assert!(p
+            .check_rcpt(&alice, &rcpt("RCPT TO:<anyone@remote.test>"))
+            .is_ok());
+        assert_eq!(
+            p.check_rcpt(&anon, &rcpt("RCPT TO:<anyone@remote.test>")),
+            Err(reply::RELAY_DENIED)
+        );
+    }
+
+    #[test]
+    fn header_from_rule() {
+        let (p, _, alice) = setup(true);
+        assert!(p
+            .check_message(&alice, Some("Alice <alice@example.org>"))
+            .is_ok());
+        assert!(p
+            .check_message(&alice, Some("alice@example.org (Alice)"))
+            .is_ok());
+        assert!(p
+            .check_message(&alice, Some("\"Bob <bob@x.test>\" <a@alice.test>"))
+            .is_ok());
+        assert_eq!(
+            p.check_message(&alice, Some("Bob <bob@example.org>")),
+            Err(reply::FROM_HEADER_NOT_OWNED)
+        );
+        assert_eq!(
+            p.check_message(&alice, Some("alice@example.org, bob@example.org")),
+            Err(reply::FROM_HEADER_NOT_OWNED)
+        );
+        assert_eq!(
+            p.check_message(&alice, None),
+            Err(reply::FROM_HEADER_NOT_OWNED)
+        );
+        let (p, _, alice) = setup(false);
+        assert!(p
+            .check_message(&alice, Some("Bob <bob@example.org>"))
+            .is_ok());
     }
 }

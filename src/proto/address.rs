@@ -141,11 +141,21 @@ pub fn parse_mailbox(s: &str) -> Result<(Mailbox, usize), &'static str> {
         (Domain::Name(name), n)
     };
     let utf8 = !local.is_ascii() || !domain.as_str().is_ascii();
-    Ok((Mailbox { local: local.to_string(), domain, quoted, utf8 }, local_len + 1 + dlen))
+    Ok((
+        Mailbox {
+            local: local.to_string(),
+            domain,
+            quoted,
+            utf8,
+        },
+        local_len + 1 + dlen,
+    ))
 }
 
 fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || (!c.is_ascii() && !c.is_control())
+    c.is_ascii_alphanumeric()
+        || "!#$%&'*+-/=?^_`{|}~".contains(c)
+        || (!c.is_ascii() && !c.is_control())
 }
 
 fn dot_string_len(s: &str) -> Result<usize, &'static str> {
@@ -245,15 +255,22 @@ pub fn parse_domain(s: &str) -> Result<(String, usize), &'static str> {
 fn parse_address_literal(s: &str) -> Result<(String, usize), &'static str> {
     let end = s.find(']').ok_or("unterminated address literal")?;
     let inner = &s[1..end];
-    if let Some(v6) = inner.strip_prefix("IPv6:").or_else(|| inner.strip_prefix("ipv6:")) {
-        v6.parse::<Ipv6Addr>().map_err(|_| "invalid IPv6 address literal")?;
+    if let Some(v6) = inner
+        .strip_prefix("IPv6:")
+        .or_else(|| inner.strip_prefix("ipv6:"))
+    {
+        v6.parse::<Ipv6Addr>()
+            .map_err(|_| "invalid IPv6 address literal")?;
     } else if inner.parse::<Ipv4Addr>().is_err() {
         // General-address-literal: Standardized-tag ":" 1*dcontent
         let (tag, content) = inner.split_once(':').ok_or("invalid address literal")?;
         let tag_ok = !tag.is_empty()
             && tag.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
             && !tag.ends_with('-');
-        let content_ok = !content.is_empty() && content.bytes().all(|c| (33..=90).contains(&c) || (94..=126).contains(&c));
+        let content_ok = !content.is_empty()
+            && content
+                .bytes()
+                .all(|c| (33..=90).contains(&c) || (94..=126).contains(&c));
         if !tag_ok || !content_ok {
             return Err("invalid address literal");
         }
@@ -300,7 +317,9 @@ mod tests {
     use super::*;
 
     fn ok(s: &str) -> String {
-        parse_path(s, true).map(|(m, _)| m.map(|m| m.address()).unwrap_or_default()).unwrap()
+        parse_path(s, true)
+            .map(|(m, _)| m.map(|m| m.address()).unwrap_or_default())
+            .unwrap()
     }
 
     #[test]
@@ -310,7 +329,10 @@ mod tests {
         assert_eq!(ok("<A.B@EXAMPLE.org>"), "A.B@example.org");
         assert_eq!(ok("<\"john doe\"@example.org>"), "\"john doe\"@example.org");
         assert_eq!(ok("<\"a\\\"b\"@example.org>"), "\"a\\\"b\"@example.org");
-        assert_eq!(ok("<@relay.example,@r2.example:user@example.org>"), "user@example.org");
+        assert_eq!(
+            ok("<@relay.example,@r2.example:user@example.org>"),
+            "user@example.org"
+        );
         assert_eq!(ok("<u@[192.0.2.1]>"), "u@[192.0.2.1]");
         assert_eq!(ok("<u@[IPv6:2001:db8::1]>"), "u@[IPv6:2001:db8::1]");
         assert_eq!(ok("<δοκιμή@παράδειγμα.δοκιμή>"), "δοκιμή@παράδειγμα.δοκιμή");

@@ -108,7 +108,9 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
 fn helo_arg(args: &str) -> Result<String, ParseError> {
     let a = args.trim();
     if a.is_empty() {
-        return Err(ParseError::Syntax("HELO/EHLO needs a domain or address literal"));
+        return Err(ParseError::Syntax(
+            "HELO/EHLO needs a domain or address literal",
+        ));
     }
     if a.contains(' ') {
         return Err(ParseError::Syntax("HELO/EHLO takes one argument"));
@@ -132,19 +134,31 @@ fn strip_prefix_ci<'a>(args: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 fn params(rest: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
-    rest.split(' ').filter(|p| !p.is_empty()).map(|p| match p.split_once('=') {
-        Some((k, v)) => (k, Some(v)),
-        None => (p, None),
-    })
+    rest.split(' ')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (p, None),
+        })
 }
 
 fn parse_mail(args: &str) -> Result<MailFrom, ParseError> {
-    let rest = strip_prefix_ci(args, "FROM:").ok_or(ParseError::Syntax("syntax is MAIL FROM:<address>"))?;
+    let rest = strip_prefix_ci(args, "FROM:")
+        .ok_or(ParseError::Syntax("syntax is MAIL FROM:<address>"))?;
     let (sender, rest) = parse_path(rest, true).map_err(ParseError::Syntax)?;
-    let mut m = MailFrom { sender, ..MailFrom::default() };
+    let mut m = MailFrom {
+        sender,
+        ..MailFrom::default()
+    };
     let mut seen_body = false;
     for (k, v) in params(rest) {
-        let dup = |seen: bool| if seen { Err(ParseError::Syntax("duplicate parameter")) } else { Ok(()) };
+        let dup = |seen: bool| {
+            if seen {
+                Err(ParseError::Syntax("duplicate parameter"))
+            } else {
+                Ok(())
+            }
+        };
         if k.eq_ignore_ascii_case("SIZE") {
             dup(m.size.is_some())?;
             let v = v.ok_or(ParseError::Syntax("SIZE needs a value"))?;
@@ -159,7 +173,11 @@ fn parse_mail(args: &str) -> Result<MailFrom, ParseError> {
                 Some("7BIT") => BodyType::SevenBit,
                 Some("8BITMIME") => BodyType::EightBitMime,
                 Some("BINARYMIME") => BodyType::BinaryMime,
-                _ => return Err(ParseError::Syntax("BODY must be 7BIT, 8BITMIME or BINARYMIME")),
+                _ => {
+                    return Err(ParseError::Syntax(
+                        "BODY must be 7BIT, 8BITMIME or BINARYMIME",
+                    ))
+                }
             };
         } else if k.eq_ignore_ascii_case("SMTPUTF8") {
             dup(m.smtputf8)?;
@@ -184,7 +202,11 @@ fn parse_mail(args: &str) -> Result<MailFrom, ParseError> {
         } else if k.eq_ignore_ascii_case("AUTH") {
             dup(m.auth.is_some())?;
             let v = v.ok_or(ParseError::Syntax("AUTH needs a value"))?;
-            m.auth = Some(if v == "<>" { v.to_string() } else { decode_xtext(v).map_err(ParseError::Syntax)? });
+            m.auth = Some(if v == "<>" {
+                v.to_string()
+            } else {
+                decode_xtext(v).map_err(ParseError::Syntax)?
+            });
         } else {
             return Err(ParseError::UnknownParam);
         }
@@ -193,10 +215,14 @@ fn parse_mail(args: &str) -> Result<MailFrom, ParseError> {
 }
 
 fn parse_rcpt(args: &str) -> Result<RcptTo, ParseError> {
-    let rest = strip_prefix_ci(args, "TO:").ok_or(ParseError::Syntax("syntax is RCPT TO:<address>"))?;
+    let rest =
+        strip_prefix_ci(args, "TO:").ok_or(ParseError::Syntax("syntax is RCPT TO:<address>"))?;
     // RFC 5321 §4.1.1.3: "<Postmaster>" without a domain must be accepted.
     let (rcpt, bare_postmaster, rest) = match rest.get(..12) {
-        Some(p) if p.eq_ignore_ascii_case("<postmaster>") && (rest.len() == 12 || rest.as_bytes()[12] == b' ') => {
+        Some(p)
+            if p.eq_ignore_ascii_case("<postmaster>")
+                && (rest.len() == 12 || rest.as_bytes()[12] == b' ') =>
+        {
             let m = Mailbox {
                 local: "postmaster".into(),
                 domain: super::address::Domain::Name(String::new()),
@@ -207,10 +233,19 @@ fn parse_rcpt(args: &str) -> Result<RcptTo, ParseError> {
         }
         _ => {
             let (m, rest) = parse_path(rest, false).map_err(ParseError::Syntax)?;
-            (m.ok_or(ParseError::Syntax("empty forward path"))?, false, rest)
+            (
+                m.ok_or(ParseError::Syntax("empty forward path"))?,
+                false,
+                rest,
+            )
         }
     };
-    let mut r = RcptTo { rcpt, bare_postmaster, notify: Notify::default(), orcpt: None };
+    let mut r = RcptTo {
+        rcpt,
+        bare_postmaster,
+        notify: Notify::default(),
+        orcpt: None,
+    };
     for (k, v) in params(rest) {
         if k.eq_ignore_ascii_case("NOTIFY") {
             if r.notify.0 != 0 {
@@ -224,7 +259,11 @@ fn parse_rcpt(args: &str) -> Result<RcptTo, ParseError> {
                     "SUCCESS" => Notify::SUCCESS,
                     "FAILURE" => Notify::FAILURE,
                     "DELAY" => Notify::DELAY,
-                    _ => return Err(ParseError::Syntax("NOTIFY must be NEVER or SUCCESS,FAILURE,DELAY")),
+                    _ => {
+                        return Err(ParseError::Syntax(
+                            "NOTIFY must be NEVER or SUCCESS,FAILURE,DELAY",
+                        ))
+                    }
                 };
                 bits |= bit;
             }
@@ -237,9 +276,13 @@ fn parse_rcpt(args: &str) -> Result<RcptTo, ParseError> {
                 return Err(ParseError::Syntax("duplicate parameter"));
             }
             let v = v.ok_or(ParseError::Syntax("ORCPT needs a value"))?;
-            let (atype, addr) = v.split_once(';').ok_or(ParseError::Syntax("ORCPT must be addr-type;xtext"))?;
+            let (atype, addr) = v
+                .split_once(';')
+                .ok_or(ParseError::Syntax("ORCPT must be addr-type;xtext"))?;
             let atype_ok = !atype.is_empty()
-                && atype.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                && atype
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
                 && atype.as_bytes()[0].is_ascii_alphanumeric();
             if !atype_ok || addr.is_empty() || v.len() > 500 {
                 return Err(ParseError::Syntax("bad ORCPT value"));
@@ -255,11 +298,15 @@ fn parse_rcpt(args: &str) -> Result<RcptTo, ParseError> {
 
 fn parse_bdat(args: &str) -> Result<Command, ParseError> {
     let mut it = args.split(' ').filter(|s| !s.is_empty());
-    let size = it.next().ok_or(ParseError::Syntax("BDAT needs a chunk size"))?;
+    let size = it
+        .next()
+        .ok_or(ParseError::Syntax("BDAT needs a chunk size"))?;
     if size.len() > 20 || !size.bytes().all(|c| c.is_ascii_digit()) {
         return Err(ParseError::Syntax("bad BDAT chunk size"));
     }
-    let size: u64 = size.parse().map_err(|_| ParseError::Syntax("bad BDAT chunk size"))?;
+    let size: u64 = size
+        .parse()
+        .map_err(|_| ParseError::Syntax("bad BDAT chunk size"))?;
     let last = match it.next() {
         None => false,
         Some(l) if l.eq_ignore_ascii_case("LAST") => true,
@@ -281,15 +328,30 @@ mod tests {
 
     #[test]
     fn verbs() {
-        assert_eq!(p("ehlo client.example"), Ok(Command::Ehlo("client.example".into())));
+        assert_eq!(
+            p("ehlo client.example"),
+            Ok(Command::Ehlo("client.example".into()))
+        );
         assert_eq!(p("QUIT"), Ok(Command::Quit));
         assert_eq!(p("NOOP anything"), Ok(Command::Noop));
         assert_eq!(p("FOO"), Err(ParseError::Unknown));
         assert_eq!(p(""), Err(ParseError::Unknown));
         assert!(matches!(p("EHLO"), Err(ParseError::Syntax(_))));
         assert!(matches!(p("DATA x"), Err(ParseError::Syntax(_))));
-        assert_eq!(p("BDAT 10 LAST"), Ok(Command::Bdat { size: 10, last: true }));
-        assert_eq!(p("BDAT 0"), Ok(Command::Bdat { size: 0, last: false }));
+        assert_eq!(
+            p("BDAT 10 LAST"),
+            Ok(Command::Bdat {
+                size: 10,
+                last: true
+            })
+        );
+        assert_eq!(
+            p("BDAT 0"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: false
+            })
+        );
         assert!(matches!(p("BDAT -1"), Err(ParseError::Syntax(_))));
         assert!(matches!(p("BDAT 1 LAST x"), Err(ParseError::Syntax(_))));
     }
@@ -306,26 +368,49 @@ mod tests {
         assert!(m.smtputf8);
         assert_eq!(m.ret, Some(Ret::Hdrs));
         assert_eq!(m.envid.as_deref(), Some("x+y"));
-        assert!(matches!(p("MAIL FROM:<a@b.c> FOO=1"), Err(ParseError::UnknownParam)));
-        assert!(matches!(p("MAIL FROM:<a@b.c> SIZE=1 SIZE=2"), Err(ParseError::Syntax(_))));
-        assert!(matches!(p("MAIL FROM:<a@b.c> RET=ALL"), Err(ParseError::Syntax(_))));
-        assert!(matches!(p("MAIL FROM:<a@b.c> ENVID=a=b"), Err(ParseError::Syntax(_))));
+        assert!(matches!(
+            p("MAIL FROM:<a@b.c> FOO=1"),
+            Err(ParseError::UnknownParam)
+        ));
+        assert!(matches!(
+            p("MAIL FROM:<a@b.c> SIZE=1 SIZE=2"),
+            Err(ParseError::Syntax(_))
+        ));
+        assert!(matches!(
+            p("MAIL FROM:<a@b.c> RET=ALL"),
+            Err(ParseError::Syntax(_))
+        ));
+        assert!(matches!(
+            p("MAIL FROM:<a@b.c> ENVID=a=b"),
+            Err(ParseError::Syntax(_))
+        ));
         assert!(matches!(p("MAIL TO:<a@b.c>"), Err(ParseError::Syntax(_))));
-        let Ok(Command::Mail(m)) = p("mail from: <>") else { panic!() };
+        let Ok(Command::Mail(m)) = p("mail from: <>") else {
+            panic!()
+        };
         assert!(m.sender.is_none());
     }
 
     #[test]
     fn rcpt_params() {
-        let Ok(Command::Rcpt(r)) = p("RCPT TO:<a@b.c> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+40b") else {
+        let Ok(Command::Rcpt(r)) = p("RCPT TO:<a@b.c> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+40b")
+        else {
             panic!()
         };
         assert_eq!(r.notify, Notify(Notify::SUCCESS | Notify::FAILURE));
         assert_eq!(r.orcpt.as_deref(), Some("rfc822;a@b"));
-        assert!(matches!(p("RCPT TO:<a@b.c> NOTIFY=NEVER,SUCCESS"), Err(ParseError::Syntax(_))));
-        assert!(matches!(p("RCPT TO:<a@b.c> ORCPT=nosemicolon"), Err(ParseError::Syntax(_))));
+        assert!(matches!(
+            p("RCPT TO:<a@b.c> NOTIFY=NEVER,SUCCESS"),
+            Err(ParseError::Syntax(_))
+        ));
+        assert!(matches!(
+            p("RCPT TO:<a@b.c> ORCPT=nosemicolon"),
+            Err(ParseError::Syntax(_))
+        ));
         assert!(matches!(p("RCPT TO:<>"), Err(ParseError::Syntax(_))));
-        let Ok(Command::Rcpt(r)) = p("RCPT TO:<Postmaster>") else { panic!() };
+        let Ok(Command::Rcpt(r)) = p("RCPT TO:<Postmaster>") else {
+            panic!()
+        };
         assert!(r.bare_postmaster);
     }
 }

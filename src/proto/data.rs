@@ -42,12 +42,20 @@ pub enum Progress {
 impl BodyDecoder {
     /// A decoder for DATA: dot-unstuffing and terminator detection.
     pub fn data() -> BodyDecoder {
-        BodyDecoder { dot_mode: true, st: St::Start, bare: false }
+        BodyDecoder {
+            dot_mode: true,
+            st: St::Start,
+            bare: false,
+        }
     }
 
     /// A decoder for BDAT chunk contents: line-ending normalisation only.
     pub fn chunks() -> BodyDecoder {
-        BodyDecoder { dot_mode: false, st: St::Start, bare: false }
+        BodyDecoder {
+            dot_mode: false,
+            st: St::Start,
+            bare: false,
+        }
     }
 
     /// True once any bare CR or bare LF has been seen.
@@ -68,7 +76,9 @@ impl BodyDecoder {
         }
         while i < input.len() {
             match self.st {
-                St::Text | St::Start if !(self.st == St::Start && self.dot_mode && input[i] == b'.') => {
+                St::Text | St::Start
+                    if !(self.st == St::Start && self.dot_mode && input[i] == b'.') =>
+                {
                     // Copy the run up to the next CR or LF in one go.
                     let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
                     if run > 0 {
@@ -186,7 +196,10 @@ mod tests {
     fn simple_and_unstuffing() {
         let (out, end, bare) = data(b"Subject: x\r\n\r\n..dot\r\n.x\r\nok\r\n.\r\nQUIT\r\n");
         assert_eq!(out, b"Subject: x\r\n\r\n.dot\r\nx\r\nok\r\n");
-        assert_eq!(end, Some(b"Subject: x\r\n\r\n..dot\r\n.x\r\nok\r\n.\r\n".len()));
+        assert_eq!(
+            end,
+            Some(b"Subject: x\r\n\r\n..dot\r\n.x\r\nok\r\n.\r\n".len())
+        );
         assert!(!bare);
         // Empty message.
         assert_eq!(data(b".\r\n"), (Vec::new(), Some(3), false));
@@ -194,7 +207,15 @@ mod tests {
 
     #[test]
     fn smuggling_variants_never_end() {
-        for v in [&b"\n.\n"[..], b"\r.\r", b"\n.\r\n", b"\r\n.\r", b"\r\n.\r\r\n", b"\r\n.\n", b"\r.\r\n"] {
+        for v in [
+            &b"\n.\n"[..],
+            b"\r.\r",
+            b"\n.\r\n",
+            b"\r\n.\r",
+            b"\r\n.\r\r\n",
+            b"\r\n.\n",
+            b"\r.\r\n",
+        ] {
             let mut input = b"a".to_vec();
             input.extend_from_slice(v);
             input.extend_from_slice(b"MAIL FROM:<x@y.z>\r\n");

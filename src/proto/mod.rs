@@ -6,10 +6,11 @@ pub mod command;
 pub mod data;
 pub mod envelope;
 pub mod reply;
+pub mod sasl;
 pub mod session;
 #[cfg(test)]
 mod session_tests;
 
 pub use envelope::{BodyType, Envelope, Notify, Recipient, Ret};
 pub use reply::Reply;
-pub use session::{Action, Host, ServerSession, SessionConfig};
+pub use session::{Action, AuthOutcome, Host, MessageFacts, ServerSession, SessionConfig};

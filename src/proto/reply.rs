@@ -16,11 +16,19 @@ pub struct Reply {
 
 impl Reply {
     pub const fn new(code: u16, enhanced: &'static str, text: &'static str) -> Reply {
-        Reply { code, enhanced, text: Cow::Borrowed(text) }
+        Reply {
+            code,
+            enhanced,
+            text: Cow::Borrowed(text),
+        }
     }
 
     pub fn owned(code: u16, enhanced: &'static str, text: String) -> Reply {
-        Reply { code, enhanced, text: Cow::Owned(text) }
+        Reply {
+            code,
+            enhanced,
+            text: Cow::Owned(text),
+        }
     }
 
     pub fn is_positive(&self) -> bool {
@@ -60,14 +68,24 @@ impl std::fmt::Display for Reply {
         if self.enhanced.is_empty() {
             write!(f, "{} {}", self.code, self.text.replace('\n', " / "))
         } else {
-            write!(f, "{} {} {}", self.code, self.enhanced, self.text.replace('\n', " / "))
+            write!(
+                f,
+                "{} {} {}",
+                self.code,
+                self.enhanced,
+                self.text.replace('\n', " / ")
+            )
         }
     }
 }
 
 fn itoa3(code: u16) -> [u8; 3] {
     let c = code.min(999);
-    [b'0' + (c / 100) as u8, b'0' + (c / 10 % 10) as u8, b'0' + (c % 10) as u8]
+    [
+        b'0' + (c / 100) as u8,
+        b'0' + (c / 10 % 10) as u8,
+        b'0' + (c % 10) as u8,
+    ]
 }
 
 // Named replies. Texts follow common MTA wording so admins recognise them.
@@ -76,8 +94,11 @@ pub const SENDER_OK: Reply = Reply::new(250, "2.1.0", "Ok");
 pub const RCPT_OK: Reply = Reply::new(250, "2.1.5", "Ok");
 pub const BYE: Reply = Reply::new(221, "2.0.0", "Bye");
 pub const START_DATA: Reply = Reply::new(354, "", "End data with <CR><LF>.<CR><LF>");
-pub const VRFY_CANNOT: Reply =
-    Reply::new(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery");
+pub const VRFY_CANNOT: Reply = Reply::new(
+    252,
+    "2.5.0",
+    "Cannot VRFY user, but will accept message and attempt delivery",
+);
 pub const HELP: Reply = Reply::new(
     214,
     "2.0.0",
@@ -90,34 +111,100 @@ pub const BAD_SEQUENCE_HELO: Reply = Reply::new(503, "5.5.1", "Error: send HELO/
 pub const BAD_SEQUENCE_NESTED_MAIL: Reply = Reply::new(503, "5.5.1", "Error: nested MAIL command");
 pub const BAD_SEQUENCE_NEED_MAIL: Reply = Reply::new(503, "5.5.1", "Error: need MAIL command");
 pub const BAD_SEQUENCE_NEED_RCPT: Reply = Reply::new(503, "5.5.1", "Error: need RCPT command");
-pub const BAD_SEQUENCE_BDAT: Reply =
-    Reply::new(503, "5.5.1", "Error: command not allowed while a BDAT transfer is in progress");
+pub const BAD_SEQUENCE_BDAT: Reply = Reply::new(
+    503,
+    "5.5.1",
+    "Error: command not allowed while a BDAT transfer is in progress",
+);
 pub const NO_VALID_RCPTS: Reply = Reply::new(554, "5.5.1", "Error: no valid recipients");
-pub const PARAM_UNKNOWN: Reply =
-    Reply::new(555, "5.5.4", "Error: MAIL FROM/RCPT TO parameter not recognized");
+pub const PARAM_UNKNOWN: Reply = Reply::new(
+    555,
+    "5.5.4",
+    "Error: MAIL FROM/RCPT TO parameter not recognized",
+);
 pub const TOO_MANY_RCPTS: Reply = Reply::new(452, "4.5.3", "Error: too many recipients");
 pub const MSG_TOO_BIG: Reply = Reply::new(552, "5.3.4", "Error: message size exceeds fixed limit");
-pub const LOOP_DETECTED: Reply =
-    Reply::new(554, "5.4.6", "Error: too many hops (Received: headers), mail loop detected");
+pub const LOOP_DETECTED: Reply = Reply::new(
+    554,
+    "5.4.6",
+    "Error: too many hops (Received: headers), mail loop detected",
+);
 pub const BARE_NEWLINE: Reply = Reply::new(
     550,
     "5.6.11",
     "Error: message contains a bare CR or LF; every line must end with CRLF",
 );
-pub const NEED_SMTPUTF8: Reply =
-    Reply::new(553, "5.6.7", "Error: non-ASCII address requires the SMTPUTF8 parameter");
-pub const TOO_MANY_ERRORS: Reply = Reply::new(421, "4.7.0", "Error: too many errors, closing connection");
+pub const NEED_SMTPUTF8: Reply = Reply::new(
+    553,
+    "5.6.7",
+    "Error: non-ASCII address requires the SMTPUTF8 parameter",
+);
+pub const TOO_MANY_ERRORS: Reply =
+    Reply::new(421, "4.7.0", "Error: too many errors, closing connection");
 pub const TIMEOUT: Reply = Reply::new(421, "4.4.2", "Error: timeout exceeded, closing connection");
-pub const SHUTTING_DOWN: Reply = Reply::new(421, "4.3.2", "Service shutting down, closing connection");
+pub const SHUTTING_DOWN: Reply =
+    Reply::new(421, "4.3.2", "Service shutting down, closing connection");
 pub const TOO_MANY_CONNECTIONS: Reply =
     Reply::new(421, "4.7.0", "Error: too many connections, try again later");
-pub const TOO_MANY_CONNECTIONS_FROM_IP: Reply =
-    Reply::new(421, "4.7.0", "Error: too many connections from your address, try again later");
+pub const TOO_MANY_CONNECTIONS_FROM_IP: Reply = Reply::new(
+    421,
+    "4.7.0",
+    "Error: too many connections from your address, try again later",
+);
 pub const RELAY_DENIED: Reply = Reply::new(554, "5.7.1", "Error: relay access denied");
-pub const INSUFFICIENT_STORAGE: Reply =
-    Reply::new(452, "4.3.1", "Error: insufficient system storage, try again later");
-pub const LOCAL_ERROR: Reply =
-    Reply::new(451, "4.3.0", "Error: local error in processing, message not accepted; try again later");
+pub const INSUFFICIENT_STORAGE: Reply = Reply::new(
+    452,
+    "4.3.1",
+    "Error: insufficient system storage, try again later",
+);
+pub const LOCAL_ERROR: Reply = Reply::new(
+    451,
+    "4.3.0",
+    "Error: local error in processing, message not accepted; try again later",
+);
+
+pub const STARTTLS_READY: Reply = Reply::new(220, "2.0.0", "Ready to start TLS");
+pub const TLS_ALREADY_ACTIVE: Reply = Reply::new(503, "5.5.1", "Error: TLS already active");
+pub const AUTH_OK: Reply = Reply::new(235, "2.7.0", "Authentication successful");
+pub const AUTH_FAILED: Reply = Reply::new(535, "5.7.8", "Error: authentication failed");
+pub const AUTH_NEEDS_TLS: Reply = Reply::new(
+    538,
+    "5.7.11",
+    "Encryption required for requested authentication mechanism",
+);
+pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0", "Authentication required");
+pub const AUTH_UNKNOWN_MECHANISM: Reply =
+    Reply::new(504, "5.5.4", "Error: unrecognized authentication type");
+pub const AUTH_BAD_BASE64: Reply =
+    Reply::new(501, "5.5.2", "Error: cannot decode response (bad base64)");
+pub const AUTH_CANCELLED: Reply = Reply::new(501, "5.7.0", "Error: authentication cancelled");
+pub const AUTH_NOT_ENABLED: Reply = Reply::new(503, "5.5.1", "Error: authentication not enabled");
+pub const AUTH_ALREADY: Reply = Reply::new(503, "5.5.1", "Error: already authenticated");
+pub const AUTH_IN_TRANSACTION: Reply = Reply::new(
+    503,
+    "5.5.1",
+    "Error: authentication not allowed during a mail transaction",
+);
+pub const AUTH_TOO_MANY_FAILURES: Reply = Reply::new(
+    421,
+    "4.7.0",
+    "Error: too many failed authentications, closing connection",
+);
+pub const AUTH_IP_BLOCKED: Reply = Reply::new(
+    421,
+    "4.7.0",
+    "Error: too many failed authentications from your address, try again later",
+);
+pub const SENDER_NOT_OWNED: Reply = Reply::new(
+    553,
+    "5.7.1",
+    "Error: sender address not owned by the authenticated user",
+);
+pub const FROM_HEADER_NOT_OWNED: Reply = Reply::new(
+    550,
+    "5.7.1",
+    "Error: From: header address not owned by the authenticated user",
+);
 
 #[cfg(test)]
 mod tests {
@@ -128,6 +215,9 @@ mod tests {
         assert_eq!(OK.to_wire(), b"250 2.0.0 Ok\r\n");
         let r = Reply::owned(250, "", "host\nPIPELINING\nDSN".into());
         assert_eq!(r.to_wire(), b"250-host\r\n250-PIPELINING\r\n250 DSN\r\n");
-        assert_eq!(START_DATA.to_wire(), b"354 End data with <CR><LF>.<CR><LF>\r\n");
+        assert_eq!(
+            START_DATA.to_wire(),
+            b"354 End data with <CR><LF>.<CR><LF>\r\n"
+        );
     }
 }

@@ -16,6 +16,7 @@ use super::command::{parse_command, Command, MailFrom, ParseError, RcptTo};
 use super::data::{BodyDecoder, Progress};
 use super::envelope::{Envelope, Recipient};
 use super::reply::{self, Reply};
+use super::sasl::{self, Credentials, Mechanism};
 
 /// Limits and identity of the server, fixed for the life of a connection.
 #[derive(Debug, Clone)]
@@ -31,6 +32,31 @@ pub struct SessionConfig {
     pub max_received_headers: u32,
     /// Refuse messages with bare CR/LF instead of normalising them.
     pub reject_bare_newline: bool,
+    /// Offer STARTTLS (a certificate is available) while TLS is not active.
+    pub starttls: bool,
+    /// Offer SMTP AUTH on this listener.
+    pub auth: bool,
+    /// Offer AUTH without TLS too.
+    pub plaintext_auth: bool,
+    /// Failed AUTH attempts tolerated on one connection before 421 and close.
+    pub max_auth_failures: u32,
+}
+
+/// Facts about a complete message that policy may want to check.
+#[derive(Debug, Default)]
+pub struct MessageFacts {
+    /// The unfolded value of the first From: header field, if any.
+    pub from_header: Option<String>,
+}
+
+/// Outcome of a credentials check, given back to the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Verified: the login to record.
+    Success(String),
+    Failure,
+    /// The client's address is blocked after too many failures.
+    Blocked,
 }
 
 /// What the session needs from its environment.
@@ -43,6 +69,10 @@ pub trait Host {
     fn new_queue_id(&mut self) -> String;
     /// Current time, seconds since the Unix epoch (for the Received: header).
     fn now(&mut self) -> i64;
+    /// Policy verdict on a complete message, before it is committed.
+    fn check_message(&mut self, _facts: &MessageFacts) -> Result<(), Reply> {
+        Ok(())
+    }
 }
 
 /// What the driver must do next.
@@ -59,6 +89,13 @@ pub enum Action {
     Abort,
     /// Send the output and close the connection.
     Close,
+    /// Send the output (the 220 to STARTTLS), DISCARD every byte not yet
+    /// consumed (they were sent before TLS and must not be executed inside
+    /// it), run the TLS handshake, then call [`ServerSession::tls_started`].
+    StartTls,
+    /// Check [`ServerSession::credentials`] (slowly, off the reactor), then
+    /// call [`ServerSession::auth_result`].
+    Authenticate,
 }
 
 #[derive(Debug)]
@@ -67,8 +104,23 @@ enum Phase {
     Data,
     /// Reading a BDAT chunk; `refused` is the reply to give once it is
     /// read when the chunk is not part of an acceptable transaction.
-    Bdat { remaining: u64, last: bool, refused: Option<Reply> },
+    Bdat {
+        remaining: u64,
+        last: bool,
+        refused: Option<Reply>,
+    },
     WaitCommit,
+    /// Inside an AUTH exchange, waiting for the client's next response line.
+    Auth(AuthStep),
+    /// Credentials complete; waiting for the driver's verdict.
+    WaitAuth,
+}
+
+#[derive(Debug)]
+enum AuthStep {
+    PlainResponse,
+    LoginUser,
+    LoginPass { login: String },
 }
 
 #[derive(Debug)]
@@ -105,6 +157,14 @@ pub struct ServerSession {
     body: Vec<u8>,
     pending_abort: bool,
     messages: u64,
+    /// "TLSv1.3 with cipher ..." once TLS is active.
+    tls: Option<String>,
+    /// The authenticated login.
+    auth_user: Option<String>,
+    auth_failures: u32,
+    /// Credentials waiting for verification (never logged).
+    pending_auth: Option<Credentials>,
+    starttls_pending: bool,
 }
 
 impl ServerSession {
@@ -123,6 +183,61 @@ impl ServerSession {
             body: Vec::new(),
             pending_abort: false,
             messages: 0,
+            tls: None,
+            auth_user: None,
+            auth_failures: 0,
+            pending_auth: None,
+            starttls_pending: false,
+        }
+    }
+
+    /// TLS is now active (implicit TLS before the greeting, or after a
+    /// STARTTLS handshake). The session starts over: the client must send
+    /// EHLO again (RFC 3207 §4.2).
+    pub fn tls_started(&mut self, description: String) {
+        self.reset_txn();
+        self.pending_abort = false;
+        self.tls = Some(description);
+        self.helo = None;
+        self.esmtp = false;
+        self.auth_user = None;
+        self.phase = Phase::Command;
+    }
+
+    pub fn tls(&self) -> Option<&str> {
+        self.tls.as_deref()
+    }
+
+    pub fn auth_user(&self) -> Option<&str> {
+        self.auth_user.as_deref()
+    }
+
+    /// The credentials to check after [`Action::Authenticate`].
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.pending_auth.as_ref()
+    }
+
+    /// The driver's answer to [`Action::Authenticate`].
+    pub fn auth_result(&mut self, outcome: AuthOutcome) {
+        self.pending_auth = None;
+        self.phase = Phase::Command;
+        match outcome {
+            AuthOutcome::Success(login) => {
+                self.auth_user = Some(login);
+                self.reply(reply::AUTH_OK);
+            }
+            AuthOutcome::Failure => {
+                self.auth_failures += 1;
+                self.reply(reply::AUTH_FAILED);
+                if self.auth_failures >= self.cfg.max_auth_failures && !self.closed {
+                    reply::AUTH_TOO_MANY_FAILURES.write_to(&mut self.out);
+                    self.closed = true;
+                }
+            }
+            AuthOutcome::Blocked => {
+                reply::AUTH_IP_BLOCKED.write_to(&mut self.out);
+                self.closed = true;
+            }
         }
     }
 
@@ -171,7 +286,12 @@ impl ServerSession {
     pub fn envelope(&self) -> Option<Envelope> {
         let t = self.txn.as_ref()?;
         Some(Envelope {
-            sender: t.mail.sender.as_ref().map(|m| m.address()).unwrap_or_default(),
+            sender: t
+                .mail
+                .sender
+                .as_ref()
+                .map(|m| m.address())
+                .unwrap_or_default(),
             recipients: t.rcpts.clone(),
             ret: t.mail.ret,
             envid: t.mail.envid.clone(),
@@ -180,15 +300,18 @@ impl ServerSession {
             client_ip: self.client_ip,
             helo: self.helo.clone().unwrap_or_default(),
             protocol: self.protocol().to_string(),
-            auth_user: None,
+            auth_user: self.auth_user.clone(),
         })
     }
 
+    /// RFC 3848 protocol name for the Received: header.
     fn protocol(&self) -> &'static str {
-        if self.esmtp {
-            "ESMTP"
-        } else {
-            "SMTP"
+        match (self.esmtp, self.tls.is_some(), self.auth_user.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
         }
     }
 
@@ -250,12 +373,18 @@ impl ServerSession {
             Some(b"MAIL") => base + 636,
             // DSN NOTIFY/ORCPT (RFC 3461) +500.
             Some(b"RCPT") => base + 500,
+            // SASL initial responses (RFC 4954 §4: 12288 octets).
+            Some(b"AUTH") => base.max(12288),
             _ => base,
         }
     }
 
     fn hard_line_cap(&self) -> usize {
-        self.cfg.max_command_line + 1024
+        if self.cfg.auth {
+            self.cfg.max_command_line.max(12288) + 1024
+        } else {
+            self.cfg.max_command_line + 1024
+        }
     }
 
     /// Processes as much of `input` as possible. Returns how many bytes were
@@ -271,9 +400,14 @@ impl ServerSession {
             if self.closed {
                 return (pos, Action::Close);
             }
+            if self.starttls_pending {
+                self.starttls_pending = false;
+                return (pos, Action::StartTls);
+            }
             match self.phase {
                 Phase::WaitCommit => return (pos, Action::Commit),
-                Phase::Command => {
+                Phase::WaitAuth => return (pos, Action::Authenticate),
+                Phase::Command | Phase::Auth(_) => {
                     let rest = &input[pos..];
                     let lf = memchr::memchr(b'\n', rest);
                     if self.skipping_line {
@@ -299,6 +433,10 @@ impl ServerSession {
                         line = &line[..line.len() - 1];
                     }
                     pos += i + 1;
+                    if let Phase::Auth(_) = self.phase {
+                        self.auth_response(line);
+                        continue;
+                    }
                     if line.len() + 2 > self.line_limit(line) {
                         self.reply(reply::LINE_TOO_LONG);
                         continue;
@@ -312,13 +450,17 @@ impl ServerSession {
                         Progress::More => return (input.len(), Action::NeedInput),
                         Progress::End(n) => {
                             pos += n;
-                            if let Some(a) = self.finish_message() {
+                            if let Some(a) = self.finish_message(host) {
                                 return (pos, a);
                             }
                         }
                     }
                 }
-                Phase::Bdat { remaining, last, ref mut refused } => {
+                Phase::Bdat {
+                    remaining,
+                    last,
+                    ref mut refused,
+                } => {
                     let refused = refused.take();
                     let avail = (input.len() - pos) as u64;
                     let take = remaining.min(avail) as usize;
@@ -329,7 +471,11 @@ impl ServerSession {
                     pos += take;
                     let remaining = remaining - take as u64;
                     if remaining > 0 {
-                        self.phase = Phase::Bdat { remaining, last, refused };
+                        self.phase = Phase::Bdat {
+                            remaining,
+                            last,
+                            refused,
+                        };
                         return (pos, Action::NeedInput);
                     }
                     self.phase = Phase::Command;
@@ -341,17 +487,25 @@ impl ServerSession {
                     }
                     if last {
                         if let Some(t) = self.txn.as_mut() {
-                            let out = if t.too_big { None } else { Some(&mut self.body) };
+                            let out = if t.too_big {
+                                None
+                            } else {
+                                Some(&mut self.body)
+                            };
                             if let Some(d) = t.decoder.as_mut() {
                                 d.finish_chunks(out);
                             }
                         }
-                        if let Some(a) = self.finish_message() {
+                        if let Some(a) = self.finish_message(host) {
                             return (pos, a);
                         }
                     } else {
                         let size = self.txn.as_ref().map(|t| t.size).unwrap_or(0);
-                        self.reply(Reply::owned(250, "2.0.0", format!("Ok: {size} octets received")));
+                        self.reply(Reply::owned(
+                            250,
+                            "2.0.0",
+                            format!("Ok: {size} octets received"),
+                        ));
                     }
                 }
             }
@@ -369,7 +523,11 @@ impl ServerSession {
         let Some(d) = t.decoder.as_mut() else {
             return (Progress::More, before..before);
         };
-        let out = if t.too_big { None } else { Some(&mut self.body) };
+        let out = if t.too_big {
+            None
+        } else {
+            Some(&mut self.body)
+        };
         let progress = d.feed(input, out);
         let after = self.body.len();
         t.size += (after - before) as u64;
@@ -388,7 +546,7 @@ impl ServerSession {
     }
 
     /// The content is complete: check it and ask for a commit, or refuse it.
-    fn finish_message(&mut self) -> Option<Action> {
+    fn finish_message(&mut self, host: &mut dyn Host) -> Option<Action> {
         let Some(t) = self.txn.as_ref() else {
             self.phase = Phase::Command;
             return None;
@@ -401,7 +559,10 @@ impl ServerSession {
         } else if bare && self.cfg.reject_bare_newline {
             Some(reply::BARE_NEWLINE)
         } else {
-            None
+            let facts = MessageFacts {
+                from_header: t.headers.from_value(),
+            };
+            host.check_message(&facts).err()
         };
         match refusal {
             Some(r) => {
@@ -437,15 +598,23 @@ impl ServerSession {
             [one] => format!("\r\n\tfor <{}>", one.address),
             _ => String::new(),
         };
+        let tls = match &self.tls {
+            Some(d) => format!("\r\n\t(using {d})"),
+            None => String::new(),
+        };
         let received = format!(
-            "Received: from {helo} ({ip})\r\n\tby {} (pigeon) with {proto} id {id}{for_clause};\r\n\t{}\r\n",
+            "Received: from {helo} ({ip}){tls}\r\n\tby {} (pigeon) with {proto} id {id}{for_clause};\r\n\t{}\r\n",
             self.cfg.hostname,
             rfc5322_date(now)
         );
         self.body.extend_from_slice(received.as_bytes());
         t.queue_id = Some(id);
         t.bdat = bdat;
-        t.decoder = Some(if bdat { BodyDecoder::chunks() } else { BodyDecoder::data() });
+        t.decoder = Some(if bdat {
+            BodyDecoder::chunks()
+        } else {
+            BodyDecoder::data()
+        });
     }
 
     fn command(&mut self, line: &[u8], host: &mut dyn Host) {
@@ -463,10 +632,18 @@ impl ServerSession {
                 self.reset_txn();
                 self.helo = Some(name);
                 self.esmtp = true;
-                let text = format!(
-                    "{}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING\nDSN",
+                let mut text = format!(
+                    "{}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING",
                     self.cfg.hostname, self.cfg.max_message_size
                 );
+                if self.cfg.starttls && self.tls.is_none() {
+                    text.push_str("\nSTARTTLS");
+                }
+                if self.auth_offered() {
+                    text.push_str("\nAUTH ");
+                    text.push_str(sasl::MECHANISMS);
+                }
+                text.push_str("\nDSN");
                 self.reply(Reply::owned(250, "", text));
             }
             Command::Helo(name) => {
@@ -504,7 +681,109 @@ impl ServerSession {
                 self.reply(reply::BYE);
                 self.closed = true;
             }
-            Command::Expn | Command::StartTls | Command::Auth(_) => self.reply(reply::NOT_IMPLEMENTED),
+            Command::StartTls => {
+                if !self.cfg.starttls {
+                    self.reply(reply::NOT_IMPLEMENTED);
+                } else if self.tls.is_some() {
+                    self.reply(reply::TLS_ALREADY_ACTIVE);
+                } else {
+                    self.reply(reply::STARTTLS_READY);
+                    self.starttls_pending = true;
+                }
+            }
+            Command::Auth(args) => self.auth(&args),
+            Command::Expn => self.reply(reply::NOT_IMPLEMENTED),
+        }
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.cfg.auth && (self.tls.is_some() || self.cfg.plaintext_auth)
+    }
+
+    fn auth(&mut self, args: &str) {
+        if !self.cfg.auth {
+            return self.reply(reply::AUTH_NOT_ENABLED);
+        }
+        if self.helo.is_none() {
+            return self.reply(reply::BAD_SEQUENCE_HELO);
+        }
+        if !self.auth_offered() {
+            return self.reply(reply::AUTH_NEEDS_TLS);
+        }
+        if self.auth_user.is_some() {
+            return self.reply(reply::AUTH_ALREADY);
+        }
+        if self.txn.is_some() {
+            return self.reply(reply::AUTH_IN_TRANSACTION);
+        }
+        let mut words = args.split(' ').filter(|w| !w.is_empty());
+        let (Some(mech), initial, None) = (words.next(), words.next(), words.next()) else {
+            return self.reply(Reply::new(
+                501,
+                "5.5.4",
+                "Syntax error: AUTH mechanism [initial-response]",
+            ));
+        };
+        let Some(mech) = Mechanism::parse(mech) else {
+            return self.reply(reply::AUTH_UNKNOWN_MECHANISM);
+        };
+        match (mech, initial) {
+            (Mechanism::Plain, None) => {
+                self.phase = Phase::Auth(AuthStep::PlainResponse);
+                self.reply(Reply::new(334, "", ""));
+            }
+            (Mechanism::Login, None) => {
+                self.phase = Phase::Auth(AuthStep::LoginUser);
+                self.reply(Reply::new(334, "", "VXNlcm5hbWU6"));
+            }
+            (Mechanism::Plain, Some(ir)) => {
+                self.phase = Phase::Auth(AuthStep::PlainResponse);
+                self.auth_response(ir.as_bytes());
+            }
+            (Mechanism::Login, Some(ir)) => {
+                self.phase = Phase::Auth(AuthStep::LoginUser);
+                self.auth_response(ir.as_bytes());
+            }
+        }
+    }
+
+    /// One client response inside an AUTH exchange.
+    fn auth_response(&mut self, line: &[u8]) {
+        let Phase::Auth(step) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            return;
+        };
+        if line == b"*" {
+            return self.reply(reply::AUTH_CANCELLED);
+        }
+        let Ok(data) = sasl::decode(line) else {
+            return self.reply(reply::AUTH_BAD_BASE64);
+        };
+        match step {
+            AuthStep::PlainResponse => match sasl::parse_plain(&data) {
+                Ok(c) => {
+                    self.pending_auth = Some(c);
+                    self.phase = Phase::WaitAuth;
+                }
+                Err(why) => self.reply(Reply::owned(501, "5.5.2", format!("Error: {why}"))),
+            },
+            AuthStep::LoginUser => match String::from_utf8(data) {
+                Ok(login) if !login.is_empty() => {
+                    self.phase = Phase::Auth(AuthStep::LoginPass { login });
+                    self.reply(Reply::new(334, "", "UGFzc3dvcmQ6"));
+                }
+                _ => self.reply(Reply::new(501, "5.5.2", "Error: bad user name")),
+            },
+            AuthStep::LoginPass { login } => match String::from_utf8(data) {
+                Ok(password) => {
+                    self.pending_auth = Some(Credentials {
+                        authzid: String::new(),
+                        login,
+                        password,
+                    });
+                    self.phase = Phase::WaitAuth;
+                }
+                Err(_) => self.reply(Reply::new(501, "5.5.2", "Error: password is not UTF-8")),
+            },
         }
     }
 
@@ -529,7 +808,11 @@ impl ServerSession {
         }
         if mail.body == super::envelope::BodyType::BinaryMime {
             // Not advertised: BINARYMIME needs BDAT-only handling we do not offer.
-            return self.reply(Reply::new(555, "5.5.4", "Error: BODY=BINARYMIME is not supported"));
+            return self.reply(Reply::new(
+                555,
+                "5.5.4",
+                "Error: BODY=BINARYMIME is not supported",
+            ));
         }
         if mail.sender.as_ref().is_some_and(|s| s.utf8) && !mail.smtputf8 {
             return self.reply(reply::NEED_SMTPUTF8);
@@ -572,7 +855,11 @@ impl ServerSession {
         if let Err(r) = host.check_rcpt(&t.mail, &rcpt) {
             return self.reply(r);
         }
-        let r = Recipient { address: rcpt.rcpt.address(), orcpt: rcpt.orcpt, notify: rcpt.notify };
+        let r = Recipient {
+            address: rcpt.rcpt.address(),
+            orcpt: rcpt.orcpt,
+            notify: rcpt.notify,
+        };
         if let Some(t) = self.txn.as_mut() {
             t.rcpts.push(r);
         }
@@ -598,7 +885,11 @@ impl ServerSession {
                 }
             }
         }
-        self.phase = Phase::Bdat { remaining: size, last, refused };
+        self.phase = Phase::Bdat {
+            remaining: size,
+            last,
+            refused,
+        };
     }
 }
 
@@ -610,9 +901,23 @@ struct HeaderScan {
     line_len: usize,
     prefix: [u8; 9],
     received: u32,
+    /// The current line continues the previous field (starts with WSP).
+    continuation: bool,
+    /// Inside the first From: field.
+    in_from: bool,
+    from_seen: bool,
+    from: Vec<u8>,
 }
 
+/// Longest From: value kept for policy checks.
+const MAX_FROM_VALUE: usize = 4096;
+
 impl HeaderScan {
+    fn from_value(&self) -> Option<String> {
+        self.from_seen
+            .then(|| String::from_utf8_lossy(&self.from).trim().to_string())
+    }
+
     fn scan(&mut self, bytes: &[u8]) {
         for &b in bytes {
             if self.done {
@@ -627,10 +932,27 @@ impl HeaderScan {
                 }
                 b'\r' => {}
                 _ => {
+                    if self.line_len == 0 {
+                        self.continuation = b == b' ' || b == b'\t';
+                        if !self.continuation {
+                            self.in_from = false;
+                        }
+                    }
                     if self.line_len < 9 {
                         self.prefix[self.line_len] = b.to_ascii_lowercase();
                     }
                     self.line_len += 1;
+                    if self.in_from && self.from.len() < MAX_FROM_VALUE {
+                        self.from.push(b);
+                    }
+                    if !self.continuation
+                        && self.line_len == 5
+                        && &self.prefix[..5] == b"from:"
+                        && !self.from_seen
+                    {
+                        self.in_from = true;
+                        self.from_seen = true;
+                    }
                     if self.line_len == 9 && &self.prefix == b"received:" {
                         self.received += 1;
                     }
@@ -655,7 +977,9 @@ pub fn rfc5322_date(unix: i64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MON: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MON: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     format!(
         "{}, {} {} {} {:02}:{:02}:{:02} +0000",
         WD[days.rem_euclid(7) as usize],
@@ -675,7 +999,10 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_795_459_500), "Mon, 23 Nov 2026 18:45:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_459_500),
+            "Mon, 23 Nov 2026 18:45:00 +0000"
+        );
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::command::{MailFrom, RcptTo};
 use super::reply::{self, Reply};
-use super::session::{Action, Host, ServerSession, SessionConfig};
+use super::session::{Action, AuthOutcome, Host, ServerSession, SessionConfig};
 
 struct FakeHost {
     next_id: u32,
@@ -22,7 +22,10 @@ impl Host for FakeHost {
         }
     }
     fn check_rcpt(&mut self, _mail: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply> {
-        if self.relay_ok || rcpt.rcpt.domain.as_str() == "local.test" || rcpt.rcpt.domain.as_str() == "mx.test" {
+        if self.relay_ok
+            || rcpt.rcpt.domain.as_str() == "local.test"
+            || rcpt.rcpt.domain.as_str() == "mx.test"
+        {
             Ok(())
         } else {
             Err(reply::RELAY_DENIED)
@@ -46,6 +49,10 @@ fn cfg() -> SessionConfig {
         max_errors: 10,
         max_received_headers: 3,
         reject_bare_newline: false,
+        starttls: false,
+        auth: false,
+        plaintext_auth: false,
+        max_auth_failures: 3,
     }
 }
 
@@ -58,7 +65,11 @@ struct Run {
 
 fn run_with(cfg: SessionConfig, chunks: &[&[u8]]) -> Run {
     let mut s = ServerSession::new(Arc::new(cfg), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
-    let mut host = FakeHost { next_id: 0, relay_ok: false, space_ok: true };
+    let mut host = FakeHost {
+        next_id: 0,
+        relay_ok: false,
+        space_ok: true,
+    };
     s.greeting();
     let mut msgs = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
@@ -83,6 +94,26 @@ fn run_with(cfg: SessionConfig, chunks: &[&[u8]]) -> Run {
                     s.commit_result(Ok(id));
                 }
                 Action::Abort => s.body().clear(),
+                Action::StartTls => {
+                    // Whatever followed STARTTLS in the buffer is dropped.
+                    buf.clear();
+                    s.tls_started("TLSv1.3 with cipher TEST".into());
+                    break;
+                }
+                Action::Authenticate => {
+                    let c = s.credentials().unwrap().clone();
+                    let outcome = if c.login == "blocked" {
+                        AuthOutcome::Blocked
+                    } else if c.login == "alice"
+                        && c.password == "pw"
+                        && (c.authzid.is_empty() || c.authzid == "alice")
+                    {
+                        AuthOutcome::Success(c.login)
+                    } else {
+                        AuthOutcome::Failure
+                    };
+                    s.auth_result(outcome);
+                }
                 Action::Close => {
                     closed = true;
                     break 'outer;
@@ -99,7 +130,10 @@ fn run(input: &str) -> Run {
 }
 
 fn codes(out: &str) -> Vec<String> {
-    out.lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).map(|l| l[..3].to_string()).collect()
+    out.lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .map(|l| l[..3].to_string())
+        .collect()
 }
 
 /// Strips our Received: header (first header field, folded) from content.
@@ -118,7 +152,10 @@ fn content(body: &[u8]) -> &[u8] {
 #[test]
 fn basic_transaction() {
     let r = run("EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n");
-    assert_eq!(codes(&r.out), ["220", "250", "250", "250", "354", "250", "221"]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "250", "250", "354", "250", "221"]
+    );
     assert!(r.out.contains("250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 DSN\r\n"));
     assert!(r.out.contains("250 2.0.0 Ok: queued as ID1\r\n"));
     assert_eq!(r.msgs.len(), 1);
@@ -137,7 +174,10 @@ fn every_reply_has_enhanced_code_except_greeting_ehlo_354() {
             continue;
         }
         let enh = l[4..].split(' ').next().unwrap();
-        assert!(enh.len() == 5 && enh.as_bytes()[1] == b'.', "no enhanced code: {l}");
+        assert!(
+            enh.len() == 5 && enh.as_bytes()[1] == b'.',
+            "no enhanced code: {l}"
+        );
         assert_eq!(enh.as_bytes()[0], code.as_bytes()[0], "{l}");
     }
 }
@@ -145,7 +185,10 @@ fn every_reply_has_enhanced_code_except_greeting_ehlo_354() {
 #[test]
 fn sequence_errors() {
     let r = run("MAIL FROM:<a@b.test>\r\nEHLO c\r\nRCPT TO:<u@local.test>\r\nDATA\r\nMAIL FROM:<a@b.test>\r\nMAIL FROM:<a@b.test>\r\nDATA\r\n");
-    assert_eq!(codes(&r.out), ["220", "503", "250", "503", "503", "250", "503", "554"]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "503", "250", "503", "503", "250", "503", "554"]
+    );
     assert!(r.out.contains("503 5.5.1 Error: send HELO/EHLO first"));
     assert!(r.out.contains("503 5.5.1 Error: nested MAIL"));
     assert!(r.out.contains("554 5.5.1 Error: no valid recipients"));
@@ -154,22 +197,37 @@ fn sequence_errors() {
 #[test]
 fn unknown_and_syntax() {
     let r = run("XYZZY\r\nEHLO\r\nEHLO c\r\nMAIL FROM:a@b.test\r\nMAIL FROM:<a@b.test> FOO=BAR\r\nVRFY bob\r\nEXPN list\r\n");
-    assert_eq!(codes(&r.out), ["220", "500", "501", "250", "501", "555", "252", "502"]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "500", "501", "250", "501", "555", "252", "502"]
+    );
     assert!(r.out.contains("500 5.5.2"));
-    assert!(r.out.contains("501 5.5.4 Syntax error: address must be enclosed in <>"));
+    assert!(r
+        .out
+        .contains("501 5.5.4 Syntax error: address must be enclosed in <>"));
 }
 
 #[test]
 fn long_lines() {
     let long = format!("NOOP {}\r\n", "x".repeat(600));
     let huge = format!("NOOP {}\r\n", "x".repeat(100_000));
-    let rcpt_ok = format!("RCPT TO:<u@local.test> ORCPT=rfc822;{}@local.test\r\n", "a".repeat(60));
+    let rcpt_ok = format!(
+        "RCPT TO:<u@local.test> ORCPT=rfc822;{}@local.test\r\n",
+        "a".repeat(60)
+    );
     let input = format!("EHLO c\r\n{long}{huge}MAIL FROM:<a@b.test>\r\n{rcpt_ok}QUIT\r\n");
     let r = run(&input);
-    assert_eq!(codes(&r.out), ["220", "250", "500", "500", "250", "250", "221"]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "500", "500", "250", "250", "221"]
+    );
     // A huge line fed in pieces is skipped without buffering it whole.
     let mut s = ServerSession::new(Arc::new(cfg()), IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let mut host = FakeHost { next_id: 0, relay_ok: false, space_ok: true };
+    let mut host = FakeHost {
+        next_id: 0,
+        relay_ok: false,
+        space_ok: true,
+    };
     let chunk = vec![b'x'; 4096];
     for _ in 0..100 {
         let (n, a) = s.feed(&chunk, &mut host);
@@ -186,7 +244,10 @@ fn pipelined_transaction_replies_in_order() {
     let r = run("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nRCPT TO:<x@remote.test>\r\nRCPT TO:<v@local.test>\r\nDATA\r\nhello\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<w@local.test>\r\nDATA\r\nsecond\r\n.\r\nQUIT\r\n");
     assert_eq!(
         codes(&r.out),
-        ["220", "250", "250", "250", "554", "250", "354", "250", "250", "250", "354", "250", "221"]
+        [
+            "220", "250", "250", "250", "554", "250", "354", "250", "250", "250", "354", "250",
+            "221"
+        ]
     );
     assert_eq!(r.msgs.len(), 2);
     assert_eq!(r.msgs[0].2, ["u@local.test", "v@local.test"]);
@@ -209,7 +270,8 @@ fn size_limits() {
     let r = run("EHLO c\r\nMAIL FROM:<a@b.test> SIZE=10001\r\nMAIL FROM:<a@b.test> SIZE=9999\r\nRCPT TO:<u@local.test>\r\nDATA\r\n");
     assert!(r.out.contains("552 5.3.4"));
     let big = "x".repeat(200);
-    let mut input = String::from("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n");
+    let mut input =
+        String::from("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n");
     for _ in 0..60 {
         input.push_str(&big);
         input.push_str("\r\n");
@@ -217,11 +279,18 @@ fn size_limits() {
     input.push_str(".\r\nNOOP\r\n");
     let r = run(&input);
     assert!(r.msgs.is_empty());
-    assert_eq!(codes(&r.out), ["220", "250", "250", "250", "354", "552", "250"]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "250", "250", "354", "552", "250"]
+    );
     // BDAT over the limit: chunk read, 552 at LAST, nothing queued.
     let r = run_with(
         cfg(),
-        &[b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 20000 LAST\r\n", &vec![b'y'; 20000], b"NOOP\r\n"],
+        &[
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 20000 LAST\r\n",
+            &vec![b'y'; 20000],
+            b"NOOP\r\n",
+        ],
     );
     assert!(r.msgs.is_empty());
     assert_eq!(codes(&r.out), ["220", "250", "250", "250", "552", "250"]);
@@ -243,21 +312,25 @@ fn recipient_limit_keeps_accepted() {
 fn error_limit_closes() {
     let input = "FOO\r\n".repeat(12);
     let r = run(&input);
-    assert!(r.out.ends_with("421 4.7.0 Error: too many errors, closing connection\r\n"));
+    assert!(r
+        .out
+        .ends_with("421 4.7.0 Error: too many errors, closing connection\r\n"));
     assert_eq!(r.out.matches("500 5.5.2").count(), 11);
     assert!(r.closed);
 }
 
 #[test]
 fn hop_count_loop() {
-    let mut input = String::from("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n");
+    let mut input =
+        String::from("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n");
     input.push_str(&"Received: from x by y\r\n".repeat(4));
     input.push_str("\r\nbody\r\n.\r\n");
     let r = run(&input);
     assert!(r.out.contains("554 5.4.6"));
     assert!(r.msgs.is_empty());
     // Exactly at the limit passes; Received: in the body does not count.
-    let mut input = String::from("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n");
+    let mut input =
+        String::from("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n");
     input.push_str(&"Received: from x by y\r\n".repeat(3));
     input.push_str("\r\nReceived: x\r\nReceived: x\r\n.\r\n");
     assert_eq!(run(&input).msgs.len(), 1);
@@ -265,7 +338,15 @@ fn hop_count_loop() {
 
 #[test]
 fn smuggling_never_makes_a_second_message() {
-    for variant in ["\n.\n", "\r.\r", "\n.\r\n", "\r\n.\r", "\r\n.\r\r\n", "\r\n.\n", "\r.\r\n"] {
+    for variant in [
+        "\n.\n",
+        "\r.\r",
+        "\n.\r\n",
+        "\r\n.\r",
+        "\r\n.\r\r\n",
+        "\r\n.\n",
+        "\r.\r\n",
+    ] {
         for reject in [false, true] {
             let input = format!(
                 "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nfirst{variant}MAIL FROM:<evil@b.test>\r\nRCPT TO:<v@local.test>\r\nDATA\r\nsmuggled\r\n.\r\nNOOP\r\n"
@@ -279,7 +360,12 @@ fn smuggling_never_makes_a_second_message() {
                 assert!(r.out.contains("550 5.6.11"));
             } else {
                 let c = content(&r.msgs[0].3);
-                assert!(!c.windows(2).enumerate().any(|(i, w)| (w[1] == b'\n' && w[0] != b'\r') || (w[0] == b'\r' && w[1] != b'\n') || (i == 0 && w[0] == b'\n')));
+                assert!(!c
+                    .windows(2)
+                    .enumerate()
+                    .any(|(i, w)| (w[1] == b'\n' && w[0] != b'\r')
+                        || (w[0] == b'\r' && w[1] != b'\n')
+                        || (i == 0 && w[0] == b'\n')));
                 assert_eq!(r.msgs[0].2, ["u@local.test"]);
             }
             assert_eq!(codes(&r.out).last().unwrap(), "250", "{variant:?}");
@@ -294,7 +380,10 @@ fn bdat_chunks_and_rset() {
         &[b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 5\r\nhel\r\nBDAT 3\r\nlo\nRSET\r\n",
           b"MAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 7\r\nline\r\n.BDAT 2 LAST\r\n\r\nQUIT\r\n"],
     );
-    assert_eq!(codes(&r.out), ["220", "250", "250", "250", "250", "250", "250", "250", "250", "250", "250", "221"]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "250", "250", "250", "250", "250", "250", "250", "250", "250", "221"]
+    );
     assert_eq!(r.msgs.len(), 1);
     assert_eq!(content(&r.msgs[0].3), b"line\r\n.\r\n");
     // DATA during BDAT, BDAT without MAIL, BDAT without recipients.
@@ -302,7 +391,10 @@ fn bdat_chunks_and_rset() {
         cfg(),
         &[b"EHLO c\r\nBDAT 3\r\nabcMAIL FROM:<a@b.test>\r\nBDAT 2 LAST\r\nxyRCPT TO:<u@local.test>\r\nBDAT 1\r\nzDATA\r\nRCPT TO:<v@local.test>\r\nBDAT 0 LAST\r\n"],
     );
-    assert_eq!(codes(&r.out), ["220", "250", "503", "250", "554", "250", "250", "503", "503", "250"]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "503", "250", "554", "250", "250", "503", "503", "250"]
+    );
     assert_eq!(r.msgs.len(), 1);
     assert_eq!(content(&r.msgs[0].3), b"z\r\n");
 }
@@ -310,7 +402,10 @@ fn bdat_chunks_and_rset() {
 #[test]
 fn utf8_and_dsn_params() {
     let r = run("EHLO c\r\nMAIL FROM:<δ@b.test>\r\nMAIL FROM:<δ@b.test> SMTPUTF8 BODY=8BITMIME RET=FULL ENVID=e+2B1\r\nRCPT TO:<ü@local.test> NOTIFY=SUCCESS,DELAY ORCPT=utf-8;ü@local.test\r\nDATA\r\nx\r\n.\r\n");
-    assert_eq!(codes(&r.out), ["220", "250", "553", "250", "250", "354", "250"]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "553", "250", "250", "354", "250"]
+    );
     assert_eq!(r.msgs[0].1, "δ@b.test");
     let r2 = run("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<ü@local.test>\r\n");
     assert!(r2.out.contains("553 5.6.7"));
@@ -319,7 +414,10 @@ fn utf8_and_dsn_params() {
 #[test]
 fn helo_rejects_esmtp_params() {
     let r = run("HELO c\r\nMAIL FROM:<a@b.test> SIZE=10\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\n");
-    assert_eq!(codes(&r.out), ["220", "250", "555", "250", "250", "354", "250"]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "555", "250", "250", "354", "250"]
+    );
     assert!(String::from_utf8_lossy(&r.msgs[0].3).contains("with SMTP id"));
 }
 
@@ -334,7 +432,11 @@ fn relay_and_space_verdicts_are_the_hosts() {
     let r = run("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@remote.test>\r\n");
     assert!(r.out.contains("554 5.7.1 Error: relay access denied"));
     let mut s = ServerSession::new(Arc::new(cfg()), IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let mut host = FakeHost { next_id: 0, relay_ok: false, space_ok: false };
+    let mut host = FakeHost {
+        next_id: 0,
+        relay_ok: false,
+        space_ok: false,
+    };
     s.feed(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n", &mut host);
     assert!(String::from_utf8_lossy(s.output()).contains("452 4.3.1"));
 }
@@ -342,8 +444,13 @@ fn relay_and_space_verdicts_are_the_hosts() {
 #[test]
 fn commit_failure_is_reported_and_session_goes_on() {
     let mut s = ServerSession::new(Arc::new(cfg()), IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let mut host = FakeHost { next_id: 0, relay_ok: false, space_ok: true };
-    let input = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n";
+    let mut host = FakeHost {
+        next_id: 0,
+        relay_ok: false,
+        space_ok: true,
+    };
+    let input =
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n";
     let (n, a) = s.feed(input, &mut host);
     assert_eq!(a, Action::Commit);
     s.commit_result(Err(reply::LOCAL_ERROR));
@@ -359,4 +466,140 @@ fn commit_failure_is_reported_and_session_goes_on() {
 fn dot_lines_survive() {
     let r = run("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n..\r\n...\r\n.. leading\r\n\r\n.\r\n");
     assert_eq!(content(&r.msgs[0].3), b".\r\n..\r\n. leading\r\n\r\n");
+}
+
+fn tls_cfg() -> SessionConfig {
+    let mut c = cfg();
+    c.starttls = true;
+    c.auth = true;
+    c
+}
+
+#[test]
+fn starttls_discards_injected_commands_and_resets() {
+    let r = run_with(
+        tls_cfg(),
+        &[
+            b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<u@local.test>\r\n",
+            b"MAIL FROM:<a@b.test>\r\nEHLO c\r\n",
+        ],
+    );
+    // The injected MAIL/RCPT were never executed; after TLS the session
+    // starts over, so MAIL before EHLO is out of sequence.
+    assert_eq!(codes(&r.out), ["220", "250", "220", "503", "250"]);
+    assert!(r.out.contains("250-STARTTLS"));
+    let after = r
+        .out
+        .rsplit("220 2.0.0 Ready to start TLS\r\n")
+        .next()
+        .unwrap();
+    assert!(!after.contains("STARTTLS"), "{after}");
+    assert!(after.contains("250-AUTH PLAIN LOGIN"));
+}
+
+#[test]
+fn starttls_twice_and_unavailable() {
+    let r = run_with(
+        tls_cfg(),
+        &[b"EHLO c\r\nSTARTTLS\r\n", b"EHLO c\r\nSTARTTLS\r\n"],
+    );
+    assert!(
+        r.out.ends_with("503 5.5.1 Error: TLS already active\r\n"),
+        "{}",
+        r.out
+    );
+    let r = run("EHLO c\r\nSTARTTLS\r\n");
+    assert!(r.out.contains("502 5.5.1"));
+    assert!(!r.out.contains("STARTTLS\r\n250"));
+}
+
+#[test]
+fn auth_needs_tls_and_must_be_enabled() {
+    let r = run("EHLO c\r\nAUTH PLAIN AGFsaWNlAHB3\r\n");
+    assert!(r
+        .out
+        .contains("503 5.5.1 Error: authentication not enabled"));
+    let r = run_with(tls_cfg(), &[b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHB3\r\n"]);
+    assert!(r.out.contains("538 5.7.11"), "{}", r.out);
+    assert!(!r.out.contains("AUTH PLAIN LOGIN"));
+    let mut c = tls_cfg();
+    c.plaintext_auth = true;
+    let r = run_with(c, &[b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHB3\r\n"]);
+    assert!(r.out.contains("235 2.7.0"), "{}", r.out);
+}
+
+fn tls_then(cmds: &str) -> Run {
+    run_with(tls_cfg(), &[b"EHLO c\r\nSTARTTLS\r\n", cmds.as_bytes()])
+}
+
+#[test]
+fn auth_plain_and_login() {
+    // PLAIN with an initial response; then a message is ESMTPSA.
+    let r = tls_then("EHLO c\r\nAUTH PLAIN AGFsaWNlAHB3\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\n");
+    assert!(r.out.contains("235 2.7.0 Authentication successful"));
+    assert!(String::from_utf8_lossy(&r.msgs[0].3)
+        .contains("(using TLSv1.3 with cipher TEST)\r\n\tby mx.test (pigeon) with ESMTPSA id"));
+    // PLAIN without initial response, authzid = authcid.
+    let r = tls_then("EHLO c\r\nAUTH PLAIN\r\nYWxpY2UAYWxpY2UAcHc=\r\n");
+    assert!(r.out.contains("334 \r\n235 2.7.0"), "{}", r.out);
+    // LOGIN in two steps, and with the user name as initial response.
+    let r = tls_then("EHLO c\r\nAUTH LOGIN\r\nYWxpY2U=\r\ncHc=\r\n");
+    assert!(
+        r.out
+            .contains("334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 2.7.0"),
+        "{}",
+        r.out
+    );
+    let r = tls_then("EHLO c\r\nAUTH login YWxpY2U=\r\ncHc=\r\n");
+    assert!(r.out.contains("334 UGFzc3dvcmQ6\r\n235 2.7.0"), "{}", r.out);
+    // Without TLS the message is ESMTP, after TLS without AUTH ESMTPS.
+    let r =
+        tls_then("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\n");
+    assert!(String::from_utf8_lossy(&r.msgs[0].3).contains("with ESMTPS id"));
+}
+
+#[test]
+fn auth_errors() {
+    let r = tls_then("EHLO c\r\nAUTH CRAM-MD5\r\nAUTH PLAIN !!!\r\nAUTH LOGIN\r\n*\r\nAUTH PLAIN\r\n*\r\nAUTH PLAIN AGFsaWNlAHB3 extra\r\n");
+    assert_eq!(
+        codes(&r.out)[4..],
+        ["504", "501", "334", "501", "334", "501", "501"]
+    );
+    assert!(r.out.contains("504 5.5.4"));
+    assert!(r.out.contains("501 5.5.2 Error: cannot decode response"));
+    assert!(r.out.contains("501 5.7.0 Error: authentication cancelled"));
+    // Twice, and inside a transaction.
+    let r = tls_then("EHLO c\r\nAUTH PLAIN AGFsaWNlAHB3\r\nAUTH PLAIN AGFsaWNlAHB3\r\n");
+    assert!(r
+        .out
+        .ends_with("503 5.5.1 Error: already authenticated\r\n"));
+    let r = tls_then("EHLO c\r\nMAIL FROM:<a@b.test>\r\nAUTH PLAIN AGFsaWNlAHB3\r\n");
+    assert!(r
+        .out
+        .ends_with("503 5.5.1 Error: authentication not allowed during a mail transaction\r\n"));
+    // authzid different from the login fails.
+    let r = tls_then("EHLO c\r\nAUTH PLAIN Ym9iAGFsaWNlAHB3\r\n");
+    assert!(
+        r.out
+            .ends_with("535 5.7.8 Error: authentication failed\r\n"),
+        "{}",
+        r.out
+    );
+}
+
+#[test]
+fn three_failures_close_and_blocked_address_closes() {
+    // "alice"/"bad": AGFsaWNlAGJhZA==
+    let r = tls_then("EHLO c\r\nAUTH PLAIN AGFsaWNlAGJhZA==\r\nAUTH PLAIN AGFsaWNlAGJhZA==\r\nAUTH PLAIN AGFsaWNlAGJhZA==\r\nNOOP\r\n");
+    assert_eq!(r.out.matches("535 5.7.8").count(), 3);
+    assert!(r
+        .out
+        .ends_with("421 4.7.0 Error: too many failed authentications, closing connection\r\n"));
+    assert!(r.closed);
+    // "blocked"/"pw"
+    let r = tls_then("EHLO c\r\nAUTH PLAIN AGJsb2NrZWQAcHc=\r\nNOOP\r\n");
+    assert!(r.out.ends_with(
+        "421 4.7.0 Error: too many failed authentications from your address, try again later\r\n"
+    ));
+    assert!(r.closed);
 }

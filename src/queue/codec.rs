@@ -205,7 +205,12 @@ impl<'a> Records<'a> {
         let payload = start
             .checked_add(len)
             .and_then(|end| self.buf.get(start..end))
-            .ok_or_else(|| format!("record at offset {} runs past the end of the file", self.pos))?;
+            .ok_or_else(|| {
+                format!(
+                    "record at offset {} runs past the end of the file",
+                    self.pos
+                )
+            })?;
         self.pos = start + len;
         Ok(Some((ty, payload)))
     }
@@ -249,7 +254,9 @@ fn check_frame(bytes: &[u8], magic: &[u8; 4], min_len: usize) -> Result<(), Stri
     let stored = le_u32(tail).ok_or("truncated checksum")?;
     let actual = crc32fast::hash(data);
     if stored != actual {
-        return Err(format!("checksum mismatch (stored {stored:08x}, computed {actual:08x})"));
+        return Err(format!(
+            "checksum mismatch (stored {stored:08x}, computed {actual:08x})"
+        ));
     }
     Ok(())
 }
@@ -292,7 +299,8 @@ impl HeadBuilder {
     }
 
     pub(crate) fn feed(&mut self, ty: u8, p: &[u8]) -> Result<(), String> {
-        let st = stage(ty).ok_or_else(|| format!("unexpected record type 0x{ty:02x} in envelope"))?;
+        let st =
+            stage(ty).ok_or_else(|| format!("unexpected record type 0x{ty:02x} in envelope"))?;
         if st < self.last_stage || (st == self.last_stage && ty != rec::RCPT) {
             return Err(format!("envelope record '{}' out of order", char::from(ty)));
         }
@@ -377,7 +385,9 @@ fn decode_rcpt(p: &[u8]) -> Result<Recipient, String> {
     let flags = *p.get(1).ok_or("truncated RCPT record")?;
     let alen = le_u32(p.get(2..).unwrap_or_default()).ok_or("truncated RCPT record")? as usize;
     let rest = p.get(6..).unwrap_or_default();
-    let addr = rest.get(..alen).ok_or("RCPT address runs past its record")?;
+    let addr = rest
+        .get(..alen)
+        .ok_or("RCPT address runs past its record")?;
     let tail = rest.get(alen..).unwrap_or_default();
     let orcpt = match flags {
         0 if tail.is_empty() => None,
@@ -394,7 +404,11 @@ fn decode_rcpt(p: &[u8]) -> Result<Recipient, String> {
 
 /// Outcome of [`parse_head`] on the first bytes of a message file.
 pub(crate) enum HeadParse {
-    Done { id: QueueId, arrival: i64, envelope: Envelope },
+    Done {
+        id: QueueId,
+        arrival: i64,
+        envelope: Envelope,
+    },
     /// The envelope continues past the bytes given: at least this many
     /// bytes from the start of the file are needed.
     NeedMore(usize),
@@ -421,7 +435,11 @@ pub(crate) fn parse_head(bytes: &[u8]) -> Result<HeadParse, String> {
         };
         if !HeadBuilder::is_head_record(ty) {
             let (id, arrival, envelope) = head.finish()?;
-            return Ok(HeadParse::Done { id, arrival, envelope });
+            return Ok(HeadParse::Done {
+                id,
+                arrival,
+                envelope,
+            });
         }
         let start = pos + REC_HEADER_LEN;
         let end = start.checked_add(len).ok_or("record length overflows")?;
@@ -446,7 +464,10 @@ pub(crate) struct Decoded {
 /// body is still checked (CRC, record grammar, length) but not copied.
 pub(crate) fn decode_message_bytes(bytes: &[u8], want_body: bool) -> Result<Decoded, String> {
     check_frame(bytes, MSG_MAGIC, PREAMBLE_LEN + MSG_END_LEN)?;
-    let mut recs = Records { buf: bytes, pos: PREAMBLE_LEN };
+    let mut recs = Records {
+        buf: bytes,
+        pos: PREAMBLE_LEN,
+    };
     let mut head = HeadBuilder::default();
     let mut body = want_body.then(Vec::new);
     let mut body_len: u64 = 0;
@@ -474,10 +495,17 @@ pub(crate) fn decode_message_bytes(bytes: &[u8], want_body: bool) -> Result<Deco
                     return Err(format!("END says {stated} body bytes, found {body_len}"));
                 }
                 let (id, arrival, envelope) = head.finish()?;
-                return Ok(Decoded { id, arrival, envelope, body });
+                return Ok(Decoded {
+                    id,
+                    arrival,
+                    envelope,
+                    body,
+                });
             }
             _ if in_body => {
-                return Err(format!("record type 0x{ty:02x} after the body at offset {at}"));
+                return Err(format!(
+                    "record type 0x{ty:02x} after the body at offset {at}"
+                ));
             }
             _ => head.feed(ty, p)?,
         }
@@ -495,8 +523,15 @@ fn decode_state(v: u8) -> Result<RcptState, String> {
 
 /// Verifies and decodes a complete status file.
 pub(crate) fn decode_status_bytes(bytes: &[u8]) -> Result<MessageStatus, String> {
-    check_frame(bytes, STATUS_MAGIC, PREAMBLE_LEN + REC_HEADER_LEN + 8 + STATUS_END_LEN)?;
-    let mut recs = Records { buf: bytes, pos: PREAMBLE_LEN };
+    check_frame(
+        bytes,
+        STATUS_MAGIC,
+        PREAMBLE_LEN + REC_HEADER_LEN + 8 + STATUS_END_LEN,
+    )?;
+    let mut recs = Records {
+        buf: bytes,
+        pos: PREAMBLE_LEN,
+    };
     let next_attempt = match recs.next()? {
         Some((rec::NEXT, p)) if p.len() == 8 => le_u64(p).ok_or("bad NEXT record")? as i64,
         _ => return Err("status file does not start with a NEXT record".into()),
@@ -506,19 +541,29 @@ pub(crate) fn decode_status_bytes(bytes: &[u8]) -> Result<MessageStatus, String>
         let at = recs.pos;
         match recs.next()?.ok_or("missing END record")? {
             (rec::RCPT, p) => {
-                let fixed = p.get(..13).ok_or_else(|| format!("short RCPT record at offset {at}"))?;
+                let fixed = p
+                    .get(..13)
+                    .ok_or_else(|| format!("short RCPT record at offset {at}"))?;
                 let state = decode_state(fixed[0])?;
                 let attempts = le_u32(&fixed[1..]).ok_or("bad RCPT record")?;
                 let next = le_u64(&fixed[5..]).ok_or("bad RCPT record")? as i64;
                 let last_reply = utf8("last reply", p.get(13..).unwrap_or_default())?;
-                rcpts.push(RcptStatus { state, attempts, next_attempt: next, last_reply });
+                rcpts.push(RcptStatus {
+                    state,
+                    attempts,
+                    next_attempt: next,
+                    last_reply,
+                });
             }
             (rec::END, p) => {
                 // The END payload is the CRC itself, already checked.
                 if p.len() != 4 || recs.pos != bytes.len() {
                     return Err(format!("malformed END record at offset {at}"));
                 }
-                return Ok(MessageStatus { rcpts, next_attempt });
+                return Ok(MessageStatus {
+                    rcpts,
+                    next_attempt,
+                });
             }
             (ty, _) => return Err(format!("unexpected record type 0x{ty:02x} at offset {at}")),
         }

@@ -88,7 +88,15 @@ mod tests {
 
     #[test]
     fn text_form_round_trips_and_sorts() {
-        let samples = [0u64, 1, 31, 32, 1_700_000_000_000_000, u64::MAX - 1, u64::MAX];
+        let samples = [
+            0u64,
+            1,
+            31,
+            32,
+            1_700_000_000_000_000,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
         let mut prev: Option<String> = None;
         for v in samples {
             let s = QueueId(v).to_string();
@@ -106,7 +114,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_text() {
-        for bad in ["", "000000000000", "00000000000000", "G000000000000", "000000000000U", "00000000000-0"] {
+        for bad in [
+            "",
+            "000000000000",
+            "00000000000000",
+            "G000000000000",
+            "000000000000U",
+            "00000000000-0",
+        ] {
             assert!(bad.parse::<QueueId>().is_err(), "{bad}");
         }
         assert_eq!(QueueId::from_file_name("000000000000a"), None);

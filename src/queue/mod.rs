@@ -158,7 +158,12 @@ pub struct RcptStatus {
 impl RcptStatus {
     /// The state of a recipient nobody has tried yet.
     pub fn pending() -> RcptStatus {
-        RcptStatus { state: RcptState::Pending, attempts: 0, next_attempt: 0, last_reply: String::new() }
+        RcptStatus {
+            state: RcptState::Pending,
+            attempts: 0,
+            next_attempt: 0,
+            last_reply: String::new(),
+        }
     }
 }
 
@@ -174,7 +179,10 @@ pub struct MessageStatus {
 impl MessageStatus {
     /// The status of a message without a status file: all recipients pending.
     pub fn all_pending(n: usize) -> MessageStatus {
-        MessageStatus { rcpts: vec![RcptStatus::pending(); n], next_attempt: 0 }
+        MessageStatus {
+            rcpts: vec![RcptStatus::pending(); n],
+            next_attempt: 0,
+        }
     }
 }
 
@@ -206,7 +214,13 @@ pub struct Recovery {
 pub fn decode_message(bytes: &[u8]) -> Result<StoredMessage, ReadError> {
     let d = codec::decode_message_bytes(bytes, true).map_err(ReadError::Corrupt)?;
     let status = MessageStatus::all_pending(d.envelope.recipients.len());
-    Ok(StoredMessage { id: d.id, arrival: d.arrival, envelope: d.envelope, status, body: d.body.unwrap_or_default() })
+    Ok(StoredMessage {
+        id: d.id,
+        arrival: d.arrival,
+        envelope: d.envelope,
+        status,
+        body: d.body.unwrap_or_default(),
+    })
 }
 
 /// Decodes a status file (as produced by [`encode_status`]), verifying it.
@@ -248,7 +262,10 @@ fn lock_index(m: &Mutex<BTreeSet<QueueId>>) -> std::sync::MutexGuard<'_, BTreeSe
 }
 
 fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 impl Queue {
@@ -269,7 +286,12 @@ impl Queue {
         let mut last = self.inner.last_id.load(Ordering::Relaxed);
         loop {
             let next = now.max(last.saturating_add(1));
-            match self.inner.last_id.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.inner.last_id.compare_exchange_weak(
+                last,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return QueueId(next),
                 Err(seen) => last = seen,
             }
@@ -296,12 +318,22 @@ impl Queue {
                 let ok = free >= self.inner.reserve_bytes;
                 let was = self.inner.space_ok.swap(ok, Ordering::Relaxed);
                 if was && !ok {
-                    tracing::warn!(free, reserve = self.inner.reserve_bytes, "spool below its free-space reserve; refusing new mail");
+                    tracing::warn!(
+                        free,
+                        reserve = self.inner.reserve_bytes,
+                        "spool below its free-space reserve; refusing new mail"
+                    );
                 } else if !was && ok {
-                    tracing::info!(free, reserve = self.inner.reserve_bytes, "spool free space back above the reserve");
+                    tracing::info!(
+                        free,
+                        reserve = self.inner.reserve_bytes,
+                        "spool free space back above the reserve"
+                    );
                 }
             }
-            Err(e) => tracing::warn!(error = %e, dir = %self.inner.dir.display(), "statvfs on the spool failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %self.inner.dir.display(), "statvfs on the spool failed")
+            }
         }
     }
 
@@ -327,7 +359,10 @@ impl Queue {
     /// call it from `spawn_blocking` or a plain thread.
     pub fn update_status(&self, id: QueueId, st: &MessageStatus) -> io::Result<()> {
         if !lock_index(&self.inner.index).contains(&id) {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("message {id} is not in the queue")));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("message {id} is not in the queue"),
+            ));
         }
         store::write_status(self, id, st)
     }
@@ -380,7 +415,8 @@ impl Queue {
     /// Hands a fsynced temporary file to the committer thread.
     fn submit(&self, job: store::Job) -> io::Result<()> {
         let tx = self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        tx.send(job).map_err(|_| io::Error::other("queue committer thread has stopped"))
+        tx.send(job)
+            .map_err(|_| io::Error::other("queue committer thread has stopped"))
     }
 
     /// Directory fsyncs done by the committer since open (a metric: with

@@ -4,8 +4,8 @@
 //! file that vanishes mid-read (delivered and removed) is skipped.
 //! Everything read here is untrusted and verified before use.
 
-use std::fs::{self, File};
 use std::collections::HashSet;
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -52,7 +52,10 @@ pub fn read_message(dir: &Path, id: QueueId) -> Result<StoredMessage, ReadError>
     let bytes = fs::read(queue_dir.join(id.to_string()))?;
     let mut msg = decode_message(&bytes)?;
     if msg.id != id {
-        return Err(ReadError::Corrupt(format!("file {id} holds message {}", msg.id)));
+        return Err(ReadError::Corrupt(format!(
+            "file {id} holds message {}",
+            msg.id
+        )));
     }
     if let Some(st) = read_status(&queue_dir, id)? {
         if st.rcpts.len() != msg.envelope.recipients.len() {
@@ -73,7 +76,13 @@ fn corrupt(why: impl Into<String>) -> ReadError {
 
 /// A short read means a truncated file; anything else is an I/O error.
 fn short(what: &'static str) -> impl Fn(io::Error) -> ReadError {
-    move |e| if e.kind() == io::ErrorKind::UnexpectedEof { corrupt(what) } else { ReadError::Io(e) }
+    move |e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            corrupt(what)
+        } else {
+            ReadError::Io(e)
+        }
+    }
 }
 
 /// How much of a message file `list` reads first; most envelopes fit.
@@ -83,7 +92,12 @@ const HEAD_WINDOW: u64 = 8 * 1024;
 /// or END record) and the body size from the END record at the tail. The
 /// CRC is not checked here: that needs the whole file. `buf` is scratch
 /// space reused between files.
-fn summarize(queue_dir: &Path, id: QueueId, has_status: bool, buf: &mut Vec<u8>) -> Result<Summary, ReadError> {
+fn summarize(
+    queue_dir: &Path,
+    id: QueueId,
+    has_status: bool,
+    buf: &mut Vec<u8>,
+) -> Result<Summary, ReadError> {
     let file = File::open(queue_dir.join(id.to_string()))?;
     let file_len = file.metadata()?.len();
     buf.clear();
@@ -92,23 +106,34 @@ fn summarize(queue_dir: &Path, id: QueueId, has_status: bool, buf: &mut Vec<u8>)
         let have = buf.len();
         // `want` never exceeds the file length, which fits in memory.
         buf.resize(want as usize, 0);
-        file.read_exact_at(&mut buf[have..], have as u64).map_err(short("file shrank while being read"))?;
+        file.read_exact_at(&mut buf[have..], have as u64)
+            .map_err(short("file shrank while being read"))?;
         match codec::parse_head(buf).map_err(ReadError::Corrupt)? {
-            HeadParse::Done { id, arrival, envelope } => break (id, arrival, envelope),
+            HeadParse::Done {
+                id,
+                arrival,
+                envelope,
+            } => break (id, arrival, envelope),
             HeadParse::NeedMore(n) if (n as u64) <= file_len && buf.len() < n => {
                 want = file_len.min((n as u64).max(want.saturating_mul(2)));
             }
-            HeadParse::NeedMore(_) => return Err(corrupt("envelope runs past the end of the file")),
+            HeadParse::NeedMore(_) => {
+                return Err(corrupt("envelope runs past the end of the file"))
+            }
         }
     };
     if file_id != id {
         return Err(corrupt(format!("file {id} holds message {file_id}")));
     }
-    let end_at = file_len.checked_sub(codec::MSG_END_LEN as u64).ok_or_else(|| corrupt("file too short"))?;
+    let end_at = file_len
+        .checked_sub(codec::MSG_END_LEN as u64)
+        .ok_or_else(|| corrupt("file too short"))?;
     let mut end = [0u8; codec::MSG_END_LEN];
     match buf.get(end_at as usize..) {
         Some(tail) if buf.len() as u64 == file_len => end.copy_from_slice(tail),
-        _ => file.read_exact_at(&mut end, end_at).map_err(short("file too short"))?,
+        _ => file
+            .read_exact_at(&mut end, end_at)
+            .map_err(short("file too short"))?,
     }
     if end[0] != rec::END || end[1..5] != 12u32.to_le_bytes() {
         return Err(corrupt("missing END record"));
@@ -117,7 +142,11 @@ fn summarize(queue_dir: &Path, id: QueueId, has_status: bool, buf: &mut Vec<u8>)
     size.copy_from_slice(&end[5..13]);
     let size = u64::from_le_bytes(size);
 
-    let status = match if has_status { read_status(queue_dir, id) } else { Ok(None) } {
+    let status = match if has_status {
+        read_status(queue_dir, id)
+    } else {
+        Ok(None)
+    } {
         Ok(Some(st)) if st.rcpts.len() == env.recipients.len() => st,
         Ok(Some(_)) => {
             tracing::warn!(%id, "status file does not match the envelope; showing all recipients pending");
@@ -133,9 +162,18 @@ fn summarize(queue_dir: &Path, id: QueueId, has_status: bool, buf: &mut Vec<u8>)
         .recipients
         .into_iter()
         .zip(status.rcpts)
-        .map(|(r, status)| SummaryRcpt { address: r.address, status })
+        .map(|(r, status)| SummaryRcpt {
+            address: r.address,
+            status,
+        })
         .collect();
-    Ok(Summary { id: id.to_string(), arrival, size, sender: env.sender, recipients })
+    Ok(Summary {
+        id: id.to_string(),
+        arrival,
+        size,
+        sender: env.sender,
+        recipients,
+    })
 }
 
 /// Summaries of every message in the spool at `dir`, sorted by id. Reads
@@ -163,7 +201,9 @@ pub fn list(dir: &Path) -> io::Result<Vec<Summary>> {
             Ok(s) => out.push(s),
             Err(ReadError::NotFound) => {}
             Err(ReadError::Io(e)) => return Err(e),
-            Err(ReadError::Corrupt(why)) => tracing::warn!(%id, reason = %why, "skipping unreadable queue file"),
+            Err(ReadError::Corrupt(why)) => {
+                tracing::warn!(%id, reason = %why, "skipping unreadable queue file")
+            }
         }
     }
     Ok(out)

@@ -24,7 +24,11 @@ const MAX_BATCH: usize = 4096;
 
 /// Creates a new private file; fails if the name exists.
 pub(crate) fn create_new_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Removes a file, treating "already gone" as success.
@@ -151,13 +155,15 @@ pub(crate) fn write_status(q: &Queue, id: QueueId, st: &MessageStatus) -> io::Re
         let _ = remove_quietly(&tmp);
         return Err(e);
     }
-    rx.recv().unwrap_or_else(|_| Err(io::Error::other("queue committer thread has stopped")))
+    rx.recv()
+        .unwrap_or_else(|_| Err(io::Error::other("queue committer thread has stopped")))
 }
 
 /// Bytes available to unprivileged users on the file system holding `dir`.
 #[allow(clippy::unnecessary_cast)]
 pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
-    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: statvfs is plain old data, valid when zeroed; the path is a
     // NUL-terminated string that outlives the call.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -171,13 +177,22 @@ pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
 fn make_dir(path: &Path) -> io::Result<()> {
     match DirBuilder::new().recursive(true).mode(0o700).create(path) {
         Ok(()) => Ok(()),
-        Err(e) => Err(io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display()))),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot create {}: {e}", path.display()),
+        )),
     }
 }
 
 fn take_lock(dir: &Path) -> io::Result<File> {
     let path = dir.join("lock");
-    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)?;
     // SAFETY: flock on a descriptor we own.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -205,7 +220,12 @@ fn clean_tmp(tmp: &Path) -> io::Result<(usize, u64)> {
             tracing::warn!(path = %path.display(), "unexpected directory in tmp/; leaving it");
             continue;
         }
-        if let Some(id) = entry.file_name().to_str().and_then(|n| n.get(..ID_LEN)).and_then(QueueId::from_file_name) {
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.get(..ID_LEN))
+            .and_then(QueueId::from_file_name)
+        {
             max_id = max_id.max(id.0);
         }
         remove_quietly(&path)?;
@@ -226,9 +246,13 @@ fn quarantine(queue_dir: &Path, corrupt_dir: &Path, name: &OsStr, why: &str) {
         n += 1;
     }
     match fs::rename(&from, &to) {
-        Ok(()) => tracing::error!(file = %from.display(), moved_to = %to.display(), reason = why, "corrupt queue file quarantined"),
+        Ok(()) => {
+            tracing::error!(file = %from.display(), moved_to = %to.display(), reason = why, "corrupt queue file quarantined")
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::error!(file = %from.display(), reason = why, error = %e, "corrupt queue file could not be moved to corrupt/"),
+        Err(e) => {
+            tracing::error!(file = %from.display(), reason = why, error = %e, "corrupt queue file could not be moved to corrupt/")
+        }
     }
 }
 
@@ -288,11 +312,26 @@ fn verify(queue_dir: &Path, id: QueueId, has_status: bool, buf: &mut Vec<u8>) ->
 
 /// Verifies every message, on a few threads (reads are I/O bound on a cold
 /// cache and CRC bound on a warm one).
-fn verify_all(queue_dir: &Path, ids: &[QueueId], with_status: &HashSet<QueueId>) -> Vec<(QueueId, Verdict)> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+fn verify_all(
+    queue_dir: &Path,
+    ids: &[QueueId],
+    with_status: &HashSet<QueueId>,
+) -> Vec<(QueueId, Verdict)> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
     if ids.len() < 64 || threads == 1 {
         let mut buf = Vec::new();
-        return ids.iter().map(|&id| (id, verify(queue_dir, id, with_status.contains(&id), &mut buf))).collect();
+        return ids
+            .iter()
+            .map(|&id| {
+                (
+                    id,
+                    verify(queue_dir, id, with_status.contains(&id), &mut buf),
+                )
+            })
+            .collect();
     }
     let per = ids.len().div_ceil(threads);
     std::thread::scope(|s| {
@@ -301,7 +340,14 @@ fn verify_all(queue_dir: &Path, ids: &[QueueId], with_status: &HashSet<QueueId>)
             .map(|part| {
                 s.spawn(move || {
                     let mut buf = Vec::with_capacity(8192);
-                    part.iter().map(|&id| (id, verify(queue_dir, id, with_status.contains(&id), &mut buf))).collect::<Vec<_>>()
+                    part.iter()
+                        .map(|&id| {
+                            (
+                                id,
+                                verify(queue_dir, id, with_status.contains(&id), &mut buf),
+                            )
+                        })
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -311,7 +357,10 @@ fn verify_all(queue_dir: &Path, ids: &[QueueId], with_status: &HashSet<QueueId>)
                 Ok(v) => out.extend(v),
                 // A verifier thread cannot panic on bad input; should it
                 // anyway, its messages are kept for the operator to see.
-                Err(_) => out.extend(part.iter().map(|&id| (id, Verdict::Corrupt("verifier thread failed".into())))),
+                Err(_) => out.extend(
+                    part.iter()
+                        .map(|&id| (id, Verdict::Corrupt("verifier thread failed".into()))),
+                ),
             }
         }
         out
@@ -353,7 +402,12 @@ pub(crate) fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recover
 
     let mut corrupt = 0;
     for name in &strays {
-        quarantine(&queue_dir, &corrupt_dir, name, "unexpected file name in queue/");
+        quarantine(
+            &queue_dir,
+            &corrupt_dir,
+            name,
+            "unexpected file name in queue/",
+        );
         corrupt += 1;
     }
 
@@ -367,7 +421,12 @@ pub(crate) fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recover
             Verdict::Corrupt(why) => {
                 quarantine(&queue_dir, &corrupt_dir, OsStr::new(&id.to_string()), &why);
                 if statuses.contains(&id) {
-                    quarantine(&queue_dir, &corrupt_dir, OsStr::new(&format!("{id}.st")), "status of a corrupt message");
+                    quarantine(
+                        &queue_dir,
+                        &corrupt_dir,
+                        OsStr::new(&format!("{id}.st")),
+                        "status of a corrupt message",
+                    );
                 }
                 corrupt += 1;
             }
@@ -375,11 +434,18 @@ pub(crate) fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recover
     }
     // A status file without its message is what a crash inside remove()
     // leaves behind: the message was delivered and removed.
-    for id in statuses.iter().filter(|id| messages.binary_search(id).is_err()) {
+    for id in statuses
+        .iter()
+        .filter(|id| messages.binary_search(id).is_err())
+    {
         let path = queue_dir.join(format!("{id}.st"));
         match remove_quietly(&path) {
-            Ok(()) => tracing::info!(file = %path.display(), "removed status file of a message no longer queued"),
-            Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot remove orphan status file"),
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "removed status file of a message no longer queued")
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot remove orphan status file")
+            }
         }
     }
 
@@ -416,7 +482,12 @@ pub(crate) fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recover
         }),
     };
     q.refresh_space();
-    let recovery = Recovery { loaded, corrupt, tmp_removed, elapsed: started.elapsed() };
+    let recovery = Recovery {
+        loaded,
+        corrupt,
+        tmp_removed,
+        elapsed: started.elapsed(),
+    };
     tracing::debug!(
         loaded = recovery.loaded,
         corrupt = recovery.corrupt,

@@ -34,7 +34,11 @@ fn envelope(n_rcpts: usize) -> Envelope {
 fn plain_envelope() -> Envelope {
     Envelope {
         sender: String::new(),
-        recipients: vec![Recipient { address: "bob@example.com".into(), orcpt: None, notify: Notify::default() }],
+        recipients: vec![Recipient {
+            address: "bob@example.com".into(),
+            orcpt: None,
+            notify: Notify::default(),
+        }],
         ret: None,
         envid: None,
         body_type: BodyType::SevenBit,
@@ -61,7 +65,11 @@ fn body_bytes(len: usize, seed: u32) -> Vec<u8> {
 
 fn names(dir: &Path) -> BTreeSet<String> {
     fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -99,7 +107,10 @@ async fn commit_then_read_round_trip() {
     assert_eq!(m2.envelope, plain_envelope());
     assert!(m2.body.is_empty());
 
-    assert!(matches!(read_message(tmp.path(), QueueId(12345)), Err(ReadError::NotFound)));
+    assert!(matches!(
+        read_message(tmp.path(), QueueId(12345)),
+        Err(ReadError::NotFound)
+    ));
 }
 
 #[tokio::test]
@@ -126,7 +137,11 @@ async fn writer_output_equals_encode_message() {
             let env = envelope(i % 4);
             let id = store(&q, env.clone(), &body, piece).await;
             let on_disk = fs::read(tmp.path().join("queue").join(id.to_string())).unwrap();
-            assert_eq!(on_disk, encode_message(id, 1_700_000_000, &env, &body), "size {size} piece {piece}");
+            assert_eq!(
+                on_disk,
+                encode_message(id, 1_700_000_000, &env, &body),
+                "size {size} piece {piece}"
+            );
             let m = read_message(tmp.path(), id).unwrap();
             assert_eq!(m.body, body);
         }
@@ -233,7 +248,11 @@ async fn open_recovers_quarantines_and_cleans() {
     let st = encode_status(&MessageStatus::all_pending(5));
     fs::write(qd.join(format!("{}.st", good[2])), &st).unwrap();
     // An orphan status file is removed.
-    fs::write(qd.join("0000000000099.st"), encode_status(&MessageStatus::all_pending(1))).unwrap();
+    fs::write(
+        qd.join("0000000000099.st"),
+        encode_status(&MessageStatus::all_pending(1)),
+    )
+    .unwrap();
 
     let (q, rec) = Queue::open(dir, 0).unwrap();
     assert_eq!(rec.tmp_removed, 2);
@@ -259,8 +278,14 @@ async fn open_recovers_quarantines_and_cleans() {
     fs::write(qd.join("README"), b"again").unwrap();
     let (_q, rec) = Queue::open(dir, 0).unwrap();
     assert_eq!(rec.corrupt, 1);
-    assert_eq!(fs::read(dir.join("corrupt").join("README")).unwrap(), b"stray");
-    assert_eq!(fs::read(dir.join("corrupt").join("README.1")).unwrap(), b"again");
+    assert_eq!(
+        fs::read(dir.join("corrupt").join("README")).unwrap(),
+        b"stray"
+    );
+    assert_eq!(
+        fs::read(dir.join("corrupt").join("README.1")).unwrap(),
+        b"again"
+    );
 }
 
 #[test]
@@ -329,7 +354,12 @@ async fn update_status_then_list() {
     let b = store(&q, plain_envelope(), &body_bytes(CHUNK * 2 + 3, 9), 7000).await;
     let st = MessageStatus {
         rcpts: vec![
-            RcptStatus { state: RcptState::Delivered, attempts: 1, next_attempt: 0, last_reply: "250 2.0.0 ok".into() },
+            RcptStatus {
+                state: RcptState::Delivered,
+                attempts: 1,
+                next_attempt: 0,
+                last_reply: "250 2.0.0 ok".into(),
+            },
             RcptStatus {
                 state: RcptState::Pending,
                 attempts: 3,
@@ -341,10 +371,16 @@ async fn update_status_then_list() {
     };
     let q2 = q.clone();
     let st2 = st.clone();
-    tokio::task::spawn_blocking(move || q2.update_status(a, &st2)).await.unwrap().unwrap();
+    tokio::task::spawn_blocking(move || q2.update_status(a, &st2))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(names(&tmp.path().join("tmp")).is_empty());
     // Unknown id: refused, nothing written.
-    assert_eq!(q.update_status(QueueId(3), &st).unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert_eq!(
+        q.update_status(QueueId(3), &st).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
 
     let l = list(tmp.path()).unwrap();
     assert_eq!(l.len(), 2);
@@ -382,13 +418,21 @@ fn status_round_trip() {
     let st = MessageStatus {
         rcpts: vec![
             RcptStatus::pending(),
-            RcptStatus { state: RcptState::Failed, attempts: u32::MAX, next_attempt: i64::MIN, last_reply: "550 no".into() },
+            RcptStatus {
+                state: RcptState::Failed,
+                attempts: u32::MAX,
+                next_attempt: i64::MIN,
+                last_reply: "550 no".into(),
+            },
         ],
         next_attempt: -1,
     };
     let b = encode_status(&st);
     assert_eq!(decode_status(&b).unwrap(), st);
-    assert_eq!(decode_status(&encode_status(&MessageStatus::default())).unwrap(), MessageStatus::default());
+    assert_eq!(
+        decode_status(&encode_status(&MessageStatus::default())).unwrap(),
+        MessageStatus::default()
+    );
     for i in 0..b.len() {
         let mut c = b.clone();
         c[i] ^= 0x10;
@@ -421,7 +465,11 @@ async fn concurrent_commits_are_all_durable_and_listed() {
     assert!((1..=200).contains(&syncs), "{syncs} directory fsyncs");
     println!("200 concurrent commits shared {syncs} directory fsyncs");
 
-    let listed: BTreeSet<String> = list(tmp.path()).unwrap().into_iter().map(|s| s.id).collect();
+    let listed: BTreeSet<String> = list(tmp.path())
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
     assert_eq!(listed.len(), 200);
     for (id, body) in &done {
         assert!(listed.contains(&id.to_string()));
@@ -439,7 +487,10 @@ async fn concurrent_commits_are_all_durable_and_listed() {
 #[test]
 #[ignore]
 fn recovery_time() {
-    let n: u64 = std::env::var("PIGEON_RECOVERY_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n: u64 = std::env::var("PIGEON_RECOVERY_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let tmp = tempfile::tempdir().unwrap();
     drop(Queue::open(tmp.path(), 0).unwrap());
     let qd = tmp.path().join("queue");
@@ -454,7 +505,10 @@ fn recovery_time() {
     let (q, rec) = Queue::open(tmp.path(), 0).unwrap();
     assert_eq!(rec.loaded as u64, n);
     assert_eq!(q.len() as u64, n);
-    println!("open() of {n} x 1 KiB messages (warm cache): {:?}", rec.elapsed);
+    println!(
+        "open() of {n} x 1 KiB messages (warm cache): {:?}",
+        rec.elapsed
+    );
     drop(q);
     let t = Instant::now();
     let l = list(tmp.path()).unwrap();
@@ -471,17 +525,27 @@ async fn list_reads_long_envelopes_and_skips_damage() {
     let b = store(&q, plain_envelope(), b"", 1).await;
     // Damaged files are skipped, not fatal, and stay where they are.
     let qd = tmp.path().join("queue");
-    fs::write(qd.join(QueueId(5).to_string()), b"PGNQ\x01M\xff\xff\xff\x7f").unwrap();
+    fs::write(
+        qd.join(QueueId(5).to_string()),
+        b"PGNQ\x01M\xff\xff\xff\x7f",
+    )
+    .unwrap();
     fs::write(qd.join(QueueId(6).to_string()), b"").unwrap();
     let l = list(tmp.path()).unwrap();
-    assert_eq!(l.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), vec![a.to_string(), b.to_string()]);
+    assert_eq!(
+        l.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
+        vec![a.to_string(), b.to_string()]
+    );
     assert_eq!(l[0].recipients.len(), 700);
     assert_eq!(l[0].recipients[699].address, "rcpt699@example.net");
     assert_eq!(l[0].size, 10);
     assert_eq!(l[1].size, 0);
     assert!(qd.join(QueueId(5).to_string()).exists());
     assert_eq!(read_message(tmp.path(), a).unwrap().envelope, big);
-    assert!(matches!(read_message(tmp.path(), QueueId(5)), Err(ReadError::Corrupt(_))));
+    assert!(matches!(
+        read_message(tmp.path(), QueueId(5)),
+        Err(ReadError::Corrupt(_))
+    ));
 }
 
 /// The worked example in docs/queue.md, byte for byte.
@@ -489,7 +553,11 @@ async fn list_reads_long_envelopes_and_skips_damage() {
 fn golden_example_matches_docs() {
     let env = Envelope {
         sender: "a@b.example".into(),
-        recipients: vec![Recipient { address: "d@e.example".into(), orcpt: None, notify: Notify(Notify::FAILURE) }],
+        recipients: vec![Recipient {
+            address: "d@e.example".into(),
+            orcpt: None,
+            notify: Notify(Notify::FAILURE),
+        }],
         ret: None,
         envid: None,
         body_type: BodyType::SevenBit,
@@ -508,7 +576,10 @@ fn golden_example_matches_docs() {
         52 11 00 00 00  04 00 0B 00 00 00 64 40 65 2E 65 78 61 6D 70 6C 65
         42 04 00 00 00  48 69 0D 0A
         45 0C 00 00 00  04 00 00 00 00 00 00 00 09 28 65 70";
-    let expected: Vec<u8> = hex.split_whitespace().map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+    let expected: Vec<u8> = hex
+        .split_whitespace()
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
     let id = QueueId(0x0006_09D4_A7A7_E1C0);
     assert_eq!(encode_message(id, 1_700_000_000, &env, b"Hi\r\n"), expected);
     assert_eq!(expected.len(), 127);

@@ -31,7 +31,9 @@ impl Spill {
     /// Writes `data` as body records (`data.len()` must be a multiple of
     /// `CHUNK`, except for the very last call) followed by `tail`.
     fn write_chunks(&mut self, data: &[u8], tail: &[u8]) -> io::Result<()> {
-        let mut out = Vec::with_capacity(data.len() + (data.len() / CHUNK + 1) * codec::REC_HEADER_LEN + tail.len());
+        let mut out = Vec::with_capacity(
+            data.len() + (data.len() / CHUNK + 1) * codec::REC_HEADER_LEN + tail.len(),
+        );
         codec::put_body_chunks(&mut out, data);
         out.extend_from_slice(tail);
         self.crc.update(&out);
@@ -80,10 +82,20 @@ impl TmpState {
 /// Creates `path` for a writer, unless the writer has been dropped already.
 fn create_for(path: &std::path::Path, state: &AtomicU8) -> io::Result<File> {
     let file = create_new_file(path)?;
-    if state.compare_exchange(TmpState::NONE, TmpState::CREATED, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+    if state
+        .compare_exchange(
+            TmpState::NONE,
+            TmpState::CREATED,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        )
+        .is_err()
+    {
         drop(file);
         let _ = remove_quietly(path);
-        return Err(io::Error::other("message abandoned while its file was being created"));
+        return Err(io::Error::other(
+            "message abandoned while its file was being created",
+        ));
     }
     Ok(file)
 }
@@ -93,7 +105,9 @@ fn join_error(e: tokio::task::JoinError) -> io::Error {
 }
 
 fn broken_error() -> QueueError {
-    QueueError::Io(io::Error::other("message writer unusable after an earlier error"))
+    QueueError::Io(io::Error::other(
+        "message writer unusable after an earlier error",
+    ))
 }
 
 fn check_envelope(env: &Envelope) -> io::Result<()> {
@@ -104,7 +118,10 @@ fn check_envelope(env: &Envelope) -> io::Result<()> {
         fields.push(r.address.len() + r.orcpt.as_ref().map_or(0, String::len));
     }
     if fields.iter().any(|&n| n > MAX_FIELD) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "envelope field too long to queue"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "envelope field too long to queue",
+        ));
     }
     Ok(())
 }
@@ -167,7 +184,10 @@ impl MessageWriter {
         let state = Arc::clone(&self.tmp_state);
         let task = tokio::task::spawn_blocking(move || -> io::Result<Spill> {
             let file = create_for(&path, &state)?;
-            let mut spill = Spill { file, crc: crc32fast::Hasher::new() };
+            let mut spill = Spill {
+                file,
+                crc: crc32fast::Hasher::new(),
+            };
             spill.crc.update(&head);
             spill.file.write_all(&head)?;
             spill.write_chunks(&data, &[])?;
@@ -251,14 +271,18 @@ impl MessageWriter {
         match rx.await {
             Ok(Ok(())) => Ok(id),
             Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(QueueError::Io(io::Error::other("queue committer thread has stopped"))),
+            Err(_) => Err(QueueError::Io(io::Error::other(
+                "queue committer thread has stopped",
+            ))),
         }
     }
 }
 
 impl Drop for MessageWriter {
     fn drop(&mut self) {
-        let Some(path) = self.tmp_path.take() else { return };
+        let Some(path) = self.tmp_path.take() else {
+            return;
+        };
         if self.tmp_state.swap(TmpState::ABANDONED, Ordering::SeqCst) != TmpState::CREATED {
             // Never created, or an I/O task still running will remove it.
             return;

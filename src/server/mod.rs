@@ -10,18 +10,22 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::config::{BareNewline, Config, ListenerMode};
+use crate::auth::{FailureLimiter, UserDb};
+use crate::config::{BareNewline, Config, ListenerConfig, ListenerMode};
 use crate::policy::{Client, Policy};
 use crate::proto::command::{MailFrom, RcptTo};
 use crate::proto::reply::{self, Reply};
-use crate::proto::{Action, Host, ServerSession, SessionConfig};
+use crate::proto::{Action, AuthOutcome, Host, MessageFacts, ServerSession, SessionConfig};
 use crate::queue::{MessageWriter, Queue, QueueError, QueueId};
+
+pub mod tls;
+use tls::Tls;
 
 /// Body bytes buffered in the session before they are handed to the queue
 /// writer (which itself spills to disk past its own threshold).
@@ -30,8 +34,10 @@ const BODY_FLUSH: usize = 64 * 1024;
 /// Everything connections share.
 struct Shared {
     cfg: Arc<Config>,
-    session_cfg: Arc<SessionConfig>,
     policy: Policy,
+    tls: Option<Tls>,
+    users: UserDb,
+    auth_limiter: FailureLimiter,
     queue: Queue,
     conns: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -44,6 +50,21 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     shared: Arc<Shared>,
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Re-reads the certificate files (SIGHUP). On error the old
+    /// certificates stay in use and the error is logged.
+    pub fn reload_certificates(&self) {
+        if let Some(t) = &self.shared.tls {
+            match t.reload() {
+                Ok(n) => info!(certificates = n, "TLS certificates reloaded"),
+                Err(e) => {
+                    warn!(error = %e, "TLS certificates NOT reloaded, keeping the current ones")
+                }
+            }
+        }
+    }
 }
 
 impl Running {
@@ -62,15 +83,25 @@ impl Running {
         }
         let deadline = Instant::now() + grace;
         let max = self.shared.cfg.limits.max_connections as u32;
-        if timeout_at(deadline, self.shared.conns.acquire_many(max)).await.is_err() {
-            warn!(open = self.connections(), "grace period over, closing remaining connections");
+        if timeout_at(deadline, self.shared.conns.acquire_many(max))
+            .await
+            .is_err()
+        {
+            warn!(
+                open = self.connections(),
+                "grace period over, closing remaining connections"
+            );
         }
     }
 }
 
-/// Session limits derived from the configuration.
-pub fn session_config(cfg: &Config) -> SessionConfig {
+/// Session limits derived from the configuration, for one listener.
+pub fn session_config(cfg: &Config, l: &ListenerConfig) -> SessionConfig {
     SessionConfig {
+        starttls: cfg.tls.enabled() && l.mode != ListenerMode::Submissions,
+        auth: l.auth_offered(),
+        plaintext_auth: l.plaintext_auth,
+        max_auth_failures: cfg.auth.max_failures_per_connection,
         hostname: cfg.server.hostname.clone(),
         max_command_line: cfg.limits.max_command_line,
         max_message_size: cfg.limits.max_message_size,
@@ -85,28 +116,46 @@ pub fn session_config(cfg: &Config) -> SessionConfig {
 pub fn bind_all(cfg: &Config) -> io::Result<Vec<TcpListener>> {
     let mut out = Vec::new();
     for l in &cfg.listeners {
-        if l.mode != ListenerMode::Smtp {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("listener {}: mode \"{}\" needs TLS, which this build does not provide yet", l.bind, l.mode.as_str()),
-            ));
-        }
         let bind = || -> io::Result<TcpListener> {
-            let sock = if l.bind.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            let sock = if l.bind.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
             sock.set_reuseaddr(true)?;
             sock.bind(l.bind)?;
             sock.listen(1024)
         };
-        out.push(bind().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind)))?);
+        out.push(
+            bind().map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
+            })?,
+        );
     }
     Ok(out)
 }
 
 /// Starts serving on already bound listeners (one per `cfg.listeners`).
-pub fn start(cfg: Arc<Config>, queue: Queue, listeners: Vec<TcpListener>) -> io::Result<Running> {
+/// Loads the TLS certificates and the users first; an error names the file.
+pub fn start(
+    cfg: Arc<Config>,
+    queue: Queue,
+    listeners: Vec<TcpListener>,
+) -> Result<Running, String> {
+    let tls = Tls::load(&cfg)?;
+    let users = UserDb::load(&cfg.auth).map_err(|e| e.join("; "))?;
+    let a = &cfg.auth;
+    let auth_limiter = FailureLimiter::new(
+        a.ip_max_failures,
+        Duration::from_secs(a.ip_failure_window_secs),
+        Duration::from_secs(a.ip_block_secs),
+        a.exempt_loopback,
+    );
     let shared = Arc::new(Shared {
-        session_cfg: Arc::new(session_config(&cfg)),
         policy: Policy::new(&cfg),
+        tls,
+        users,
+        auth_limiter,
         queue,
         conns: Arc::new(Semaphore::new(cfg.limits.max_connections)),
         per_ip: Mutex::new(HashMap::new()),
@@ -116,9 +165,17 @@ pub fn start(cfg: Arc<Config>, queue: Queue, listeners: Vec<TcpListener>) -> io:
     let mut addrs = Vec::new();
     let mut accept_tasks = Vec::new();
     for (listener, lcfg) in listeners.into_iter().zip(shared.cfg.listeners.iter()) {
-        addrs.push(listener.local_addr()?);
-        info!(addr = %addrs[addrs.len() - 1], mode = lcfg.mode.as_str(), "listening");
-        accept_tasks.push(tokio::spawn(accept_loop(shared.clone(), listener, lcfg.mode, rx.clone())));
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        addrs.push(addr);
+        info!(addr = %addr, mode = lcfg.mode.as_str(), tls = shared.tls.is_some(), auth = lcfg.auth_offered(), "listening");
+        let scfg = Arc::new(session_config(&shared.cfg, lcfg));
+        accept_tasks.push(tokio::spawn(accept_loop(
+            shared.clone(),
+            listener,
+            lcfg.clone(),
+            scfg,
+            rx.clone(),
+        )));
     }
     // Free-space watch: MAIL is refused with 452 4.3.1 below the reserve.
     let q = shared.queue.clone();
@@ -133,10 +190,22 @@ pub fn start(cfg: Arc<Config>, queue: Queue, listeners: Vec<TcpListener>) -> io:
             }
         }
     });
-    Ok(Running { addrs, shutdown: tx, shared, accept_tasks })
+    Ok(Running {
+        addrs,
+        shutdown: tx,
+        shared,
+        accept_tasks,
+    })
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mode: ListenerMode, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    lcfg: ListenerConfig,
+    scfg: Arc<SessionConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mode = lcfg.mode;
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -162,7 +231,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mode: ListenerM
             tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS));
             continue;
         };
-        let client = shared.policy.client(ip);
+        let client = shared.policy.client(ip, lcfg.auth_required());
         let slot = if client.trusted {
             None
         } else {
@@ -177,9 +246,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mode: ListenerM
         };
         let shared = shared.clone();
         let stop = stop.clone();
+        let scfg = scfg.clone();
         tokio::spawn(async move {
             let span = info_span!("conn", peer = %ip, listener = mode.as_str());
-            connection(&shared, stream, client, stop, permit).instrument(span).await;
+            connection(&shared, stream, client, scfg, mode, stop, permit)
+                .instrument(span)
+                .await;
             drop(slot);
         });
     }
@@ -208,7 +280,10 @@ impl IpSlot {
     fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
         let limit = shared.cfg.limits.max_connections_per_ip;
         if limit == 0 {
-            return Some(IpSlot { shared: shared.clone(), ip });
+            return Some(IpSlot {
+                shared: shared.clone(),
+                ip,
+            });
         }
         let mut map = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
@@ -216,7 +291,10 @@ impl IpSlot {
             return None;
         }
         *n += 1;
-        Some(IpSlot { shared: shared.clone(), ip })
+        Some(IpSlot {
+            shared: shared.clone(),
+            ip,
+        })
     }
 }
 
@@ -244,11 +322,19 @@ struct ConnHost<'a> {
 
 impl Host for ConnHost<'_> {
     fn check_mail(&mut self, mail: &MailFrom) -> Result<(), Reply> {
-        self.shared.policy.check_mail(&self.client, mail, self.shared.queue.space_ok())
+        self.shared
+            .policy
+            .check_mail(&self.client, mail, self.shared.queue.space_ok())
     }
 
     fn check_rcpt(&mut self, _mail: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply> {
         self.shared.policy.check_rcpt(&self.client, rcpt)
+    }
+
+    fn check_message(&mut self, facts: &MessageFacts) -> Result<(), Reply> {
+        self.shared
+            .policy
+            .check_message(&self.client, facts.from_header.as_deref())
     }
 
     fn new_queue_id(&mut self) -> String {
@@ -263,7 +349,10 @@ impl Host for ConnHost<'_> {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// The message being received: its writer, or why it can no longer be
@@ -307,7 +396,9 @@ impl Incoming {
             (None, Some(w)) => queue.commit(w).await,
             (None, None) => Err(QueueError::Io(io::Error::other("no message content"))),
         };
-        let (sender, nrcpt) = env.map(|e| (e.sender, e.recipients.len())).unwrap_or_default();
+        let (sender, nrcpt) = env
+            .map(|e| (e.sender, e.recipients.len()))
+            .unwrap_or_default();
         let id = host.last_id.map(|i| i.to_string()).unwrap_or_default();
         match result {
             Ok(qid) => {
@@ -325,20 +416,148 @@ impl Incoming {
     }
 }
 
+/// The connection's byte stream: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Waits for data and appends it to `buf`. A plain connection holds no
+    /// buffer while it waits, so idle sessions cost little memory.
+    async fn read_into(&mut self, buf: &mut Vec<u8>, chunk: usize) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => loop {
+                s.readable().await?;
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(chunk);
+                }
+                match s.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return r,
+                }
+            },
+            Stream::Tls(s) => {
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(chunk);
+                }
+                s.read_buf(buf).await
+            }
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(data).await,
+            Stream::Tls(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+        }
+    }
+}
+
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn handshake(shared: &Shared, tcp: TcpStream) -> Result<(Stream, String), String> {
+    let Some(tls) = &shared.tls else {
+        return Err("TLS is not configured".into());
+    };
+    match timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(tcp)).await {
+        Err(_) => Err("TLS handshake timed out".into()),
+        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+        Ok(Ok(s)) => {
+            let desc = tls::describe(s.get_ref().1);
+            let sni = s.get_ref().1.server_name().unwrap_or("").to_string();
+            info!(tls = %desc, sni = %sni, "TLS established");
+            Ok((Stream::Tls(Box::new(s)), desc))
+        }
+    }
+}
+
+/// Checks the credentials the session holds and tells it the outcome.
+async fn authenticate(shared: &Shared, s: &mut ServerSession, host: &mut ConnHost<'_>) {
+    let Some(creds) = s.credentials().cloned() else {
+        s.auth_result(AuthOutcome::Failure);
+        return;
+    };
+    let ip = host.client.ip;
+    if shared
+        .auth_limiter
+        .is_blocked(ip, std::time::Instant::now())
+    {
+        warn!(login = %creds.login, "authentication refused: address blocked after too many failures");
+        s.auth_result(AuthOutcome::Blocked);
+        return;
+    }
+    let users = shared.users.clone();
+    let login = creds.login.clone();
+    let verified = tokio::task::spawn_blocking(move || {
+        if !creds.authzid.is_empty() && creds.authzid != creds.login {
+            return None;
+        }
+        users.verify(&creds.login, &creds.password)
+    })
+    .await
+    .ok()
+    .flatten();
+    match verified {
+        Some(user) => {
+            info!(login = %user.login, "authenticated");
+            let l = user.login.clone();
+            host.client.user = Some(user);
+            s.auth_result(AuthOutcome::Success(l));
+        }
+        None => {
+            let blocked = shared
+                .auth_limiter
+                .record_failure(ip, std::time::Instant::now());
+            warn!(login = %login, blocked, "authentication failed");
+            tokio::time::sleep(Duration::from_millis(shared.cfg.auth.failure_delay_ms)).await;
+            s.auth_result(if blocked {
+                AuthOutcome::Blocked
+            } else {
+                AuthOutcome::Failure
+            });
+        }
+    }
+}
+
 async fn connection(
     shared: &Shared,
-    mut stream: TcpStream,
+    tcp: TcpStream,
     client: Client,
+    scfg: Arc<SessionConfig>,
+    mode: ListenerMode,
     mut stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
     let started = Instant::now();
     info!("connect");
     let limits = &shared.cfg.limits;
     let session_deadline = started + Duration::from_secs(limits.session_timeout_secs);
-    let mut s = ServerSession::new(shared.session_cfg.clone(), client.ip);
-    let mut host = ConnHost { shared, client, last_id: None };
+    let mut s = ServerSession::new(scfg, client.ip);
+    let mut stream = if mode == ListenerMode::Submissions {
+        match handshake(shared, tcp).await {
+            Ok((st, desc)) => {
+                s.tls_started(desc);
+                st
+            }
+            Err(e) => {
+                info!(error = %e, "disconnect");
+                return;
+            }
+        }
+    } else {
+        Stream::Plain(tcp)
+    };
+    let mut host = ConnHost {
+        shared,
+        client,
+        last_id: None,
+    };
     let mut incoming = Incoming::default();
     let mut buf: Vec<u8> = Vec::new();
     let mut stopping = *stop.borrow();
@@ -364,21 +583,16 @@ async fn connection(
             }
             let wait = if s.in_content() { limits.data_timeout_secs } else { limits.command_timeout_secs };
             let deadline = (Instant::now() + Duration::from_secs(wait)).min(session_deadline);
-            tokio::select! {
-                r = timeout_at(deadline, stream.readable()) => match r {
+            let chunk = if s.in_content() { 64 * 1024 } else { 4096 };
+            let n = tokio::select! {
+                r = timeout_at(deadline, stream.read_into(&mut buf, chunk)) => match r {
                     Err(_) => { s.timeout(); continue; }
                     Ok(r) => r?,
                 },
                 _ = stop.changed(), if !stopping => { stopping = true; continue; }
-            }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(if s.in_content() { 64 * 1024 } else { 4096 });
-            }
-            match stream.try_read_buf(&mut buf) {
-                Ok(0) => return Ok("client disconnected"),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Ok("client disconnected");
             }
             let mut start = 0;
             loop {
@@ -398,10 +612,36 @@ async fn connection(
                         incoming = Incoming::default();
                         s.body().clear();
                     }
+                    Action::Authenticate => authenticate(shared, &mut s, &mut host).await,
+                    Action::StartTls => {
+                        let out = std::mem::take(s.output());
+                        stream.write_all(&out).await?;
+                        // Anything the client sent after STARTTLS, before the
+                        // handshake, is dropped unread (CVE-2011-0411 class).
+                        if buf.len() > start {
+                            warn!(bytes = buf.len() - start, "discarded plaintext sent after STARTTLS");
+                        }
+                        buf = Vec::new();
+                        start = 0;
+                        let Stream::Plain(tcp) = stream else {
+                            return Ok("STARTTLS inside TLS");
+                        };
+                        match handshake(shared, tcp).await {
+                            Ok((st, desc)) => {
+                                stream = st;
+                                s.tls_started(desc);
+                            }
+                            Err(e) => {
+                                info!(error = %e, "TLS handshake failed after STARTTLS");
+                                return Ok("TLS handshake failed");
+                            }
+                        }
+                        break;
+                    }
                     Action::Close => break,
                 }
             }
-            buf.drain(..start);
+            buf.drain(..start.min(buf.len()));
             if buf.is_empty() && !s.in_content() {
                 // Idle connections hold no read buffer.
                 buf = Vec::new();
@@ -417,6 +657,8 @@ async fn connection(
             secs = started.elapsed().as_secs_f64(),
             "disconnect"
         ),
-        Err(e) => debug!(error = %e, messages = s.messages_accepted(), errors = s.errors(), "disconnect on I/O error"),
+        Err(e) => {
+            debug!(error = %e, messages = s.messages_accepted(), errors = s.errors(), "disconnect on I/O error")
+        }
     }
 }

@@ -24,7 +24,10 @@ pub fn test_config() -> Config {
     let mut cfg = Config::default();
     cfg.server.hostname = "mx.test".into();
     cfg.domains.local = vec!["example.org".into()];
-    cfg.listeners = vec![ListenerConfig { bind: "127.0.0.1:0".parse().unwrap(), mode: ListenerMode::Smtp }];
+    cfg.listeners = vec![ListenerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        ListenerMode::Smtp,
+    )];
     cfg
 }
 
@@ -36,7 +39,12 @@ pub async fn start(mut cfg: Config) -> TestServer {
     let (queue, _) = Queue::open(&spool, reserve).unwrap();
     let listeners = pigeon::server::bind_all(&cfg).unwrap();
     let running = pigeon::server::start(Arc::new(cfg), queue, listeners).unwrap();
-    TestServer { addr: running.addrs[0], spool, running: Some(running), _dir: dir }
+    TestServer {
+        addr: running.addrs[0],
+        spool,
+        running: Some(running),
+        _dir: dir,
+    }
 }
 
 impl TestServer {
@@ -58,7 +66,10 @@ impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let s = TcpStream::connect(addr).await.unwrap();
         let (r, w) = s.into_split();
-        Client { r: BufReader::new(r), w }
+        Client {
+            r: BufReader::new(r),
+            w,
+        }
     }
 
     pub async fn send(&mut self, data: &str) {

@@ -1,0 +1,251 @@
+//! Users and passwords for SMTP AUTH: the user database (users file and
+//! inline users), password-hash verification (argon2id, and sha512-crypt
+//! and bcrypt for users migrated from Dovecot passwd files), hashing new
+//! passwords, and the per-address failure limiter. Reads only the users
+//! file. Passwords are never logged or kept beyond a check.
+
+pub mod limiter;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{check_user, AuthConfig, UserConfig};
+
+pub use limiter::FailureLimiter;
+
+/// One user who may authenticate.
+#[derive(Clone)]
+pub struct User {
+    pub login: String,
+    hash: String,
+    /// Addresses the user may send as; `@domain` entries cover a domain.
+    pub addresses: Vec<String>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("login", &self.login)
+            .field("addresses", &self.addresses)
+            .finish()
+    }
+}
+
+impl User {
+    /// May this user use `address` as the envelope sender or From: address?
+    /// Compared without regard to case.
+    pub fn may_send_as(&self, address: &str) -> bool {
+        let address = address.to_lowercase();
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            return false;
+        };
+        self.addresses.iter().any(|a| {
+            let a = a.to_lowercase();
+            match a.strip_prefix('@') {
+                Some(d) => d == domain,
+                None => a == address,
+            }
+        })
+    }
+}
+
+/// All users, by login.
+#[derive(Debug, Default, Clone)]
+pub struct UserDb {
+    users: HashMap<String, Arc<User>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    user: Vec<UserConfig>,
+}
+
+impl UserDb {
+    /// Loads the users file (if configured) and the inline users. Errors
+    /// name the file, the key and the line.
+    pub fn load(cfg: &AuthConfig) -> Result<UserDb, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut all: Vec<UserConfig> = cfg.users.clone();
+        if !cfg.users_file.as_os_str().is_empty() {
+            match load_users_file(&cfg.users_file) {
+                Ok(u) => all.extend(u),
+                Err(e) => errors.extend(e),
+            }
+        }
+        let mut db = UserDb::default();
+        for u in all {
+            if db.users.contains_key(&u.login) {
+                errors.push(format!("user `{}` is defined twice", u.login));
+                continue;
+            }
+            db.users.insert(
+                u.login.clone(),
+                Arc::new(User {
+                    login: u.login,
+                    hash: u.password,
+                    addresses: u.addresses,
+                }),
+            );
+        }
+        if errors.is_empty() {
+            Ok(db)
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    pub fn get(&self, login: &str) -> Option<Arc<User>> {
+        self.users.get(login).cloned()
+    }
+
+    /// Checks a login and password. Slow by design (argon2): call it off
+    /// the async reactor. An unknown login costs the same as a wrong
+    /// password, so timing does not tell which logins exist.
+    pub fn verify(&self, login: &str, password: &str) -> Option<Arc<User>> {
+        match self.users.get(login) {
+            Some(u) => verify_hash(&u.hash, password).then(|| u.clone()),
+            None => {
+                let _ = verify_hash(dummy_hash(), password);
+                None
+            }
+        }
+    }
+}
+
+/// An argon2id hash of a random string, checked against when the login is
+/// unknown so that a miss takes as long as a wrong password.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password("no such user").unwrap_or_default())
+}
+
+fn load_users_file(path: &Path) -> Result<Vec<UserConfig>, Vec<String>> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("cannot read users file {shown}: {e}")])?;
+    let file: UsersFile = toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        vec![match line {
+            Some(l) => format!("{shown}: line {l}: {}", e.message().trim()),
+            None => format!("{shown}: {}", e.message().trim()),
+        }]
+    })?;
+    let mut errors = Vec::new();
+    let mut users = file.user;
+    for (i, u) in users.iter_mut().enumerate() {
+        for (key, msg) in check_user(u) {
+            errors.push(format!("{shown}: key `user[{i}].{key}`: {msg}"));
+        }
+    }
+    if errors.is_empty() {
+        Ok(users)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Verifies `password` against a stored hash: `$argon2id$`/`$argon2i$`/
+/// `$argon2d$` (PHC string), `$6$` (sha512-crypt) or `$2y$`/`$2b$`/`$2a$`
+/// (bcrypt). Unknown or malformed hashes never match.
+pub fn verify_hash(hash: &str, password: &str) -> bool {
+    if hash.starts_with("$argon2") {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        match PasswordHash::new(hash) {
+            Ok(parsed) => argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok(),
+            Err(_) => false,
+        }
+    } else if hash.starts_with("$6$") {
+        sha_crypt::sha512_check(password, hash).is_ok()
+    } else if hash.starts_with("$2") {
+        bcrypt::verify(password, hash).unwrap_or(false)
+    } else {
+        false
+    }
+}
+
+/// A new argon2id hash (random salt, the crate's recommended parameters).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_hash(&h, "correct horse"));
+        assert!(!verify_hash(&h, "wrong"));
+        // sha512-crypt, as in a Dovecot passwd file ("password").
+        let sha =
+            sha_crypt::sha512_simple("password", &sha_crypt::Sha512Params::new(5000).unwrap())
+                .unwrap();
+        assert!(verify_hash(&sha, "password"));
+        assert!(!verify_hash(&sha, "Password"));
+        let b = bcrypt::hash("password", 4)
+            .unwrap()
+            .replacen("$2b$", "$2y$", 1);
+        assert!(verify_hash(&b, "password"));
+        assert!(!verify_hash(&b, "nope"));
+        assert!(!verify_hash("plain", "plain"));
+        assert!(!verify_hash("$argon2id$garbage", "x"));
+        assert!(!verify_hash(dummy_hash(), ""));
+    }
+
+    #[test]
+    fn sender_addresses() {
+        let u = User {
+            login: "a".into(),
+            hash: String::new(),
+            addresses: vec!["alice@example.org".into(), "@alice.test".into()],
+        };
+        assert!(u.may_send_as("alice@example.org"));
+        assert!(u.may_send_as("Alice@EXAMPLE.org"));
+        assert!(u.may_send_as("anything@alice.test"));
+        assert!(!u.may_send_as("bob@example.org"));
+        assert!(!u.may_send_as("alice@example.org.evil.test"));
+        assert!(!u.may_send_as("x@sub.alice.test"));
+        assert!(!u.may_send_as("noat"));
+    }
+
+    #[test]
+    fn users_file_errors_name_file_key_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("users.toml");
+        std::fs::write(&p, "[[user]]\nlogin = \"a\"\npassword = \"plain\"\n").unwrap();
+        let cfg = AuthConfig {
+            users_file: p.clone(),
+            ..AuthConfig::default()
+        };
+        let e = UserDb::load(&cfg).unwrap_err();
+        assert!(
+            e[0].contains("users.toml") && e[0].contains("user[0].password"),
+            "{e:?}"
+        );
+        std::fs::write(&p, "[[user]]\nlogin = \"a\"\nbogus = 1\n").unwrap();
+        let e = UserDb::load(&cfg).unwrap_err();
+        assert!(e[0].contains("line 3"), "{e:?}");
+    }
+}
