@@ -16,7 +16,11 @@ const MESSAGES: usize = 5_000;
 const ROUNDS: usize = 3;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
@@ -43,7 +47,10 @@ fn spawn_server(config: &Path) -> Child {
 async fn wait_ready(port: u16) {
     let t = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "server did not start");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "server did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -62,8 +69,15 @@ async fn read_reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option
 
 /// One client: sends messages until the shared budget is spent or the
 /// server dies; records (queue id → body) for every 250.
-async fn client(port: u16, n: usize, budget: Arc<Mutex<usize>>, acked: Arc<Mutex<HashMap<String, Vec<u8>>>>) {
-    let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await else { return };
+async fn client(
+    port: u16,
+    n: usize,
+    budget: Arc<Mutex<usize>>,
+    acked: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+) {
+    let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return;
+    };
     let (r, mut w) = s.into_split();
     let mut r = BufReader::new(r);
     if read_reply(&mut r).await.is_none() {
@@ -86,7 +100,9 @@ async fn client(port: u16, n: usize, budget: Arc<Mutex<usize>>, acked: Arc<Mutex
             "Subject: crash {n}/{i}\r\nMessage-Id: <{n}.{i}@crash.test>\r\n\r\n{}\r\n.leading dot {n} {i}\r\n",
             format!("payload {n} {i} ").repeat(1 + (n * 7 + i) % 40)
         );
-        let mut wire = format!("MAIL FROM:<s{n}@src.test>\r\nRCPT TO:<u{i}@example.org>\r\nDATA\r\n").into_bytes();
+        let mut wire =
+            format!("MAIL FROM:<s{n}@src.test>\r\nRCPT TO:<u{i}@example.org>\r\nDATA\r\n")
+                .into_bytes();
         if w.write_all(&wire).await.is_err() {
             return;
         }
@@ -125,7 +141,11 @@ fn strip_received(body: &[u8]) -> &[u8] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_message() {
-    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
     let mut rand = move || {
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -159,7 +179,10 @@ async fn kill_9_loses_no_acknowledged_message() {
             let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
         }
         let acked = std::mem::take(&mut *acked.lock().unwrap());
-        eprintln!("round {round}: killed after {kill_after:?}, {} messages acknowledged", acked.len());
+        eprintln!(
+            "round {round}: killed after {kill_after:?}, {} messages acknowledged",
+            acked.len()
+        );
 
         // Restart on the same spool: recovery must succeed and keep everything.
         let mut server = spawn_server(&config);
@@ -172,15 +195,28 @@ async fn kill_9_loses_no_acknowledged_message() {
             .unwrap();
         assert!(out.status.success());
         let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let listed: std::collections::HashSet<String> =
-            list.as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+        let listed: std::collections::HashSet<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect();
         let spool = dir.path().join("spool");
         for (id, body) in &acked {
-            assert!(listed.contains(id), "round {round}: acknowledged {id} missing after kill -9");
+            assert!(
+                listed.contains(id),
+                "round {round}: acknowledged {id} missing after kill -9"
+            );
             let msg = pigeon::queue::read_message(&spool, id.parse().unwrap()).unwrap();
-            assert_eq!(strip_received(&msg.body), body.as_slice(), "round {round}: {id} damaged");
+            assert_eq!(
+                strip_received(&msg.body),
+                body.as_slice(),
+                "round {round}: {id} damaged"
+            );
         }
-        let corrupt = std::fs::read_dir(spool.join("corrupt")).map(|d| d.count()).unwrap_or(0);
+        let corrupt = std::fs::read_dir(spool.join("corrupt"))
+            .map(|d| d.count())
+            .unwrap_or(0);
         assert_eq!(corrupt, 0, "round {round}: files moved to corrupt/");
         unsafe_sigterm(&server);
         let status = server.wait().unwrap();
@@ -189,5 +225,8 @@ async fn kill_9_loses_no_acknowledged_message() {
 }
 
 fn unsafe_sigterm(child: &Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
 }

@@ -6,7 +6,8 @@ use std::net::IpAddr;
 
 use pigeon::proto::{BodyType, Envelope, Notify, Recipient, Ret};
 use pigeon::queue::{
-    decode_message, decode_status, encode_message, encode_status, MessageStatus, QueueId, RcptState, RcptStatus,
+    decode_message, decode_status, encode_message, encode_status, MessageStatus, QueueId,
+    RcptState, RcptStatus,
 };
 use proptest::prelude::*;
 
@@ -21,20 +22,55 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn recipient() -> impl Strategy<Value = Recipient> {
-    (text(), prop::option::of(text()), any::<u8>())
-        .prop_map(|(address, orcpt, n)| Recipient { address, orcpt, notify: Notify(n) })
+    (text(), prop::option::of(text()), any::<u8>()).prop_map(|(address, orcpt, n)| Recipient {
+        address,
+        orcpt,
+        notify: Notify(n),
+    })
 }
 
 fn envelope() -> impl Strategy<Value = Envelope> {
-    let body_type = prop::sample::select(vec![BodyType::SevenBit, BodyType::EightBitMime, BodyType::BinaryMime]);
+    let body_type = prop::sample::select(vec![
+        BodyType::SevenBit,
+        BodyType::EightBitMime,
+        BodyType::BinaryMime,
+    ]);
     let ret = prop::option::of(prop::sample::select(vec![Ret::Full, Ret::Hdrs]));
     (
-        (text(), prop::collection::vec(recipient(), 0..6), ret, prop::option::of(text())),
-        (body_type, any::<bool>(), any::<IpAddr>(), text(), text(), prop::option::of(text())),
+        (
+            text(),
+            prop::collection::vec(recipient(), 0..6),
+            ret,
+            prop::option::of(text()),
+        ),
+        (
+            body_type,
+            any::<bool>(),
+            any::<IpAddr>(),
+            text(),
+            text(),
+            prop::option::of(text()),
+        ),
     )
-        .prop_map(|((sender, recipients, ret, envid), (body_type, smtputf8, client_ip, helo, protocol, auth_user))| {
-            Envelope { sender, recipients, ret, envid, body_type, smtputf8, client_ip, helo, protocol, auth_user }
-        })
+        .prop_map(
+            |(
+                (sender, recipients, ret, envid),
+                (body_type, smtputf8, client_ip, helo, protocol, auth_user),
+            )| {
+                Envelope {
+                    sender,
+                    recipients,
+                    ret,
+                    envid,
+                    body_type,
+                    smtputf8,
+                    client_ip,
+                    helo,
+                    protocol,
+                    auth_user,
+                }
+            },
+        )
 }
 
 fn body() -> impl Strategy<Value = Vec<u8>> {
@@ -47,10 +83,25 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn status() -> impl Strategy<Value = MessageStatus> {
-    let state = prop::sample::select(vec![RcptState::Pending, RcptState::Delivered, RcptState::Failed]);
-    let rcpt = (state, any::<u32>(), any::<i64>(), text())
-        .prop_map(|(state, attempts, next_attempt, last_reply)| RcptStatus { state, attempts, next_attempt, last_reply });
-    (prop::collection::vec(rcpt, 0..8), any::<i64>()).prop_map(|(rcpts, next_attempt)| MessageStatus { rcpts, next_attempt })
+    let state = prop::sample::select(vec![
+        RcptState::Pending,
+        RcptState::Delivered,
+        RcptState::Failed,
+    ]);
+    let rcpt = (state, any::<u32>(), any::<i64>(), text()).prop_map(
+        |(state, attempts, next_attempt, last_reply)| RcptStatus {
+            state,
+            attempts,
+            next_attempt,
+            last_reply,
+        },
+    );
+    (prop::collection::vec(rcpt, 0..8), any::<i64>()).prop_map(|(rcpts, next_attempt)| {
+        MessageStatus {
+            rcpts,
+            next_attempt,
+        }
+    })
 }
 
 proptest! {
