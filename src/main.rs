@@ -86,6 +86,12 @@ fn main() -> ExitCode {
         },
         Cmd::HashPassword => hash_password(),
         Cmd::Queue { config, spool, cmd } => {
+            // Like other Unix tools, end quietly when the reader of our
+            // output goes away (`pigeon queue list | head`).
+            // SAFETY: restores the default action of one signal; no handler runs.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
             let dir = match spool {
                 Some(d) => d,
                 None => match load(&config) {

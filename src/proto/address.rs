@@ -309,7 +309,13 @@ pub fn decode_xtext(s: &str) -> Result<String, &'static str> {
             _ => return Err("invalid character in xtext"),
         }
     }
-    String::from_utf8(out).map_err(|_| "xtext is not valid UTF-8")
+    let s = String::from_utf8(out).map_err(|_| "xtext is not valid UTF-8")?;
+    // Decoded values end up in DSN header fields: no control characters
+    // (CR, LF, NUL...) may come out of an escape.
+    if s.chars().any(|c| c.is_control()) {
+        return Err("xtext decodes to a control character");
+    }
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -386,5 +392,9 @@ mod tests {
         assert!(decode_xtext("a+zz").is_err());
         assert!(decode_xtext("a=b").is_err());
         assert!(decode_xtext("a b").is_err());
+        assert!(decode_xtext("x+0D+0ABcc:+20evil").is_err());
+        assert!(decode_xtext("u+00").is_err());
+        assert!(decode_xtext("u+7F").is_err());
+        assert_eq!(decode_xtext("sp+20ace").unwrap(), "sp ace");
     }
 }

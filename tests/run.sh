@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# tests/run.sh: the whole pigeon test suite, in four stages.
+#
+#   build    cargo build --release --bins           (target/release/pigeon)
+#   test     cargo test --release                   (unit, dialog and integration tests)
+#   clients  tests/clients/run_clients.py           (smtplib, raw sockets, swaks, smtp-source)
+#   fuzz     a bounded run of every target in fuzz/ (cargo fuzz, stable toolchain)
+#
+# Usage: tests/run.sh [STAGE...]       with no argument, every stage in order.
+# Environment:
+#   FUZZ_SECONDS   seconds of fuzzing per target (default 25)
+#   NO_INSTALL=1   never install missing tools (stages needing them fail instead)
+#
+# Missing tools are installed on first use: swaks and postfix (only for its
+# smtp-source tool; no Postfix daemon is left running) with apt-get, a C++
+# compiler for libFuzzer, and cargo-fuzz with cargo install. Installing needs
+# root; everything else runs as any user. docs/testing.md has the details.
+#
+# Ends with a line "N passed, M failed" counting stages; exits non-zero if any
+# stage failed.
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+FUZZ_SECONDS=${FUZZ_SECONDS:-25}
+ALL_STAGES=(build test clients fuzz)
+if [ $# -gt 0 ]; then STAGES=("$@"); else STAGES=("${ALL_STAGES[@]}"); fi
+for s in "${STAGES[@]}"; do
+    case " ${ALL_STAGES[*]} " in
+        *" $s "*) ;;
+        *) echo "unknown stage '$s' (stages: ${ALL_STAGES[*]})" >&2; exit 2 ;;
+    esac
+done
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/pigeon-run.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+
+header() { printf '\n==================== %s ====================\n' "$*"; }
+note() { printf '>> %s\n' "$*"; }
+
+# --------------------------------------------------------------- installing
+
+APT_UPDATED=0
+apt_install() {
+    # apt_install PKG...: installs Debian packages, running apt-get update once.
+    if [ "${NO_INSTALL:-0}" = 1 ]; then
+        note "NO_INSTALL=1: not installing $*"
+        return 1
+    fi
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        note "cannot install $* (needs root and apt-get)"
+        return 1
+    fi
+    if [ "$APT_UPDATED" = 0 ]; then
+        timeout 300 apt-get update -q || return 1
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q --no-install-recommends "$@"
+}
+
+ensure_client_tools() {
+    local want=()
+    command -v swaks >/dev/null || want+=(swaks)
+    [ -x /usr/sbin/smtp-source ] || want+=(postfix)
+    [ ${#want[@]} -eq 0 ] && return 0
+    note "installing ${want[*]}"
+    local policy_added=0 rc=0
+    case " ${want[*]} " in *" postfix "*)
+        # Postfix is only wanted for /usr/sbin/smtp-source: no configuration,
+        # and its daemon must not start.
+        printf '%s\n' \
+            'postfix postfix/main_mailer_type select No configuration' \
+            'postfix postfix/mailname string pigeon.test' | debconf-set-selections 2>/dev/null || true
+        if [ "$(id -u)" = 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+            chmod 755 /usr/sbin/policy-rc.d
+            policy_added=1
+        fi
+        ;;
+    esac
+    apt_install "${want[@]}" || rc=1
+    [ "$policy_added" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    case " ${want[*]} " in *" postfix "*) stop_postfix ;; esac
+    return $rc
+}
+
+stop_postfix() {
+    # If installing postfix started its master daemon anyway, stop it.
+    local pidfile=/var/spool/postfix/pid/master.pid pid
+    [ -f "$pidfile" ] || return 0
+    pid=$(tr -dc 0-9 < "$pidfile")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    note "stopping the Postfix daemon the package started (pid $pid)"
+    postfix stop >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.5
+    done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
+ensure_cargo_fuzz() {
+    cargo fuzz --version >/dev/null 2>&1 && return 0
+    if [ "${NO_INSTALL:-0}" = 1 ]; then
+        note "NO_INSTALL=1: not installing cargo-fuzz"
+        return 1
+    fi
+    note "installing cargo-fuzz"
+    timeout 900 cargo install cargo-fuzz --locked
+}
+
+ensure_cxx() {
+    # libfuzzer-sys compiles libFuzzer itself, which is C++.
+    command -v c++ >/dev/null || command -v g++ >/dev/null || command -v clang++ >/dev/null && return 0
+    note "installing a C++ compiler for libFuzzer"
+    apt_install g++
+}
+
+# ------------------------------------------------------------------- stages
+
+stage_build() {
+    timeout 1200 cargo build --release --bins
+}
+
+stage_test() {
+    timeout 1200 cargo test --release
+}
+
+stage_clients() {
+    if [ "${STAGE_RESULT[build]:-}" = FAIL ]; then
+        note "not run: the build stage failed, so target/release/pigeon is not this tree's"
+        return 1
+    fi
+    if [ ! -x target/release/pigeon ]; then
+        note "no target/release/pigeon: run the build stage first (tests/run.sh build clients)"
+        return 1
+    fi
+    command -v python3 >/dev/null || { note "python3 is needed"; return 1; }
+    ensure_client_tools || note "some client tools could not be installed; their checks will fail"
+    timeout 600 python3 tests/clients/run_clients.py --bin target/release/pigeon
+}
+
+# The fuzz stage. On the stable toolchain `cargo fuzz` works as long as no
+# sanitizer is asked for (AddressSanitizer needs nightly's -Zsanitizer):
+#     cargo fuzz run --sanitizer none TARGET CORPUS -- -max_total_time=N
+# Rust code is memory-safe here, so the fuzzer still catches what matters:
+# panics, failed assertions, overflows (debug assertions are on), hangs and
+# runaway memory.
+FUZZ_FLAGS=(--sanitizer none)
+stage_fuzz() {
+    ensure_cxx || { note "no C++ compiler: cannot build libFuzzer"; return 1; }
+    ensure_cargo_fuzz || { note "cargo-fuzz is not available"; return 1; }
+    local targets=() t rc=0 failed=()
+    for t in fuzz/fuzz_targets/*.rs; do targets+=("$(basename "$t" .rs)"); done
+    note "cargo fuzz build ${FUZZ_FLAGS[*]} (${targets[*]})"
+    (cd fuzz && timeout 1200 cargo fuzz build "${FUZZ_FLAGS[@]}") || return 1
+    for t in "${targets[@]}"; do
+        local corpus="$TMP/corpus/$t" log="$TMP/fuzz-$t.log"
+        mkdir -p "$corpus"
+        if [ -d "fuzz/seeds/$t" ]; then cp fuzz/seeds/"$t"/* "$corpus"/ 2>/dev/null || true; fi
+        note "fuzzing $t for ${FUZZ_SECONDS}s ($(ls "$corpus" | wc -l) seed inputs)"
+        if (cd fuzz && timeout $((FUZZ_SECONDS + 120)) cargo fuzz run "${FUZZ_FLAGS[@]}" "$t" "$corpus" -- \
+                -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1) >"$log" 2>&1; then
+            grep -E '^(stat::number_of_executed_units|stat::new_units_added|Done )' "$log" | sed "s/^/   $t: /" || true
+        else
+            rc=1
+            failed+=("$t")
+            echo "---- fuzz target $t FAILED; last lines of its output:"
+            tail -n 60 "$log"
+            echo "---- the input that failed is kept under fuzz/artifacts/$t/; replay it with:"
+            echo "     (cd fuzz && cargo fuzz run ${FUZZ_FLAGS[*]} $t artifacts/$t/<file>)"
+        fi
+    done
+    [ $rc = 0 ] || note "failing fuzz targets: ${failed[*]}"
+    return $rc
+}
+
+# --------------------------------------------------------------------- main
+
+declare -A STAGE_RESULT STAGE_SECS
+passed=0
+failed=0
+n=0
+for s in "${STAGES[@]}"; do
+    n=$((n + 1))
+    header "[$n/${#STAGES[@]}] $s"
+    start=$SECONDS
+    if "stage_$s"; then
+        STAGE_RESULT[$s]=PASS
+        passed=$((passed + 1))
+    else
+        STAGE_RESULT[$s]=FAIL
+        failed=$((failed + 1))
+    fi
+    STAGE_SECS[$s]=$((SECONDS - start))
+    note "stage $s: ${STAGE_RESULT[$s]} in ${STAGE_SECS[$s]}s"
+done
+
+header summary
+for s in "${STAGES[@]}"; do
+    printf '  %-8s %s  %5ss\n' "$s" "${STAGE_RESULT[$s]}" "${STAGE_SECS[$s]}"
+done
+echo
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
