@@ -66,6 +66,14 @@ ensure_client_tools() {
     local want=()
     command -v swaks >/dev/null || want+=(swaks)
     [ -x /usr/sbin/smtp-source ] || want+=(postfix)
+    # swaks --tls/--tlsc needs Net::SSLeay (its AUTH PLAIN and LOGIN need only
+    # MIME::Base64, part of perl-base).
+    perl -MNet::SSLeay -e1 2>/dev/null || want+=(libnet-ssleay-perl)
+    command -v msmtp >/dev/null || want+=(msmtp)
+    command -v curl >/dev/null || want+=(curl)
+    command -v openssl >/dev/null || want+=(openssl)
+    # htpasswd makes the bcrypt ($2y$) hash of the migrated test user.
+    command -v htpasswd >/dev/null || want+=(apache2-utils)
     [ ${#want[@]} -eq 0 ] && return 0
     note "installing ${want[*]}"
     local policy_added=0 rc=0

@@ -5,7 +5,9 @@ Starts `pigeon serve` on a free loopback port with a throw-away spool, sends
 mail with Python's smtplib, a raw pipelining socket, swaks and Postfix's
 smtp-source, checks every message in the queue with `pigeon queue`, checks
 that an untrusted client cannot relay, and checks that SIGTERM stops the
-server cleanly.
+server cleanly. Then tls_auth.py starts a server with users and checks TLS
+and AUTH on the submission ports with smtplib, swaks, msmtp, curl and
+openssl s_client.
 
 Usage: tests/clients/run_clients.py [--bin PATH] [--keep]
   --bin   the pigeon binary (default: target/release/pigeon, or $PIGEON_BIN)
@@ -13,7 +15,8 @@ Usage: tests/clients/run_clients.py [--bin PATH] [--keep]
 
 Prints one PASS/FAIL line per check and ends with "N passed, M failed";
 exits non-zero if any check failed. Needs only loopback networking; swaks
-and /usr/sbin/smtp-source must be installed (tests/run.sh installs them).
+(with Net::SSLeay), /usr/sbin/smtp-source, msmtp, curl, openssl and htpasswd
+must be installed (tests/run.sh installs them).
 """
 
 import argparse
@@ -52,10 +55,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def write_config(path, spool, trusted=None):
+def write_config(path, spool, trusted=None, edit=None):
     """Writes the shipped config with every listener moved to a free loopback
-    port, our spool and (optionally) other trusted networks. Returns the port
-    of the "smtp" listener."""
+    port, our spool and (optionally) other trusted networks; `edit`, if given,
+    rewrites the resulting text once more. Returns {mode: port} for the
+    listeners (the "smtp" one is required)."""
     with open(os.path.join(ROOT, "config", "pigeon.toml"), encoding="utf-8") as f:
         text = f.read()
     text, n = re.subn(r'(?m)^bind = ".*"$', lambda _m: f'bind = "127.0.0.1:{free_port()}"', text)
@@ -72,25 +76,30 @@ def write_config(path, spool, trusted=None):
         text, n = re.subn(pat, lambda _m, rep=rep: rep, text, count=1)
         if n != 1:
             raise RuntimeError(f"config/pigeon.toml: no line matches {pat!r}")
+    if edit is not None:
+        text = edit(text)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     with open(path, "rb") as f:
         cfg = tomllib.load(f)
-    smtp = [l for l in cfg.get("listener", []) if l.get("mode", "smtp") == "smtp"]
-    if not smtp:
+    ports = {}
+    for l in cfg.get("listener", []):
+        ports.setdefault(l.get("mode", "smtp"), int(l["bind"].rsplit(":", 1)[1]))
+    if "smtp" not in ports:
         raise RuntimeError("config/pigeon.toml has no listener with mode = \"smtp\"")
-    return int(smtp[0]["bind"].rsplit(":", 1)[1])
+    return ports
 
 
 class Server:
     """One `pigeon serve` process with its own config, spool and log."""
 
-    def __init__(self, binary, workdir, name, trusted=None):
+    def __init__(self, binary, workdir, name, trusted=None, edit=None):
         self.binary = binary
         self.spool = os.path.join(workdir, name + "-spool")
         self.config = os.path.join(workdir, name + ".toml")
         self.logpath = os.path.join(workdir, name + ".log")
-        self.port = write_config(self.config, self.spool, trusted)
+        self.ports = write_config(self.config, self.spool, trusted, edit)
+        self.port = self.ports["smtp"]
         self.log = open(self.logpath, "wb")
         self.proc = subprocess.Popen(
             [binary, "serve", "--config", self.config],
@@ -476,6 +485,11 @@ def t_relay_denied(binary, workdir):
 
 
 def main():
+    # tls_auth.py imports its helpers from this file: make that import find
+    # this module even when it runs as __main__, so both share one Failure.
+    sys.modules.setdefault("run_clients", sys.modules[__name__])
+    import tls_auth
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default=os.environ.get("PIGEON_BIN", os.path.join(ROOT, "target", "release", "pigeon")))
     ap.add_argument("--keep", action="store_true")
@@ -491,19 +505,23 @@ def main():
 
     def run(name, fn, *a):
         nonlocal passed, failed
+        # A check may return a string: how it reached its verdict, printed
+        # after PASS.
         t0 = time.monotonic()
         try:
-            fn(*a)
+            note = fn(*a)
         except Failure as e:
             failed += 1
             print(f"FAIL {name}: {e}", flush=True)
-            return
+            return False
         except Exception:
             failed += 1
             print(f"FAIL {name}: unexpected error\n{traceback.format_exc()}", flush=True)
-            return
+            return False
         passed += 1
-        print(f"PASS {name} ({time.monotonic() - t0:.1f}s)", flush=True)
+        note = f": {note}" if isinstance(note, str) and note else ""
+        print(f"PASS {name} ({time.monotonic() - t0:.1f}s){note}", flush=True)
+        return True
 
     srv = None
     try:
@@ -526,6 +544,9 @@ def main():
             run("smtp-source: 200 messages, 5 sessions", t_smtp_source, srv)
             run("smtp-source -d: 100 messages, connections reused", t_smtp_source_reuse, srv)
         run("relay refused when trusted_networks = []", t_relay_denied, binary, workdir)
+        # TLS and AUTH with more clients, against a third server that has
+        # users (tests/clients/tls_auth.py).
+        tls_auth.run_checks(run, binary, workdir)
         if srv is not None:
             def t_stop():
                 code = srv.stop(within=10)
