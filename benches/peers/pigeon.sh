@@ -92,7 +92,11 @@ pids)
     pid ;;
 flush)
     pid >/dev/null && { echo "stop pigeon before flushing its spool" >&2; exit 1; }
-    rm -rf "$PG_DIR/spool"; echo "spool emptied" ;;
+    # Let the deleted inodes age out before the next run: ext4 without a
+    # journal skips recently freed inodes when it allocates new ones (up to
+    # ~35 s while their inode table block is dirty, 5 s once written), which
+    # would bill the previous run's clean-up to the next one.
+    rm -rf "$PG_DIR/spool"; sync; sleep 6; echo "spool emptied" ;;
 conf)
     gen_conf; cat "$PG_DIR/pigeon.toml" ;;
 *)

@@ -253,6 +253,10 @@ struct Inner {
     jobs: Mutex<mpsc::Sender<store::Job>>,
     /// Directory fsyncs done by the committer (for tests and stats).
     dir_syncs: Arc<AtomicU64>,
+    /// Messages between the start of their file write and their hand-over
+    /// to the committer; the committer waits briefly for them so that one
+    /// directory fsync covers them too.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Keeps the spool's `flock` for the life of the queue.
     _lock: File,
 }

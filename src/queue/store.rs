@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
@@ -21,6 +21,10 @@ use super::{lock_index, Inner, MessageStatus, Queue, Recovery};
 
 /// Most renames the committer does before one directory fsync.
 const MAX_BATCH: usize = 4096;
+/// Longest the committer waits for messages still being written before it
+/// fsyncs the directory for those it has.
+const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(400);
+const GATHER_STEP: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Creates a new private file; fails if the name exists.
 pub(crate) fn create_new_file(path: &Path) -> io::Result<File> {
@@ -66,14 +70,31 @@ fn committer(
     queue_dir: File,
     index: Arc<Mutex<BTreeSet<QueueId>>>,
     dir_syncs: Arc<AtomicU64>,
+    in_flight: Arc<AtomicUsize>,
 ) {
     let mut batch: Vec<Job> = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
+        // Take what is waiting; while other messages are still being
+        // written (and will want the same fsync soon), wait for them a
+        // little: one directory fsync then serves them all. A lone message
+        // never waits.
+        let deadline = Instant::now() + GATHER_MAX;
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(j) => batch.push(j),
-                Err(_) => break,
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    if in_flight.load(Ordering::Acquire) == 0 || now >= deadline {
+                        break;
+                    }
+                    match rx.recv_timeout(GATHER_STEP.min(deadline - now)) {
+                        Ok(j) => batch.push(j),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
             }
         }
         let mut renamed = Vec::with_capacity(batch.len());
@@ -457,13 +478,15 @@ pub(crate) fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recover
 
     let index = Arc::new(Mutex::new(index));
     let dir_syncs = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel();
     {
         let index = Arc::clone(&index);
         let dir_syncs = Arc::clone(&dir_syncs);
+        let in_flight = Arc::clone(&in_flight);
         std::thread::Builder::new()
             .name("queue-commit".into())
-            .spawn(move || committer(rx, dir_file, index, dir_syncs))?;
+            .spawn(move || committer(rx, dir_file, index, dir_syncs, in_flight))?;
     }
     let loaded = lock_index(&index).len();
     let q = Queue {
@@ -478,6 +501,7 @@ pub(crate) fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recover
             index,
             jobs: Mutex::new(tx),
             dir_syncs,
+            in_flight,
             _lock: lock,
         }),
     };

@@ -228,6 +228,8 @@ impl MessageWriter {
         let path = q.tmp_dir().join(id.to_string());
         let body = mem::take(&mut self.buf);
         self.broken = true;
+        // Counted from here until the committer has the message.
+        let _in_flight = InFlight::enter(&q.inner.in_flight);
         let task = if self.spilled {
             let Some(mut spill) = self.spill.take() else {
                 return Err(broken_error());
@@ -265,6 +267,7 @@ impl MessageWriter {
             }),
         };
         q.submit(job)?;
+        drop(_in_flight);
         // From here on the committer owns the temporary file (it removes it
         // if the rename fails).
         self.tmp_path = None;
@@ -275,6 +278,22 @@ impl MessageWriter {
                 "queue committer thread has stopped",
             ))),
         }
+    }
+}
+
+/// Counts a message in the write stage while alive.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(n: &'a std::sync::atomic::AtomicUsize) -> InFlight<'a> {
+        n.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
