@@ -30,10 +30,16 @@ RAW_TMP=$OUT/raw.tmp
 command -v smtp-source >/dev/null || PATH=$PATH:/usr/sbin
 command -v smtp-source >/dev/null || { echo "smtp-source missing: apt-get install postfix" >&2; exit 1; }
 
-# A sink for Postfix's deliveries during its runs.
-pkill -f "smtp-sink .*127.0.0.1:2626" 2>/dev/null || true
-smtp-sink -c 127.0.0.1:2626 1000 >/dev/null 2>&1 &
-SINK=$!
+# A sink for Postfix's deliveries during its runs; restarted if it goes away.
+SINK=
+ensure_sink() {
+    if [ -z "$SINK" ] || ! kill -0 "$SINK" 2>/dev/null; then
+        smtp-sink -c 127.0.0.1:2626 1000 >/dev/null 2>&1 &
+        SINK=$!
+        sleep 0.2
+    fi
+}
+ensure_sink
 trap 'kill $SINK 2>/dev/null || true; "$here/benches/peers/pigeon.sh" stop >/dev/null 2>&1 || true; "$KIT/peers/postfix.sh" stop >/dev/null 2>&1 || true' EXIT
 
 peer() { # target command
@@ -44,6 +50,7 @@ peer() { # target command
 }
 addr() { case $1 in postfix) echo 127.0.0.1:2525 ;; pigeon) echo 127.0.0.1:2545 ;; esac; }
 fresh() { # make the target's queue empty and the server running
+    ensure_sink
     case $1 in
     postfix) peer postfix start >/dev/null; for _ in $(seq 600); do [ "$(peer postfix qsize)" = 0 ] && break; sleep 0.2; done ;;
     pigeon) peer pigeon restart >/dev/null ;;

@@ -42,6 +42,14 @@ pub(crate) mod rec {
     pub const END: u8 = b'E';
     /// Status file only: message-level next attempt time.
     pub const NEXT: u8 = b'N';
+    /// Status file only, optional, right after NEXT: message flags.
+    pub const FLAGS: u8 = b'F';
+}
+
+/// Bits of the status file's FLAGS record.
+pub(crate) mod flag {
+    pub const HOLD: u32 = 1;
+    pub const DELAY_WARNED: u32 = 2;
 }
 
 // ---------------------------------------------------------------- encoding
@@ -169,6 +177,10 @@ pub fn encode_status(st: &MessageStatus) -> Vec<u8> {
     out.extend_from_slice(STATUS_MAGIC);
     out.push(VERSION);
     put_record(&mut out, rec::NEXT, &st.next_attempt.to_le_bytes());
+    let flags = if st.hold { flag::HOLD } else { 0 } | if st.delay_warned { flag::DELAY_WARNED } else { 0 };
+    if flags != 0 {
+        put_record(&mut out, rec::FLAGS, &flags.to_le_bytes());
+    }
     let mut r = Vec::new();
     for rs in &st.rcpts {
         r.clear();
@@ -537,9 +549,16 @@ pub(crate) fn decode_status_bytes(bytes: &[u8]) -> Result<MessageStatus, String>
         _ => return Err("status file does not start with a NEXT record".into()),
     };
     let mut rcpts = Vec::new();
+    let mut flags = 0u32;
     loop {
         let at = recs.pos;
         match recs.next()?.ok_or("missing END record")? {
+            (rec::FLAGS, p) if rcpts.is_empty() && flags == 0 => {
+                flags = le_u32(p).filter(|_| p.len() == 4).ok_or("bad FLAGS record")?;
+                if flags & !(flag::HOLD | flag::DELAY_WARNED) != 0 || flags == 0 {
+                    return Err(format!("unknown flags 0x{flags:x} at offset {at}"));
+                }
+            }
             (rec::RCPT, p) => {
                 let fixed = p
                     .get(..13)
@@ -563,6 +582,8 @@ pub(crate) fn decode_status_bytes(bytes: &[u8]) -> Result<MessageStatus, String>
                 return Ok(MessageStatus {
                     rcpts,
                     next_attempt,
+                    hold: flags & flag::HOLD != 0,
+                    delay_warned: flags & flag::DELAY_WARNED != 0,
                 });
             }
             (ty, _) => return Err(format!("unexpected record type 0x{ty:02x} at offset {at}")),

@@ -174,6 +174,10 @@ pub struct MessageStatus {
     pub rcpts: Vec<RcptStatus>,
     /// Unix time (seconds) of the next attempt for the message as a whole.
     pub next_attempt: i64,
+    /// Put on hold by the administrator: not delivered until released.
+    pub hold: bool,
+    /// A delay warning (DSN with Action: delayed) has been sent.
+    pub delay_warned: bool,
 }
 
 impl MessageStatus {
@@ -182,6 +186,8 @@ impl MessageStatus {
         MessageStatus {
             rcpts: vec![RcptStatus::pending(); n],
             next_attempt: 0,
+            hold: false,
+            delay_warned: false,
         }
     }
 }
@@ -257,6 +263,8 @@ struct Inner {
     /// to the committer; the committer waits briefly for them so that one
     /// directory fsync covers them too.
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Subscriber told of every newly durable message.
+    notify: store::Notify,
     /// Keeps the spool's `flock` for the life of the queue.
     _lock: File,
 }
@@ -421,6 +429,25 @@ impl Queue {
         let tx = self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner());
         tx.send(job)
             .map_err(|_| io::Error::other("queue committer thread has stopped"))
+    }
+
+    /// Every message made durable from now on is announced on the returned
+    /// channel (one subscriber: a new call replaces the previous one).
+    pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<QueueId> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.inner.notify.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// The status file of a message, if it has one (no status file: every
+    /// recipient pending, due now, not on hold). Blocking.
+    pub fn status(&self, id: QueueId) -> Result<Option<MessageStatus>, ReadError> {
+        read::read_status(&self.inner.queue_dir, id)
+    }
+
+    /// Reads one message (verified) and its status. Blocking.
+    pub fn read(&self, id: QueueId) -> Result<StoredMessage, ReadError> {
+        read_message(&self.inner.dir, id)
     }
 
     /// Directory fsyncs done by the committer since open (a metric: with

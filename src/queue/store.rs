@@ -50,6 +50,10 @@ fn copy_error(e: &io::Error) -> io::Error {
     }
 }
 
+/// Where the committer announces newly durable messages (the delivery
+/// manager's wake-up), once someone subscribed.
+pub(crate) type Notify = Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<QueueId>>>>;
+
 /// One fsynced temporary file waiting to be renamed into `queue/`.
 pub(crate) struct Job {
     pub tmp: PathBuf,
@@ -71,6 +75,7 @@ fn committer(
     index: Arc<Mutex<BTreeSet<QueueId>>>,
     dir_syncs: Arc<AtomicU64>,
     in_flight: Arc<AtomicUsize>,
+    notify: Notify,
 ) {
     let mut batch: Vec<Job> = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -122,6 +127,14 @@ fn committer(
                     for job in &renamed {
                         if let Some(id) = job.new_message {
                             idx.insert(id);
+                        }
+                    }
+                }
+                {
+                    let tx = notify.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(tx) = tx.as_ref() {
+                        for id in renamed.iter().filter_map(|j| j.new_message) {
+                            let _ = tx.send(id);
                         }
                     }
                 }
@@ -479,14 +492,16 @@ pub(crate) fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recover
     let index = Arc::new(Mutex::new(index));
     let dir_syncs = Arc::new(AtomicU64::new(0));
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let notify: Notify = Arc::new(Mutex::new(None));
     let (tx, rx) = mpsc::channel();
     {
         let index = Arc::clone(&index);
         let dir_syncs = Arc::clone(&dir_syncs);
         let in_flight = Arc::clone(&in_flight);
+        let notify = Arc::clone(&notify);
         std::thread::Builder::new()
             .name("queue-commit".into())
-            .spawn(move || committer(rx, dir_file, index, dir_syncs, in_flight))?;
+            .spawn(move || committer(rx, dir_file, index, dir_syncs, in_flight, notify))?;
     }
     let loaded = lock_index(&index).len();
     let q = Queue {
@@ -502,6 +517,7 @@ pub(crate) fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recover
             jobs: Mutex::new(tx),
             dir_syncs,
             in_flight,
+            notify,
             _lock: lock,
         }),
     };

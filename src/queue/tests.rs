@@ -368,6 +368,8 @@ async fn update_status_then_list() {
             },
         ],
         next_attempt: 1_700_000_900,
+        hold: true,
+        delay_warned: false,
     };
     let q2 = q.clone();
     let st2 = st.clone();
@@ -426,6 +428,8 @@ fn status_round_trip() {
             },
         ],
         next_attempt: -1,
+        hold: true,
+        delay_warned: false,
     };
     let b = encode_status(&st);
     assert_eq!(decode_status(&b).unwrap(), st);
