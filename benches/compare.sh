@@ -34,7 +34,7 @@ command -v smtp-source >/dev/null || { echo "smtp-source missing: apt-get instal
 SINK=
 ensure_sink() {
     if [ -z "$SINK" ] || ! kill -0 "$SINK" 2>/dev/null; then
-        smtp-sink -c 127.0.0.1:2626 1000 >/dev/null 2>&1 &
+        smtp-sink -u nobody -c 127.0.0.1:2626 1000 >/dev/null 2>&1 &
         SINK=$!
         sleep 0.2
     fi

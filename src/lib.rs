@@ -7,11 +7,16 @@
 //! - [`policy`]: every accept/refuse decision, as pure functions returning a reply.
 //! - [`queue`]: all on-disk state: durable enqueue, recovery, per-recipient status.
 //! - [`server`]: the tokio shell: listeners, connection driver, limits, deadlines.
+//! - [`delivery`]: the scheduler over the queue and its transports (remote
+//!   SMTP via [`dns`]); DSNs; retries. [`control`] carries admin requests to it.
 //!
 //! Dependencies run one way: `server` → `policy`/`proto`/`queue` → `config`.
 
 pub mod auth;
 pub mod config;
+pub mod control;
+pub mod delivery;
+pub mod dns;
 pub mod policy;
 pub mod proto;
 pub mod queue;

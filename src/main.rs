@@ -58,6 +58,41 @@ enum QueueCmd {
     List {
         #[arg(long)]
         json: bool,
+        /// Only messages whose sender contains this text (case-insensitive).
+        #[arg(long)]
+        sender: Option<String>,
+        /// Only messages with a recipient containing this text.
+        #[arg(long)]
+        recipient: Option<String>,
+        /// Only messages with a recipient in this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only messages in this state: pending, delivered, failed (any
+        /// recipient in it) or held.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Retry now (the given messages, or all), through the running daemon.
+    Flush { ids: Vec<String> },
+    /// Delete messages without notice, through the running daemon.
+    Delete {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Keep messages from being delivered until released.
+    Hold {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Let held messages be delivered again (at once).
+    Release {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Return messages to their senders now, with a DSN.
+    Bounce {
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
     /// Envelope, per-recipient state and headers of one message.
     Show {
@@ -100,7 +135,15 @@ fn main() -> ExitCode {
                 },
             };
             match cmd {
-                QueueCmd::List { json } => queue_list(&dir, json),
+                QueueCmd::List { json, sender, recipient, domain, state } => {
+                    let filter = ListFilter { sender, recipient, domain, state };
+                    queue_list(&dir, json, &filter)
+                }
+                QueueCmd::Flush { ids } => queue_request(&dir, "flush", &ids),
+                QueueCmd::Delete { ids } => queue_request(&dir, "delete", &ids),
+                QueueCmd::Hold { ids } => queue_request(&dir, "hold", &ids),
+                QueueCmd::Release { ids } => queue_request(&dir, "release", &ids),
+                QueueCmd::Bounce { ids } => queue_request(&dir, "bounce", &ids),
                 QueueCmd::Show { id, json, body } => queue_show(&dir, &id, json, body),
             }
         }
@@ -171,22 +214,47 @@ fn serve(cfg: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let running = match pigeon::server::start(cfg.clone(), q, listeners) {
+        let running = match pigeon::server::start(cfg.clone(), q.clone(), listeners) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "start-up failed");
                 return ExitCode::FAILURE;
             }
         };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let delivery = if cfg.delivery.enabled {
+            let resolver = match pigeon::dns::HickoryResolver::new(
+                &cfg.dns.nameservers,
+                Duration::from_secs(cfg.dns.timeout_secs),
+                cfg.dns.attempts,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot set up DNS resolution");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let transport = std::sync::Arc::new(pigeon::delivery::remote::RemoteTransport::new(
+                cfg.clone(),
+                std::sync::Arc::new(resolver),
+            ));
+            let (handle, task) = pigeon::delivery::start(cfg.clone(), q.clone(), transport, stop_rx.clone());
+            let sock = pigeon::control::socket_path(&cfg.spool.dir);
+            let control = tokio::spawn(pigeon::control::serve(sock, handle, stop_rx.clone()));
+            Some((task, control))
+        } else {
+            tracing::info!("delivery disabled: accepted mail stays queued");
+            None
+        };
         tracing::info!(hostname = %cfg.server.hostname, "pigeon started");
         wait_for_stop_signal(&running).await;
-        tracing::info!(
-            open = running.connections(),
-            "stopping: no new connections, finishing messages in progress"
-        );
-        running
-            .shutdown(Duration::from_secs(cfg.limits.shutdown_grace_secs))
-            .await;
+        tracing::info!(open = running.connections(), "stopping: no new connections, finishing messages in progress");
+        let _ = stop_tx.send(true);
+        running.shutdown(Duration::from_secs(cfg.limits.shutdown_grace_secs)).await;
+        if let Some((task, control)) = delivery {
+            let _ = task.await;
+            let _ = control.await;
+        }
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
@@ -289,9 +357,82 @@ fn age(arrival: i64) -> String {
     }
 }
 
-fn queue_list(dir: &Path, json: bool) -> ExitCode {
+struct ListFilter {
+    sender: Option<String>,
+    recipient: Option<String>,
+    domain: Option<String>,
+    state: Option<String>,
+}
+
+impl ListFilter {
+    fn keep(&self, m: &queue::Summary) -> bool {
+        let has = |hay: &str, needle: &str| hay.to_lowercase().contains(&needle.to_lowercase());
+        if let Some(s) = &self.sender {
+            if !has(&m.sender, s) {
+                return false;
+            }
+        }
+        if let Some(r) = &self.recipient {
+            if !m.recipients.iter().any(|x| has(&x.address, r)) {
+                return false;
+            }
+        }
+        if let Some(d) = &self.domain {
+            let d = d.trim_start_matches('@').to_lowercase();
+            let in_domain = |a: &str| a.rsplit_once('@').is_some_and(|(_, rd)| rd.to_lowercase() == d);
+            if !m.recipients.iter().any(|x| in_domain(&x.address)) {
+                return false;
+            }
+        }
+        if let Some(st) = &self.state {
+            let st = st.to_lowercase();
+            let ok = match st.as_str() {
+                "held" | "hold" => m.hold,
+                _ => m.recipients.iter().any(|x| state_name(x.status.state) == st),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn state_name(s: queue::RcptState) -> &'static str {
+    match s {
+        queue::RcptState::Pending => "pending",
+        queue::RcptState::Delivered => "delivered",
+        queue::RcptState::Failed => "failed",
+    }
+}
+
+fn queue_request(dir: &Path, verb: &str, ids: &[String]) -> ExitCode {
+    for id in ids {
+        if id.parse::<QueueId>().is_err() {
+            eprintln!("not a queue id: {id}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let line = std::iter::once(verb.to_string()).chain(ids.iter().cloned()).collect::<Vec<_>>().join(" ");
+    match pigeon::control::request(dir, &line) {
+        Ok(answer) => {
+            print!("{answer}");
+            if answer.starts_with("error:") {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn queue_list(dir: &Path, json: bool, filter: &ListFilter) -> ExitCode {
     let list = match queue::list(dir) {
-        Ok(l) => l,
+        Ok(l) => l.into_iter().filter(|m| filter.keep(m)).collect::<Vec<_>>(),
         Err(e) => {
             eprintln!("cannot read the queue in {}: {e}", dir.display());
             return ExitCode::FAILURE;
@@ -323,14 +464,8 @@ fn queue_list(dir: &Path, json: bool) -> ExitCode {
                 )
             })
             .collect();
-        println!(
-            "{}  {:>4}  {:>8}  {}  {}",
-            m.id,
-            age(m.arrival),
-            m.size,
-            sender,
-            rcpts.join(", ")
-        );
+        let held = if m.hold { "  [held]" } else { "" };
+        println!("{}  {:>4}  {:>8}  {}  {}{held}", m.id, age(m.arrival), m.size, sender, rcpts.join(", "));
     }
     if list.is_empty() {
         println!("queue is empty");

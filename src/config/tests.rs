@@ -52,6 +52,8 @@ fn shipped_config_lists_every_key_at_its_default() {
     assert_eq!(c.smtp.bare_newline, d.smtp.bare_newline);
     assert_eq!(c.log.format, d.log.format);
     assert_eq!(format!("{:?}", c.auth), format!("{:?}", d.auth));
+    assert_eq!(format!("{:?}", c.delivery), format!("{:?}", d.delivery));
+    assert_eq!(format!("{:?}", c.dns), format!("{:?}", d.dns));
     assert_eq!(c.listeners[0].plaintext_auth, d.listeners[0].plaintext_auth);
     // Every key of every section appears uncommented in the file.
     let table: toml::Table = toml::from_str(SHIPPED).unwrap();
@@ -90,6 +92,33 @@ fn shipped_config_lists_every_key_at_its_default() {
         ("smtp", &["bare_newline"]),
         ("log", &["format", "level"]),
         ("tls", &["certificates", "self_signed"]),
+        (
+            "delivery",
+            &[
+                "connect_timeout_secs",
+                "connection_reuse_secs",
+                "delay_warning_secs",
+                "double_bounce",
+                "enabled",
+                "first_retry_secs",
+                "ip_preference",
+                "max_connections_per_destination",
+                "max_in_flight",
+                "max_queue_lifetime_secs",
+                "max_recipients_per_transaction",
+                "max_retry_interval_secs",
+                "postmaster",
+                "relay_host",
+                "relay_login",
+                "relay_password",
+                "relay_tls",
+                "remote_port",
+                "routes",
+                "starttls",
+                "tls_fallback_plaintext",
+            ],
+        ),
+        ("dns", &["attempts", "nameservers", "timeout_secs"]),
         (
             "auth",
             &[

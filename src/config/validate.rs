@@ -105,6 +105,7 @@ pub(super) fn normalize_and_validate(config: &mut Config) -> Vec<ConfigError> {
     }
 
     check_tls_auth(config, &mut err);
+    check_delivery(config, &mut err);
 
     let level = config.log.level.to_ascii_lowercase();
     if LOG_LEVELS.contains(&level.as_str()) {
@@ -120,6 +121,81 @@ pub(super) fn normalize_and_validate(config: &mut Config) -> Vec<ConfigError> {
     }
 
     errors
+}
+
+/// Delivery limits are at least 1; relay host and routes parse; route
+/// domains are valid names.
+fn check_delivery(config: &mut Config, err: &mut impl FnMut(String, String)) {
+    let d = &mut config.delivery;
+    for (key, v) in [
+        ("max_in_flight", d.max_in_flight as u64),
+        ("max_connections_per_destination", d.max_connections_per_destination as u64),
+        ("max_recipients_per_transaction", d.max_recipients_per_transaction as u64),
+        ("first_retry_secs", d.first_retry_secs),
+        ("max_retry_interval_secs", d.max_retry_interval_secs),
+        ("max_queue_lifetime_secs", d.max_queue_lifetime_secs),
+        ("connect_timeout_secs", d.connect_timeout_secs),
+        ("remote_port", u64::from(d.remote_port)),
+    ] {
+        if v == 0 {
+            err(format!("delivery.{key}"), "must be at least 1".into());
+        }
+    }
+    if d.max_in_flight > 100_000 {
+        err("delivery.max_in_flight".into(), format!("is {}; must be at most 100000", d.max_in_flight));
+    }
+    if !d.relay_host.is_empty() && !hop_ok(&d.relay_host) {
+        err(
+            "delivery.relay_host".into(),
+            format!("`{}` is not \"[host]:port\", \"host:port\" or \"host\"", d.relay_host),
+        );
+    }
+    if d.relay_login.is_empty() != d.relay_password.is_empty() {
+        err("delivery.relay_login".into(), "relay_login and relay_password go together".into());
+    }
+    let routes = std::mem::take(&mut d.routes);
+    for (domain, hop) in routes {
+        let key = format!("delivery.routes.{domain}");
+        let domain = match normalize_domain(&domain) {
+            Ok(n) => n,
+            Err(why) => {
+                err(key, why);
+                continue;
+            }
+        };
+        if !hop_ok(&hop) {
+            err(key, format!("`{hop}` is not \"[host]:port\", \"host:port\" or \"host\""));
+            continue;
+        }
+        d.routes.insert(domain, hop);
+    }
+    if config.dns.timeout_secs == 0 || config.dns.timeout_secs > 300 {
+        err("dns.timeout_secs".into(), "must be 1 to 300".into());
+    }
+    if config.dns.attempts == 0 || config.dns.attempts > 10 {
+        err("dns.attempts".into(), "must be 1 to 10".into());
+    }
+}
+
+/// "[host]:port", "[host]", "host:port" or "host" with a valid port.
+fn hop_ok(s: &str) -> bool {
+    let s = s.trim();
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((h, "")) => (h, None),
+            Some((h, p)) => match p.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None => return false,
+            },
+            None => return false,
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    !host.is_empty() && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 /// TLS must exist where a listener needs it; AUTH settings must make sense;

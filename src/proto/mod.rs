@@ -2,12 +2,15 @@
 //! bytes in, replies and actions out. Untrusted bytes reach every function here.
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod envelope;
 pub mod reply;
 pub mod sasl;
 pub mod session;
+#[cfg(test)]
+mod client_tests;
 #[cfg(test)]
 mod session_tests;
 

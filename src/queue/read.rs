@@ -24,6 +24,8 @@ pub struct Summary {
     pub size: u64,
     pub sender: String,
     pub recipients: Vec<SummaryRcpt>,
+    /// Put on hold by the administrator.
+    pub hold: bool,
 }
 
 /// One recipient of a [`Summary`], with its delivery status.
@@ -158,6 +160,7 @@ fn summarize(
             MessageStatus::all_pending(env.recipients.len())
         }
     };
+    let hold = status.hold;
     let recipients = env
         .recipients
         .into_iter()
@@ -173,6 +176,7 @@ fn summarize(
         size,
         sender: env.sender,
         recipients,
+        hold,
     })
 }
 

@@ -1,0 +1,149 @@
+//! The one place that decides whether a delivery outcome is final.
+//! Every outcome of an attempt, for one recipient, is turned into
+//! Delivered, Transient (retry later) or Permanent (return to sender), with
+//! an RFC 3463 status code and a text for the DSN. Retry and bounce code
+//! only ever match on [`Verdict`]; nothing else parses reply strings.
+
+use crate::dns::DnsError;
+
+/// What happened when trying to deliver to one recipient.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The remote server accepted the message for this recipient.
+    Accepted { code: u16, text: String, remote: String },
+    /// The remote server answered with a non-2xx reply (at MAIL, RCPT or
+    /// after the data, or at the greeting).
+    Reply { code: u16, enhanced: Option<String>, text: String, remote: String },
+    Dns(DnsError),
+    /// The domain publishes a null MX (RFC 7505).
+    NullMx,
+    /// The MX (or relay host) is this server: a mail loop.
+    Loop(String),
+    /// No connection could be made to any host.
+    Connect(String),
+    /// The TLS handshake failed, or TLS was required and not offered.
+    Tls(String),
+    /// The connection broke or timed out mid-session.
+    Dropped(String),
+    /// The message is larger than the remote server's SIZE.
+    TooBig(String),
+    /// The message needs SMTPUTF8 and the remote server lacks it.
+    NeedsSmtputf8(String),
+    /// The message has 8-bit content and the remote server lacks 8BITMIME.
+    Needs8bit(String),
+    /// Queued longer than the lifetime (the last transient reason kept).
+    Expired(String),
+    /// The remote server violated the protocol.
+    Protocol(String),
+}
+
+/// The decision for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered { remote: String, reply: String },
+    Transient { status: String, diagnostic: String, remote: Option<String> },
+    Permanent { status: String, diagnostic: String, remote: Option<String> },
+}
+
+/// The status code of a reply: its enhanced code if it has a valid one of
+/// the right class, else a generic one for the class.
+fn reply_status(code: u16, enhanced: Option<&str>) -> String {
+    let class = (code / 100) as u8;
+    if let Some(e) = enhanced {
+        let mut parts = e.split('.');
+        let ok = matches!((parts.next(), parts.next(), parts.next(), parts.next()),
+            (Some(c), Some(s), Some(d), None)
+                if c.parse::<u8>() == Ok(class) && s.parse::<u16>().is_ok() && d.parse::<u16>().is_ok());
+        if ok {
+            return e.to_string();
+        }
+    }
+    match class {
+        2 => "2.0.0".into(),
+        4 => "4.0.0".into(),
+        _ => "5.0.0".into(),
+    }
+}
+
+pub fn classify(e: &Event) -> Verdict {
+    let t = |status: &str, diagnostic: String, remote: Option<String>| Verdict::Transient {
+        status: status.to_string(),
+        diagnostic,
+        remote,
+    };
+    let p = |status: &str, diagnostic: String, remote: Option<String>| Verdict::Permanent {
+        status: status.to_string(),
+        diagnostic,
+        remote,
+    };
+    match e {
+        Event::Accepted { code, text, remote } => Verdict::Delivered {
+            remote: remote.clone(),
+            reply: format!("{code} {text}"),
+        },
+        Event::Reply { code, enhanced, text, remote } => {
+            let status = reply_status(*code, enhanced.as_deref());
+            let diag = match enhanced {
+                Some(en) => format!("{code} {en} {text}"),
+                None => format!("{code} {text}"),
+            };
+            if (400..500).contains(code) {
+                t(&status, diag, Some(remote.clone()))
+            } else if *code >= 500 {
+                p(&status, diag, Some(remote.clone()))
+            } else {
+                // A 1xx/2xx/3xx where a failure was expected: the server
+                // is confused; try again later.
+                t("4.5.0", format!("unexpected reply: {diag}"), Some(remote.clone()))
+            }
+        }
+        Event::Dns(DnsError::NotFound(why)) => p("5.1.2", format!("domain not found: {why}"), None),
+        Event::Dns(DnsError::Temporary(why)) => t("4.4.3", format!("DNS lookup failed: {why}"), None),
+        Event::NullMx => p("5.1.10", "the recipient domain does not accept mail (null MX, RFC 7505)".into(), None),
+        Event::Loop(host) => p("5.4.6", format!("mail for this domain loops back to myself ({host})"), None),
+        Event::Connect(why) => t("4.4.1", format!("cannot connect: {why}"), None),
+        Event::Tls(why) => t("4.7.5", format!("TLS failure: {why}"), None),
+        Event::Dropped(why) => t("4.4.2", format!("connection lost: {why}"), None),
+        Event::TooBig(remote) => p("5.3.4", "message too big for the remote server".into(), Some(remote.clone())),
+        Event::NeedsSmtputf8(remote) => {
+            p("5.6.7", "the message needs SMTPUTF8, which the remote server does not support".into(), Some(remote.clone()))
+        }
+        Event::Needs8bit(remote) => {
+            p("5.6.3", "the message has 8-bit content, which the remote server does not support".into(), Some(remote.clone()))
+        }
+        Event::Expired(last) => p("4.4.7", format!("message expired in the queue; last error: {last}"), None),
+        Event::Protocol(why) => t("4.5.0", format!("protocol error: {why}"), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, enh: Option<&str>) -> Verdict {
+        classify(&Event::Reply { code, enhanced: enh.map(str::to_string), text: "x".into(), remote: "mx".into() })
+    }
+
+    #[test]
+    fn replies() {
+        assert!(matches!(reply(450, Some("4.2.0")), Verdict::Transient { status, .. } if status == "4.2.0"));
+        assert!(matches!(reply(550, Some("5.1.1")), Verdict::Permanent { status, .. } if status == "5.1.1"));
+        // An enhanced code of the wrong class is not trusted.
+        assert!(matches!(reply(550, Some("4.1.1")), Verdict::Permanent { status, .. } if status == "5.0.0"));
+        assert!(matches!(reply(421, None), Verdict::Transient { status, .. } if status == "4.0.0"));
+        assert!(matches!(reply(250, None), Verdict::Transient { .. }));
+    }
+
+    #[test]
+    fn other_outcomes() {
+        assert!(matches!(classify(&Event::Dns(DnsError::NotFound("x".into()))), Verdict::Permanent { .. }));
+        assert!(matches!(classify(&Event::Dns(DnsError::Temporary("x".into()))), Verdict::Transient { .. }));
+        assert!(matches!(classify(&Event::NullMx), Verdict::Permanent { status, .. } if status == "5.1.10"));
+        assert!(matches!(classify(&Event::Loop("me".into())), Verdict::Permanent { status, .. } if status == "5.4.6"));
+        assert!(matches!(classify(&Event::Connect("refused".into())), Verdict::Transient { .. }));
+        assert!(matches!(classify(&Event::Dropped("eof".into())), Verdict::Transient { .. }));
+        assert!(matches!(classify(&Event::TooBig("mx".into())), Verdict::Permanent { status, .. } if status == "5.3.4"));
+        assert!(matches!(classify(&Event::NeedsSmtputf8("mx".into())), Verdict::Permanent { status, .. } if status == "5.6.7"));
+        assert!(matches!(classify(&Event::Expired("x".into())), Verdict::Permanent { status, .. } if status == "4.4.7"));
+    }
+}

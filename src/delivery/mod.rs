@@ -1,0 +1,646 @@
+//! Delivery: the manager that schedules queued messages (due times, a
+//! global in-flight limit, per-destination limits, hold/flush/delete/bounce
+//! requests) and, per message, turns each recipient's outcome into a new
+//! status, a retry time or a DSN. Transports (remote SMTP; local delivery
+//! later) only report events; [`classify`] alone decides what they mean.
+//!
+//! Owns no on-disk state: all of it goes through the queue (status after
+//! every attempt, DSNs enqueued like any message, removal when done). Never
+//! calls the server.
+
+pub mod classify;
+pub mod dsn;
+pub mod remote;
+pub mod retry;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{info, warn, Instrument};
+
+use crate::config::{Config, DoubleBounce};
+use crate::proto::envelope::{BodyType, Envelope, Notify, Recipient};
+use crate::queue::{MessageStatus, Queue, QueueId, RcptState, RcptStatus, StoredMessage};
+use classify::{classify, Event, Verdict};
+use dsn::{DsnAction, DsnRecipient};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Recipients of one message for one destination, handed to a transport.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub msg: Arc<StoredMessage>,
+    /// Lowercased recipient domain (all of `rcpts` share it).
+    pub domain: String,
+    /// Indexes into `msg.envelope.recipients`.
+    pub rcpts: Vec<usize>,
+}
+
+/// A way to deliver: reports one event per recipient of the job, in order.
+pub trait Transport: Send + Sync {
+    fn deliver<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Vec<Event>>;
+    /// The key under which per-destination limits apply for this domain
+    /// (the relay host when one is used, else the domain).
+    fn destination(&self, domain: &str) -> String {
+        domain.to_string()
+    }
+}
+
+/// An administrator's request about queued messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Retry now: these ids, or every message when empty.
+    Flush(Vec<QueueId>),
+    Hold(Vec<QueueId>),
+    Release(Vec<QueueId>),
+    Delete(Vec<QueueId>),
+    /// Return to the sender now with a DSN.
+    Bounce(Vec<QueueId>),
+}
+
+/// Talks to a running manager.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<(Request, oneshot::Sender<String>)>,
+}
+
+impl Handle {
+    /// Sends a request; the answer says what was done, one line per id.
+    pub async fn request(&self, r: Request) -> String {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send((r, tx)).await.is_err() {
+            return "delivery is not running".into();
+        }
+        rx.await.unwrap_or_else(|_| "delivery stopped".into())
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Scheduling state of one queued message.
+#[derive(Debug, Default)]
+struct Entry {
+    due: i64,
+    hold: bool,
+    running: bool,
+    /// Requests that arrived while a delivery was running, applied after.
+    deferred: Vec<(Request, Option<oneshot::Sender<String>>)>,
+}
+
+/// Shared by the manager and its message tasks.
+struct Ctx {
+    cfg: Arc<Config>,
+    queue: Queue,
+    transport: Arc<dyn Transport>,
+    local_domains: HashSet<String>,
+    /// Limits deliveries (connections out) over all destinations.
+    global: Arc<Semaphore>,
+    per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
+    postmaster: String,
+}
+
+impl Ctx {
+    fn destination_limit(&self, key: &str) -> Arc<Semaphore> {
+        let mut map = self.per_destination.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            // Forget idle destinations (no permit taken) to stay bounded.
+            let max = self.cfg.delivery.max_connections_per_destination;
+            map.retain(|_, s| s.available_permits() < max);
+        }
+        map.entry(key.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.cfg.delivery.max_connections_per_destination)))
+            .clone()
+    }
+}
+
+/// What a message task tells the manager when it ends.
+enum Next {
+    /// Try again at this time.
+    At(i64),
+    /// On hold (seen in its status).
+    Held,
+    /// Gone from the queue (delivered, returned, or deleted).
+    Done,
+}
+
+/// Starts the manager: loads the queue's schedule and delivers until
+/// `stop` turns true (deliveries in progress may finish within `grace`).
+pub fn start(
+    cfg: Arc<Config>,
+    queue: Queue,
+    transport: Arc<dyn Transport>,
+    mut stop: watch::Receiver<bool>,
+) -> (Handle, tokio::task::JoinHandle<()>) {
+    let (tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<String>)>(64);
+    let mut local_domains: HashSet<String> = cfg.domains.local.iter().cloned().collect();
+    local_domains.insert(cfg.server.hostname.clone());
+    let postmaster = if cfg.delivery.postmaster.is_empty() {
+        format!("postmaster@{}", cfg.server.hostname)
+    } else {
+        cfg.delivery.postmaster.clone()
+    };
+    let ctx = Arc::new(Ctx {
+        global: Arc::new(Semaphore::new(cfg.delivery.max_in_flight.max(1))),
+        per_destination: Mutex::new(HashMap::new()),
+        local_domains,
+        postmaster,
+        transport,
+        queue,
+        cfg,
+    });
+    let mut fresh = ctx.queue.subscribe();
+    let task = tokio::spawn(async move {
+        let mut entries: HashMap<QueueId, Entry> = HashMap::new();
+        let mut heap: BinaryHeap<Reverse<(i64, QueueId)>> = BinaryHeap::new();
+        // What is already queued: due times and hold flags from status files.
+        let q = ctx.queue.clone();
+        let known = tokio::task::spawn_blocking(move || {
+            q.ids()
+                .into_iter()
+                .map(|id| match q.status(id) {
+                    Ok(Some(st)) => (id, st.next_attempt, st.hold),
+                    _ => (id, 0, false),
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        info!(messages = known.len(), "delivery started");
+        for (id, due, hold) in known {
+            entries.insert(id, Entry { due, hold, ..Entry::default() });
+            if !hold {
+                heap.push(Reverse((due, id)));
+            }
+        }
+        let mut running: JoinSet<(QueueId, Next)> = JoinSet::new();
+        let max_tasks = ctx.cfg.delivery.max_in_flight.max(1);
+        loop {
+            // Launch what is due, within the in-flight limit.
+            let now = unix_now();
+            while running.len() < max_tasks {
+                let Some(Reverse((due, id))) = heap.peek().copied() else { break };
+                if due > now {
+                    break;
+                }
+                heap.pop();
+                let Some(e) = entries.get_mut(&id) else { continue };
+                if e.running || e.hold || e.due != due {
+                    continue; // stale heap entry
+                }
+                e.running = true;
+                let ctx = ctx.clone();
+                let span = tracing::info_span!("msg", queue_id = %id);
+                running.spawn(async move { (id, deliver_message(&ctx, id).await) }.instrument(span));
+            }
+            let next_due = heap.peek().map(|Reverse((d, _))| *d);
+            let sleep = match next_due {
+                Some(d) if running.len() < max_tasks => Duration::from_secs((d - now).clamp(0, 3600) as u64),
+                _ => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                Some(id) = fresh.recv() => {
+                    entries.entry(id).or_insert(Entry { due: 0, ..Entry::default() });
+                    heap.push(Reverse((0, id)));
+                }
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    let Ok((id, next)) = done else { continue };
+                    let deferred = match entries.get_mut(&id) {
+                        Some(e) => {
+                            e.running = false;
+                            std::mem::take(&mut e.deferred)
+                        }
+                        None => Vec::new(),
+                    };
+                    match next {
+                        Next::Done => { entries.remove(&id); }
+                        Next::Held => { if let Some(e) = entries.get_mut(&id) { e.hold = true; } }
+                        Next::At(t) => {
+                            if let Some(e) = entries.get_mut(&id) {
+                                e.due = t;
+                                heap.push(Reverse((t, id)));
+                            }
+                        }
+                    }
+                    for (r, reply) in deferred {
+                        let text = apply(&ctx, &mut entries, &mut heap, &r).await;
+                        if let Some(reply) = reply { let _ = reply.send(text); }
+                    }
+                }
+                Some((r, reply)) = requests.recv() => {
+                    // Requests about running messages wait for them to end.
+                    let ids = request_ids(&r);
+                    let busy: Vec<QueueId> = ids.iter().copied().filter(|id| entries.get(id).is_some_and(|e| e.running)).collect();
+                    if busy.is_empty() || matches!(r, Request::Flush(_)) {
+                        let text = apply(&ctx, &mut entries, &mut heap, &r).await;
+                        let _ = reply.send(text);
+                    } else {
+                        let idle: Vec<QueueId> = ids.iter().copied().filter(|id| !busy.contains(id)).collect();
+                        let mut text = if idle.is_empty() { String::new() } else {
+                            apply(&ctx, &mut entries, &mut heap, &with_ids(&r, idle)).await
+                        };
+                        for id in busy {
+                            if let Some(e) = entries.get_mut(&id) {
+                                e.deferred.push((with_ids(&r, vec![id]), None));
+                            }
+                            text.push_str(&format!("{id}: delivery in progress; done when it ends\n"));
+                        }
+                        let _ = reply.send(text);
+                    }
+                }
+                _ = stop.changed() => {
+                    info!(running = running.len(), "delivery stopping");
+                    let grace = Duration::from_secs(ctx.cfg.limits.shutdown_grace_secs);
+                    let _ = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
+                    running.abort_all();
+                    return;
+                }
+            }
+        }
+    });
+    (Handle { tx }, task)
+}
+
+fn request_ids(r: &Request) -> Vec<QueueId> {
+    match r {
+        Request::Flush(v) | Request::Hold(v) | Request::Release(v) | Request::Delete(v) | Request::Bounce(v) => v.clone(),
+    }
+}
+
+fn with_ids(r: &Request, ids: Vec<QueueId>) -> Request {
+    match r {
+        Request::Flush(_) => Request::Flush(ids),
+        Request::Hold(_) => Request::Hold(ids),
+        Request::Release(_) => Request::Release(ids),
+        Request::Delete(_) => Request::Delete(ids),
+        Request::Bounce(_) => Request::Bounce(ids),
+    }
+}
+
+/// Carries out a request on messages that are not being delivered.
+async fn apply(
+    ctx: &Arc<Ctx>,
+    entries: &mut HashMap<QueueId, Entry>,
+    heap: &mut BinaryHeap<Reverse<(i64, QueueId)>>,
+    r: &Request,
+) -> String {
+    let mut out = String::new();
+    let now = unix_now();
+    let ids = match r {
+        Request::Flush(v) if v.is_empty() => entries.keys().copied().collect(),
+        _ => request_ids(r),
+    };
+    for id in ids {
+        let Some(e) = entries.get_mut(&id) else {
+            out.push_str(&format!("{id}: not in the queue\n"));
+            continue;
+        };
+        let line = match r {
+            Request::Flush(_) => {
+                if e.hold {
+                    format!("{id}: on hold, not flushed")
+                } else if e.running {
+                    format!("{id}: delivery in progress")
+                } else {
+                    e.due = now;
+                    heap.push(Reverse((now, id)));
+                    format!("{id}: scheduled now")
+                }
+            }
+            Request::Hold(_) | Request::Release(_) => {
+                let hold = matches!(r, Request::Hold(_));
+                match set_hold(ctx, id, hold).await {
+                    Ok(()) => {
+                        e.hold = hold;
+                        if !hold {
+                            e.due = now;
+                            heap.push(Reverse((now, id)));
+                        }
+                        format!("{id}: {}", if hold { "on hold" } else { "released" })
+                    }
+                    Err(err) => format!("{id}: failed: {err}"),
+                }
+            }
+            Request::Delete(_) => {
+                let q = ctx.queue.clone();
+                match tokio::task::spawn_blocking(move || q.remove(id)).await {
+                    Ok(Ok(())) => {
+                        entries.remove(&id);
+                        warn!(queue_id = %id, "deleted by the administrator");
+                        format!("{id}: deleted")
+                    }
+                    Ok(Err(err)) => format!("{id}: failed: {err}"),
+                    Err(err) => format!("{id}: failed: {err}"),
+                }
+            }
+            Request::Bounce(_) => match bounce_now(ctx, id).await {
+                Ok(()) => {
+                    entries.remove(&id);
+                    format!("{id}: returned to sender")
+                }
+                Err(err) => format!("{id}: failed: {err}"),
+            },
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+async fn read(ctx: &Ctx, id: QueueId) -> Result<StoredMessage, String> {
+    let q = ctx.queue.clone();
+    tokio::task::spawn_blocking(move || q.read(id))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+async fn write_status(ctx: &Ctx, id: QueueId, st: MessageStatus) -> Result<(), String> {
+    let q = ctx.queue.clone();
+    tokio::task::spawn_blocking(move || q.update_status(id, &st))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+async fn set_hold(ctx: &Ctx, id: QueueId, hold: bool) -> Result<(), String> {
+    let mut st = read(ctx, id).await?.status;
+    st.hold = hold;
+    if !hold {
+        st.next_attempt = 0;
+    }
+    write_status(ctx, id, st).await
+}
+
+/// `pigeon queue bounce`: every pending recipient fails now.
+async fn bounce_now(ctx: &Arc<Ctx>, id: QueueId) -> Result<(), String> {
+    let msg = read(ctx, id).await?;
+    let now = unix_now();
+    let mut st = msg.status.clone();
+    let mut report = Vec::new();
+    for (i, rs) in st.rcpts.iter_mut().enumerate() {
+        if rs.state == RcptState::Pending {
+            rs.state = RcptState::Failed;
+            rs.last_reply = "5.0.0 returned to sender by the mail administrator".into();
+            report.push(dsn_rcpt(&msg.envelope.recipients[i], DsnAction::Failed, "5.0.0", None, Some(rs.last_reply.clone()), Some(now)));
+        }
+    }
+    warn!(queue_id = %id, recipients = report.len(), "returned to sender by the administrator");
+    send_dsn(ctx, &msg, &report, false).await;
+    let q = ctx.queue.clone();
+    tokio::task::spawn_blocking(move || q.remove(id)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+}
+
+fn dsn_rcpt(
+    r: &Recipient,
+    action: DsnAction,
+    status: &str,
+    remote: Option<String>,
+    diagnostic: Option<String>,
+    last_attempt: Option<i64>,
+) -> DsnRecipient {
+    DsnRecipient {
+        final_recipient: r.address.clone(),
+        original_recipient: r.orcpt.clone(),
+        action,
+        status: status.to_string(),
+        remote_mta: remote,
+        diagnostic,
+        last_attempt,
+        will_retry_until: None,
+    }
+}
+
+/// Does this recipient's NOTIFY ask for a DSN of this kind? No NOTIFY
+/// means failures and delays (RFC 3461 §4.1).
+fn wants(r: &Recipient, flag: u8) -> bool {
+    let n = r.notify;
+    if n.has(Notify::NEVER) {
+        return false;
+    }
+    if n.0 == 0 {
+        return flag == Notify::FAILURE || flag == Notify::DELAY;
+    }
+    n.has(flag)
+}
+
+/// Builds and enqueues one DSN about `msg`. A message from the null
+/// sender never causes a DSN to its sender: its failures go to the
+/// postmaster (or nowhere), and never for a message to the postmaster.
+async fn send_dsn(ctx: &Arc<Ctx>, msg: &StoredMessage, report: &[DsnRecipient], delay: bool) {
+    if report.is_empty() {
+        return;
+    }
+    let env = &msg.envelope;
+    let to = if !env.sender.is_empty() {
+        env.sender.clone()
+    } else {
+        let to_postmaster = report.iter().all(|r| r.final_recipient.eq_ignore_ascii_case(&ctx.postmaster));
+        if delay || ctx.cfg.delivery.double_bounce == DoubleBounce::Drop || to_postmaster {
+            info!(queue_id = %msg.id, "no DSN: the message came from the null sender");
+            return;
+        }
+        ctx.postmaster.clone()
+    };
+    let now = unix_now();
+    let host = &ctx.cfg.server.hostname;
+    let message_id = format!("<{}.{}@{}>", msg.id, now, host);
+    let queue_id = msg.id.to_string();
+    let input = dsn::DsnInput {
+        reporting_mta: host,
+        queue_id: &queue_id,
+        arrival: msg.arrival,
+        envid: env.envid.as_deref(),
+        original_sender: &to,
+        recipients: report,
+        original: &msg.body,
+        ret: env.ret,
+        now,
+        message_id: &message_id,
+        max_original_bytes: 10 * 1024 * 1024,
+    };
+    let bytes = dsn::build_dsn(&input);
+    let envelope = Envelope {
+        sender: String::new(),
+        recipients: vec![Recipient { address: to.clone(), orcpt: None, notify: Notify(Notify::NEVER) }],
+        ret: None,
+        envid: None,
+        body_type: BodyType::EightBitMime,
+        smtputf8: !to.is_ascii(),
+        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        helo: host.clone(),
+        protocol: "LOCAL".into(),
+        auth_user: None,
+    };
+    let id = ctx.queue.new_id();
+    let mut w = ctx.queue.writer(id, now, envelope);
+    let result = match w.write(&bytes).await {
+        Ok(()) => ctx.queue.commit(w).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(dsn_id) => info!(queue_id = %msg.id, dsn = %dsn_id, to = %to, "DSN queued"),
+        Err(e) => warn!(queue_id = %msg.id, error = %e, "cannot queue DSN"),
+    }
+}
+
+/// One pass over one message: deliver every pending recipient that is
+/// due, record the outcomes, send the DSNs they call for, and say when to
+/// come back.
+async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
+    let msg = match read(ctx, id).await {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            // Gone (deleted) or unreadable: nothing to deliver now.
+            warn!(error = %e, "cannot read queued message");
+            return if ctx.queue.ids().contains(&id) { Next::At(unix_now() + 300) } else { Next::Done };
+        }
+    };
+    if msg.status.hold {
+        return Next::Held;
+    }
+    let d = &ctx.cfg.delivery;
+    let now = unix_now();
+    let mut st = msg.status.clone();
+    // Pending recipients that are due, by domain; local ones wait for the
+    // local transport.
+    let mut by_domain: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut local_waiting = false;
+    for (i, r) in msg.envelope.recipients.iter().enumerate() {
+        let rs = &st.rcpts[i];
+        if rs.state != RcptState::Pending || rs.next_attempt > now {
+            continue;
+        }
+        let domain = r.address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+        if ctx.local_domains.contains(&domain) {
+            local_waiting = true;
+            continue;
+        }
+        by_domain.entry(domain).or_default().push(i);
+    }
+    let mut failed_now = Vec::new();
+    let mut delivered_now = Vec::new();
+    for (domain, idx) in by_domain {
+        for chunk in idx.chunks(d.max_recipients_per_transaction.max(1)) {
+            let job = Job { msg: msg.clone(), domain: domain.clone(), rcpts: chunk.to_vec() };
+            let dest = ctx.transport.destination(&domain);
+            let limit = ctx.destination_limit(&dest);
+            let (Ok(_g), Ok(_d)) = (ctx.global.clone().acquire_owned().await, limit.acquire_owned().await) else {
+                return Next::At(now + 60);
+            };
+            let events = ctx.transport.deliver(&job).await;
+            for (k, &i) in chunk.iter().enumerate() {
+                let event = events.get(k).cloned().unwrap_or_else(|| Event::Protocol("no outcome reported".into()));
+                let rcpt = &msg.envelope.recipients[i];
+                let rs = &mut st.rcpts[i];
+                rs.attempts = rs.attempts.saturating_add(1);
+                match classify(&event) {
+                    Verdict::Delivered { remote, reply } => {
+                        info!(to = %rcpt.address, relay = %remote, reply = %reply, "delivered");
+                        rs.state = RcptState::Delivered;
+                        rs.last_reply = reply;
+                        if wants(rcpt, Notify::SUCCESS) {
+                            delivered_now.push(dsn_rcpt(rcpt, DsnAction::Relayed, "2.0.0", Some(remote), Some(rs.last_reply.clone()), Some(now)));
+                        }
+                    }
+                    Verdict::Permanent { status, diagnostic, remote } => {
+                        warn!(to = %rcpt.address, status = %status, reason = %diagnostic, "failed");
+                        rs.state = RcptState::Failed;
+                        rs.last_reply = format!("{status} {diagnostic}");
+                        if wants(rcpt, Notify::FAILURE) {
+                            failed_now.push(dsn_rcpt(rcpt, DsnAction::Failed, &status, remote, Some(diagnostic), Some(now)));
+                        }
+                    }
+                    Verdict::Transient { status, diagnostic, remote } => {
+                        let seed = id.0 ^ (u64::from(rs.attempts) << 48) ^ i as u64;
+                        match retry::next_attempt(now, msg.arrival, rs.attempts, d.first_retry_secs, d.max_retry_interval_secs, d.max_queue_lifetime_secs, seed) {
+                            Some(t) => {
+                                info!(to = %rcpt.address, status = %status, reason = %diagnostic, retry_at = t, "deferred");
+                                rs.next_attempt = t;
+                                rs.last_reply = format!("{status} {diagnostic}");
+                            }
+                            None => {
+                                let v = classify(&Event::Expired(format!("{status} {diagnostic}")));
+                                if let Verdict::Permanent { status, diagnostic, .. } = v {
+                                    warn!(to = %rcpt.address, reason = %diagnostic, "expired");
+                                    rs.state = RcptState::Failed;
+                                    rs.last_reply = format!("{status} {diagnostic}");
+                                    if wants(rcpt, Notify::FAILURE) {
+                                        failed_now.push(dsn_rcpt(rcpt, DsnAction::Failed, &status, remote, Some(diagnostic), Some(now)));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Status first (a crash after it never repeats a delivery), then DSNs.
+    let pending: Vec<&RcptStatus> = st.rcpts.iter().filter(|r| r.state == RcptState::Pending).collect();
+    let all_done = pending.is_empty();
+    let mut delay_report = Vec::new();
+    if !all_done && !st.delay_warned && d.delay_warning_secs > 0 && now - msg.arrival >= d.delay_warning_secs as i64 {
+        for (i, rs) in st.rcpts.iter().enumerate() {
+            let r = &msg.envelope.recipients[i];
+            if rs.state == RcptState::Pending && wants(r, Notify::DELAY) && !local_waiting {
+                let mut dr = dsn_rcpt(r, DsnAction::Delayed, status_of(&rs.last_reply, "4.0.0"), None, Some(rs.last_reply.clone()), Some(now));
+                dr.will_retry_until = Some(msg.arrival + d.max_queue_lifetime_secs as i64);
+                delay_report.push(dr);
+            }
+        }
+        st.delay_warned = true;
+    }
+    let next = st
+        .rcpts
+        .iter()
+        .filter(|r| r.state == RcptState::Pending)
+        .map(|r| r.next_attempt)
+        .filter(|&t| t > now)
+        .min()
+        .unwrap_or(now + d.max_retry_interval_secs as i64);
+    st.next_attempt = next;
+    if !all_done {
+        if let Err(e) = write_status(ctx, id, st.clone()).await {
+            warn!(error = %e, "cannot save delivery status; will retry");
+            return Next::At(now + 60);
+        }
+    } else if let Err(e) = write_status(ctx, id, st.clone()).await {
+        // Saving before removal keeps a crash between DSN and removal from
+        // delivering twice; if it fails, the removal below still happens.
+        warn!(error = %e, "cannot save final delivery status");
+    }
+    let mut report = failed_now;
+    report.extend(delivered_now);
+    send_dsn(ctx, &msg, &report, false).await;
+    send_dsn(ctx, &msg, &delay_report, true).await;
+    if all_done {
+        let q = ctx.queue.clone();
+        match tokio::task::spawn_blocking(move || q.remove(id)).await {
+            Ok(Ok(())) => info!("removed: every recipient done"),
+            Ok(Err(e)) => warn!(error = %e, "cannot remove finished message"),
+            Err(e) => warn!(error = %e, "cannot remove finished message"),
+        }
+        return Next::Done;
+    }
+    Next::At(next)
+}
+
+/// The status code at the start of a stored "x.y.z text" reply, or `default`.
+fn status_of<'a>(last: &'a str, default: &'a str) -> &'a str {
+    let code = last.split(' ').next().unwrap_or("");
+    if code.len() >= 5 && code.as_bytes()[1] == b'.' {
+        code
+    } else {
+        default
+    }
+}

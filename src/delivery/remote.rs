@@ -1,0 +1,533 @@
+//! The remote SMTP transport: finds where a domain's mail goes (relay
+//! host, per-domain route, or MX records, with implicit and null MX), tries
+//! the hosts in order, and drives the sans-IO client over TCP, with
+//! STARTTLS (opportunistic or required, certificate verification logged),
+//! until each recipient has an outcome. Reports events; never decides
+//! retries or bounces. Untrusted bytes (remote replies, DNS answers) reach
+//! the client state machine only.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tracing::{info, warn};
+
+use super::classify::Event;
+use super::{BoxFuture, Job};
+use crate::config::{Config, IpPreference as CfgIpPreference, TlsPolicy};
+use crate::dns::{DnsError, IpPreference, MxAnswer, Resolver};
+use crate::proto::client::{
+    ClientConfig, ClientEvent, ClientSession, OutMessage, RcptOutcome, ServerReply, SessionOutcome, Stage,
+    StartTls,
+};
+use crate::proto::sasl::Credentials;
+
+/// How long a TLS failure with a host makes later attempts go without TLS
+/// (when the policy allows falling back).
+const TLS_FALLBACK_MEMORY: Duration = Duration::from_secs(24 * 3600);
+
+/// Where mail for a domain goes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Hop {
+    /// A named host (or IP literal), no MX lookup: "[host]:port".
+    Direct { host: String, port: u16 },
+    /// The MX hosts of a domain (or of a relay host given without brackets).
+    Mx { domain: String, port: u16 },
+}
+
+/// Parses "[host]:port", "[host]", "host:port" or "host".
+fn parse_hop(s: &str, default_port: u16) -> Option<Hop> {
+    let s = s.trim();
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        if host.is_empty() {
+            return None;
+        }
+        return Some(Hop::Direct { host: host.to_ascii_lowercase(), port });
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (s, default_port),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some(Hop::Mx { domain: host.to_ascii_lowercase(), port })
+}
+
+/// Opportunistic TLS: accept any certificate, but record whether it would
+/// have verified against the system's roots, for the log.
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    seen: Mutex<HashMap<String, bool>>,
+    require: bool,
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = match &self.inner {
+            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
+            None => Err(rustls::Error::General("no trusted roots".into())),
+        };
+        let ok = verified.is_ok();
+        if let Ok(mut m) = self.seen.lock() {
+            if m.len() > 10_000 {
+                m.clear();
+            }
+            m.insert(server_name.to_str().to_string(), ok);
+        }
+        if self.require {
+            verified
+        } else {
+            Ok(ServerCertVerified::assertion())
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+fn connector(require: bool) -> (tokio_rustls::TlsConnector, Arc<RecordingVerifier>) {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        let _ = roots.add(c);
+    }
+    let inner = if roots.is_empty() {
+        None
+    } else {
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()))
+            .build()
+            .ok()
+    };
+    let verifier = Arc::new(RecordingVerifier { inner, seen: Mutex::new(HashMap::new()), require });
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map(|b| b.dangerous().with_custom_certificate_verifier(verifier.clone()).with_no_client_auth());
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "TLS client setup failed; using defaults");
+            rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+                .with_safe_default_protocol_versions()
+                .map(|b| b.dangerous().with_custom_certificate_verifier(verifier.clone()).with_no_client_auth())
+                .unwrap_or_else(|_| {
+                    rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(verifier.clone()).with_no_client_auth()
+                })
+        }
+    };
+    (tokio_rustls::TlsConnector::from(Arc::new(cfg)), verifier)
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(b).await,
+            Stream::Tls(s) => {
+                s.write_all(b).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    async fn read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        buf.reserve(8192);
+        match self {
+            Stream::Plain(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
+        }
+    }
+}
+
+/// What one connection attempt came to.
+enum Attempt {
+    /// Final outcomes for this attempt, one per recipient.
+    Done(Vec<Event>),
+    /// Nothing was decided with this host: try the next one.
+    TryNext(Event),
+}
+
+pub struct RemoteTransport {
+    cfg: Arc<Config>,
+    resolver: Arc<dyn Resolver>,
+    opportunistic: (tokio_rustls::TlsConnector, Arc<RecordingVerifier>),
+    required: (tokio_rustls::TlsConnector, Arc<RecordingVerifier>),
+    /// Our own names and listening addresses: mail routed to them loops.
+    own_names: HashSet<String>,
+    own_addrs: Vec<SocketAddr>,
+    /// Hosts whose TLS handshake failed, and when.
+    tls_failed: Mutex<HashMap<String, Instant>>,
+}
+
+impl RemoteTransport {
+    pub fn new(cfg: Arc<Config>, resolver: Arc<dyn Resolver>) -> RemoteTransport {
+        let mut own_names = HashSet::new();
+        own_names.insert(cfg.server.hostname.to_ascii_lowercase());
+        let own_addrs = cfg.listeners.iter().map(|l| l.bind).collect();
+        RemoteTransport {
+            opportunistic: connector(false),
+            required: connector(true),
+            own_names,
+            own_addrs,
+            tls_failed: Mutex::new(HashMap::new()),
+            resolver,
+            cfg,
+        }
+    }
+
+    fn hop(&self, domain: &str) -> Hop {
+        let d = &self.cfg.delivery;
+        if let Some(route) = d.routes.get(domain) {
+            if let Some(h) = parse_hop(route, d.remote_port) {
+                return h;
+            }
+        }
+        if !d.relay_host.is_empty() {
+            if let Some(h) = parse_hop(&d.relay_host, d.remote_port) {
+                return h;
+            }
+        }
+        Hop::Mx { domain: domain.to_string(), port: d.remote_port }
+    }
+
+    fn via_relay(&self, domain: &str) -> bool {
+        !self.cfg.delivery.routes.contains_key(domain) && !self.cfg.delivery.relay_host.is_empty()
+    }
+
+    fn is_us(&self, ip: IpAddr, port: u16) -> bool {
+        self.own_addrs.iter().any(|a| {
+            a.port() == port && (a.ip() == ip || (a.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
+        })
+    }
+
+    fn tls_recently_failed(&self, host: &str) -> bool {
+        let m = self.tls_failed.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(host).is_some_and(|t| t.elapsed() < TLS_FALLBACK_MEMORY)
+    }
+
+    fn remember_tls_failure(&self, host: &str) {
+        let mut m = self.tls_failed.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() > 10_000 {
+            m.retain(|_, t| t.elapsed() < TLS_FALLBACK_MEMORY);
+        }
+        m.insert(host.to_string(), Instant::now());
+    }
+
+    /// The hosts to try, in order, or the event that ends the attempt.
+    async fn hosts(&self, domain: &str) -> Result<(Vec<String>, u16), Event> {
+        match self.hop(domain) {
+            Hop::Direct { host, port } => Ok((vec![host], port)),
+            Hop::Mx { domain: target, port } => match self.resolver.mx(&target).await {
+                Ok(MxAnswer::Mx(list)) => Ok((list.into_iter().map(|m| m.host).collect(), port)),
+                Ok(MxAnswer::Implicit(d)) => Ok((vec![d], port)),
+                Ok(MxAnswer::NullMx) => Err(Event::NullMx),
+                Err(e) => Err(Event::Dns(e)),
+            },
+        }
+    }
+
+    async fn run(&self, job: &Job) -> Vec<Event> {
+        let n = job.rcpts.len();
+        let (hosts, port) = match self.hosts(&job.domain).await {
+            Ok(h) => h,
+            Err(e) => return vec![e; n],
+        };
+        let pref = match self.cfg.delivery.ip_preference {
+            CfgIpPreference::Ipv4First => IpPreference::Ipv4First,
+            CfgIpPreference::Ipv6First => IpPreference::Ipv6First,
+            CfgIpPreference::Ipv4Only => IpPreference::Ipv4Only,
+            CfgIpPreference::Ipv6Only => IpPreference::Ipv6Only,
+        };
+        let mut last = Event::Connect("no mail host".into());
+        for host in &hosts {
+            if self.own_names.contains(host) {
+                return vec![Event::Loop(host.clone()); n];
+            }
+            let ips = match host.parse::<IpAddr>() {
+                Ok(ip) => vec![ip],
+                Err(_) => match self.resolver.addresses(host, pref).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // A host of several MX without addresses: try the others.
+                        last = match e {
+                            DnsError::NotFound(w) => Event::Connect(format!("{host}: no address ({w})")),
+                            t => Event::Dns(t),
+                        };
+                        continue;
+                    }
+                },
+            };
+            for ip in ips {
+                if self.is_us(ip, port) {
+                    return vec![Event::Loop(format!("{host} [{ip}]:{port}")); n];
+                }
+                let addr = SocketAddr::new(ip, port);
+                let connect = Duration::from_secs(self.cfg.delivery.connect_timeout_secs);
+                let tcp = match timeout(connect, TcpStream::connect(addr)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        last = Event::Connect(format!("{host}[{ip}]:{port}: {e}"));
+                        continue;
+                    }
+                    Err(_) => {
+                        last = Event::Connect(format!("{host}[{ip}]:{port}: connection timed out"));
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                match self.session(job, host, ip, tcp).await {
+                    Attempt::Done(events) => return events,
+                    Attempt::TryNext(e) => last = e,
+                }
+            }
+        }
+        vec![last; n]
+    }
+
+    /// One SMTP session with one host: the whole job, or why not.
+    async fn session(&self, job: &Job, host: &str, ip: IpAddr, tcp: TcpStream) -> Attempt {
+        let d = &self.cfg.delivery;
+        let relay = self.via_relay(&job.domain);
+        let policy = if relay { d.relay_tls } else { d.starttls };
+        let mut ccfg = ClientConfig::new(self.cfg.server.hostname.clone());
+        ccfg.use_starttls = match policy {
+            TlsPolicy::None => StartTls::Never,
+            TlsPolicy::Required => StartTls::Required,
+            TlsPolicy::Opportunistic if d.tls_fallback_plaintext && self.tls_recently_failed(host) => StartTls::Never,
+            TlsPolicy::Opportunistic => StartTls::Opportunistic,
+        };
+        if relay && !d.relay_login.is_empty() {
+            ccfg.auth = Some(Credentials {
+                authzid: String::new(),
+                login: d.relay_login.clone(),
+                password: d.relay_password.clone(),
+            });
+        }
+        let remote = format!("{host} [{ip}]");
+        let msg = &job.msg;
+        let env = &msg.envelope;
+        let out = OutMessage {
+            sender: env.sender.clone(),
+            recipients: job.rcpts.iter().map(|&i| env.recipients[i].clone()).collect(),
+            size: msg.body.len() as u64,
+            body_type: env.body_type,
+            smtputf8: env.smtputf8,
+            ret: env.ret,
+            envid: env.envid.clone(),
+        };
+        let mut client = ClientSession::new(ccfg);
+        let mut stream = Stream::Plain(tcp);
+        let mut buf: Vec<u8> = Vec::new();
+        let mut sent = false;
+        let mut refusal: Option<Vec<Event>> = None;
+        let mut result = None;
+        let mut tls_desc = String::from("none");
+        let outcome = loop {
+            match client.poll() {
+                ClientEvent::Send(bytes) => {
+                    let t = Duration::from_secs(client.timeout_class().secs());
+                    if !matches!(timeout(t, stream.write_all(&bytes)).await, Ok(Ok(()))) {
+                        client.connection_lost();
+                    }
+                }
+                ClientEvent::NeedInput => {
+                    let t = Duration::from_secs(client.timeout_class().secs());
+                    match timeout(t, stream.read_buf(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => {
+                            let used = client.feed(&buf);
+                            buf.drain(..used.min(buf.len()));
+                        }
+                        _ => client.connection_lost(),
+                    }
+                }
+                ClientEvent::StartTls => {
+                    buf.clear();
+                    let Stream::Plain(tcp) = stream else {
+                        return Attempt::TryNext(Event::Protocol("STARTTLS inside TLS".into()));
+                    };
+                    let name = match ServerName::try_from(host.to_string()) {
+                        Ok(n) => n,
+                        Err(_) => ServerName::IpAddress(ip.into()),
+                    };
+                    let (conn, verifier) = if policy == TlsPolicy::Required { &self.required } else { &self.opportunistic };
+                    match timeout(Duration::from_secs(60), conn.connect(name.clone(), tcp)).await {
+                        Ok(Ok(s)) => {
+                            let c = s.get_ref().1;
+                            let verified = verifier.seen.lock().ok().and_then(|m| m.get(name.to_str().as_ref()).copied()).unwrap_or(false);
+                            tls_desc = format!(
+                                "{:?} {:?} certificate {}",
+                                c.protocol_version().unwrap_or(rustls::ProtocolVersion::Unknown(0)),
+                                c.negotiated_cipher_suite().map(|s| s.suite()).unwrap_or(rustls::CipherSuite::Unknown(0)),
+                                if verified { "verified" } else { "not verified" }
+                            );
+                            stream = Stream::Tls(Box::new(s));
+                            client.tls_established();
+                        }
+                        Ok(Err(e)) => {
+                            self.remember_tls_failure(host);
+                            warn!(host = %remote, error = %e, "TLS handshake failed");
+                            return Attempt::TryNext(Event::Tls(format!("{remote}: {e}")));
+                        }
+                        Err(_) => {
+                            self.remember_tls_failure(host);
+                            return Attempt::TryNext(Event::Tls(format!("{remote}: handshake timed out")));
+                        }
+                    }
+                }
+                ClientEvent::NeedBody => client.body_chunk(&msg.body, true),
+                ClientEvent::Ready => {
+                    if sent {
+                        client.quit();
+                    } else {
+                        sent = true;
+                        if let Err(r) = client.send_message(&out) {
+                            let e = match r.enhanced {
+                                (5, 3, 4) => Event::TooBig(remote.clone()),
+                                (5, 6, 7) => Event::NeedsSmtputf8(remote.clone()),
+                                (5, 6, 3) => Event::Needs8bit(remote.clone()),
+                                (c, s, dd) => Event::Reply {
+                                    code: if r.permanent { 554 } else { 451 },
+                                    enhanced: Some(format!("{c}.{s}.{dd}")),
+                                    text: r.text.clone(),
+                                    remote: remote.clone(),
+                                },
+                            };
+                            refusal = Some(vec![e; out.recipients.len()]);
+                            client.quit();
+                        }
+                    }
+                }
+                ClientEvent::TransactionDone(r) => result = Some(r),
+                ClientEvent::Closed(o) => break o,
+            }
+        };
+        info!(host = %remote, tls = %tls_desc, outcome = ?outcome, "SMTP session ended");
+        if let Some(events) = refusal {
+            return Attempt::Done(events);
+        }
+        if let Some(r) = result {
+            let events = r
+                .rcpts
+                .iter()
+                .map(|o| match o {
+                    RcptOutcome::Accepted(rep) if (200..300).contains(&rep.code) => {
+                        Event::Accepted { code: rep.code, text: reply_text(rep), remote: remote.clone() }
+                    }
+                    RcptOutcome::Accepted(rep) | RcptOutcome::Rejected(rep) => reply_event(rep, &remote),
+                })
+                .collect();
+            return Attempt::Done(events);
+        }
+        Attempt::TryNext(match outcome {
+            SessionOutcome::Refused { stage, reply } => {
+                let e = reply_event(&reply, &remote);
+                // A refusal of our greeting or EHLO: this host will not
+                // talk to us; the next one may.
+                if matches!(stage, Stage::Greeting | Stage::Hello) {
+                    e
+                } else {
+                    return Attempt::Done(vec![e; out.recipients.len()]);
+                }
+            }
+            SessionOutcome::TlsNotOffered => Event::Tls(format!("{remote}: STARTTLS required but not offered")),
+            SessionOutcome::AuthUnavailable(why) => Event::Protocol(format!("{remote}: cannot authenticate: {why}")),
+            SessionOutcome::ProtocolError { detail, .. } => Event::Protocol(format!("{remote}: {detail}")),
+            SessionOutcome::ConnectionLost { stage } => Event::Dropped(format!("{remote} during {stage:?}")),
+            SessionOutcome::Quit => Event::Protocol(format!("{remote}: session ended without a transaction")),
+        })
+    }
+}
+
+fn reply_text(r: &ServerReply) -> String {
+    match r.enhanced {
+        Some((c, s, d)) => format!("{c}.{s}.{d} {}", r.text.replace('\n', " ")),
+        None => r.text.replace('\n', " "),
+    }
+}
+
+fn reply_event(r: &ServerReply, remote: &str) -> Event {
+    Event::Reply {
+        code: r.code,
+        enhanced: r.enhanced.map(|(c, s, d)| format!("{c}.{s}.{d}")),
+        text: r.text.replace('\n', " "),
+        remote: remote.to_string(),
+    }
+}
+
+impl super::Transport for RemoteTransport {
+    fn deliver<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Vec<Event>> {
+        Box::pin(self.run(job))
+    }
+
+    fn destination(&self, domain: &str) -> String {
+        match self.hop(domain) {
+            Hop::Direct { host, port } => format!("[{host}]:{port}"),
+            Hop::Mx { domain, port } => format!("{domain}:{port}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hops() {
+        assert_eq!(parse_hop("[smtp.isp.test]:587", 25), Some(Hop::Direct { host: "smtp.isp.test".into(), port: 587 }));
+        assert_eq!(parse_hop("[127.0.0.1]", 25), Some(Hop::Direct { host: "127.0.0.1".into(), port: 25 }));
+        assert_eq!(parse_hop("relay.test:2525", 25), Some(Hop::Mx { domain: "relay.test".into(), port: 2525 }));
+        assert_eq!(parse_hop("Relay.test", 25), Some(Hop::Mx { domain: "relay.test".into(), port: 25 }));
+        assert_eq!(parse_hop("[]:25", 25), None);
+        assert_eq!(parse_hop("[x]junk", 25), None);
+        assert_eq!(parse_hop("x:notaport", 25), None);
+    }
+}

@@ -1,0 +1,365 @@
+//! Delivery end to end: the real server and delivery manager, a DNS server
+//! the test controls, and scripted SMTP sinks on 127.0.0.x. Retry times
+//! are shortened to a second.
+
+#[path = "common/dns.rs"]
+mod test_dns;
+#[path = "common/sink.rs"]
+mod sink;
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{queued_id, test_config, Client};
+use pigeon::config::{Config, DoubleBounce};
+use pigeon::delivery::{self, Request};
+use pigeon::dns::HickoryResolver;
+use pigeon::queue::{Queue, QueueId};
+use sink::{Behaviour, Sink};
+use test_dns::{Record, RecordType, TestDns};
+use tokio::sync::watch;
+
+/// A port free on 127.0.0.2 .. 127.0.0.12, for the sinks.
+fn sink_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let free = (3..=12).all(|i| std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")).is_ok());
+        if free {
+            return port;
+        }
+    }
+}
+
+struct Daemon {
+    addr: SocketAddr,
+    spool: PathBuf,
+    queue: Queue,
+    handle: delivery::Handle,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    running: pigeon::server::Running,
+}
+
+fn config(dns: &TestDns, port: u16) -> Config {
+    let mut cfg = test_config();
+    cfg.dns.nameservers = vec![dns.addr];
+    cfg.dns.timeout_secs = 1;
+    cfg.dns.attempts = 1;
+    cfg.delivery.remote_port = port;
+    cfg.delivery.first_retry_secs = 1;
+    cfg.delivery.max_retry_interval_secs = 1;
+    cfg.delivery.connect_timeout_secs = 2;
+    cfg.delivery.delay_warning_secs = 0;
+    cfg
+}
+
+async fn start(cfg: Config, spool: PathBuf) -> Daemon {
+    let mut cfg = cfg;
+    cfg.spool.dir = spool.clone();
+    let (queue, _) = Queue::open(&spool, 1).unwrap();
+    let cfg = Arc::new(cfg);
+    let listeners = pigeon::server::bind_all(&cfg).unwrap();
+    let running = pigeon::server::start(cfg.clone(), queue.clone(), listeners).unwrap();
+    let resolver = HickoryResolver::new(&cfg.dns.nameservers, Duration::from_secs(1), 1).unwrap();
+    let transport = Arc::new(pigeon::delivery::remote::RemoteTransport::new(cfg.clone(), Arc::new(resolver)));
+    let (stop, stop_rx) = watch::channel(false);
+    let (handle, task) = delivery::start(cfg.clone(), queue.clone(), transport, stop_rx);
+    Daemon { addr: running.addrs[0], spool, queue, handle, stop, task, running }
+}
+
+impl Daemon {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.running.shutdown(Duration::from_secs(1)).await;
+        drop(self.queue);
+    }
+
+    async fn send(&self, from: &str, to: &[&str], body: &str) -> QueueId {
+        let mut c = Client::connect(self.addr).await;
+        c.reply().await;
+        c.cmd("EHLO client.test").await;
+        let r = c.mail(from, to, body).await;
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+        c.cmd("QUIT").await;
+        queued_id(&r).parse().unwrap()
+    }
+
+    /// Waits until the queue holds exactly `n` messages.
+    async fn wait_queue_len(&self, n: usize, secs: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while self.queue.len() != n {
+            assert!(std::time::Instant::now() < deadline, "queue has {} messages, want {n}", self.queue.len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn ip(n: u8, port: u16) -> SocketAddr {
+    format!("127.0.0.{n}:{port}").parse().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Zone used by every test: sender domain s.test (its sink takes DSNs),
+/// and one recipient domain per behaviour.
+fn zone() -> Vec<Record> {
+    vec![
+        Record::a("s.test", "127.0.0.5"),
+        Record::mx("a.test", 10, "mx1.a.test"),
+        Record::mx("a.test", 20, "mx2.a.test"),
+        Record::a("mx1.a.test", "127.0.0.2"),
+        Record::a("mx2.a.test", "127.0.0.3"),
+        Record::a("b.test", "127.0.0.4"),
+        Record::null_mx("c.test"),
+        Record::a("d.test", "127.0.0.6"),
+        Record::a("e.test", "127.0.0.7"),
+        Record::a("f.test", "127.0.0.8"),
+        Record::mx("loop.test", 10, "mx.test"),
+        Record::cname("alias.test", "b.test"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_preference_fallback_implicit_mx_and_two_domains() {
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    // mx1 (127.0.0.2) has no server: delivery falls back to mx2.
+    let mx2 = Sink::start(ip(3, port), Behaviour::default()).await;
+    let implicit = Sink::start(ip(4, port), Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    let body = "Subject: hello\r\n\r\nline\r\n..dot line\r\n\u{e9}\r\n";
+    d.send("s@s.test", &["u@a.test", "v@a.test", "w@b.test"], body).await;
+    let got = mx2.wait_for(1, 20).await;
+    assert_eq!(got.len(), 1, "one transaction for both a.test recipients");
+    assert_eq!(got[0].rcpts, ["u@a.test", "v@a.test"]);
+    assert_eq!(got[0].mail_from, "s@s.test");
+    assert!(text(&got[0].data).ends_with("line\r\n.dot line\r\n\u{e9}\r\n"), "{}", text(&got[0].data));
+    let got = implicit.wait_for(1, 20).await;
+    assert_eq!(got[0].rcpts, ["w@b.test"]);
+    d.wait_queue_len(0, 10).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_mx_fails_at_once_and_the_sender_gets_a_dsn() {
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    d.send("s@s.test", &["x@c.test"], "Subject: to null mx\r\n\r\nhi\r\n").await;
+    let got = sender_mx.wait_for(1, 20).await;
+    let dsn = text(&got[0].data);
+    assert_eq!(got[0].mail_from, "", "DSNs come from <>");
+    assert_eq!(got[0].rcpts, ["s@s.test"]);
+    assert!(dsn.contains("multipart/report"), "{dsn}");
+    assert!(dsn.contains("Final-Recipient: rfc822; x@c.test"), "{dsn}");
+    assert!(dsn.contains("Status: 5.1.10"), "{dsn}");
+    assert!(dsn.contains("Action: failed"), "{dsn}");
+    assert_eq!(dns.queries("c.test", RecordType::A), 0, "no address lookup for a null MX domain");
+    d.wait_queue_len(0, 10).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_recipient_refused_the_other_delivered_dsn_names_the_failed_one() {
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
+    let dest = Sink::start(ip(6, port), Behaviour { reject_rcpts: vec!["bad@d.test".into()], ..Default::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    d.send("s@s.test", &["good@d.test", "bad@d.test"], "Subject: two\r\n\r\nbody\r\n").await;
+    let got = dest.wait_for(1, 20).await;
+    assert_eq!(got[0].rcpts, ["good@d.test"]);
+    let dsn = sender_mx.wait_for(1, 20).await;
+    let t = text(&dsn[0].data);
+    assert!(t.contains("Final-Recipient: rfc822; bad@d.test"), "{t}");
+    assert!(t.contains("Status: 5.1.1"), "{t}");
+    assert!(!t.contains("Final-Recipient: rfc822; good@d.test"), "{t}");
+    assert!(t.contains("no such user here"), "the remote reply is quoted: {t}");
+    d.wait_queue_len(0, 10).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_sender_failure_never_bounces() {
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    let dest = Sink::start(ip(6, port), Behaviour { reject_rcpts: vec!["bad@d.test".into()], ..Default::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dns, port);
+    cfg.delivery.double_bounce = DoubleBounce::Drop;
+    let d = start(cfg, dir.path().join("spool")).await;
+    d.send("", &["bad@d.test"], "Subject: a bounce\r\n\r\nx\r\n").await;
+    d.wait_queue_len(0, 20).await;
+    assert!(dest.messages().is_empty());
+    d.stop().await;
+
+    // With double_bounce = postmaster, the failure goes to the local postmaster (queued here).
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dns, port);
+    let d = start(cfg, dir.path().join("spool")).await;
+    d.send("", &["bad@d.test"], "Subject: a bounce\r\n\r\nx\r\n").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = pigeon::queue::list(&d.spool).unwrap();
+        if list.len() == 1 && list[0].recipients[0].address == "postmaster@mx.test" {
+            assert_eq!(list[0].sender, "");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no double bounce to the postmaster: {list:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_failure_then_success_after_retry() {
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    let dest = Sink::start(ip(7, port), Behaviour { tempfail_first: 1, ..Default::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    let id = d.send("s@s.test", &["r@e.test"], "Subject: retry\r\n\r\nx\r\n").await;
+    // After the first attempt the status records the failure.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(st)) = d.queue.status(id) {
+            assert_eq!(st.rcpts[0].attempts, 1);
+            assert!(st.rcpts[0].last_reply.contains("451"), "{:?}", st.rcpts[0]);
+            break;
+        }
+        if !dest.messages().is_empty() {
+            break; // the retry already happened
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = dest.wait_for(1, 20).await;
+    assert_eq!(got[0].rcpts, ["r@e.test"]);
+    d.wait_queue_len(0, 10).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_and_delay_warning() {
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
+    // f.test has no server: connections are refused, every attempt is temporary.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dns, port);
+    cfg.delivery.delay_warning_secs = 1;
+    cfg.delivery.max_queue_lifetime_secs = 4;
+    let d = start(cfg, dir.path().join("spool")).await;
+    d.send("s@s.test", &["r@f.test"], "Subject: nowhere\r\n\r\nx\r\n").await;
+    let got = sender_mx.wait_for(2, 30).await;
+    let warn = text(&got[0].data);
+    assert!(warn.contains("Action: delayed"), "{warn}");
+    assert!(warn.contains("Will-Retry-Until:"), "{warn}");
+    let fail = text(&got[1].data);
+    assert!(fail.contains("Action: failed"), "{fail}");
+    assert!(fail.contains("Status: 4.4.7"), "{fail}");
+    d.wait_queue_len(0, 10).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sender_mx.messages().len(), 2, "exactly one delay warning and one failure");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_pointing_back_at_us_is_a_loop() {
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    d.send("s@s.test", &["x@loop.test"], "Subject: loop\r\n\r\nx\r\n").await;
+    let got = sender_mx.wait_for(1, 20).await;
+    assert!(text(&got[0].data).contains("Status: 5.4.6"));
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_between_attempts_never_delivers_twice() {
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    let done = Sink::start(ip(4, port), Behaviour::default()).await;
+    // e.test keeps failing temporarily.
+    let slow = Sink::start(ip(7, port), Behaviour { tempfail_first: 1000, ..Default::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let d = start(config(&dns, port), spool.clone()).await;
+    let id = d.send("s@s.test", &["one@b.test", "two@e.test"], "Subject: restart\r\n\r\nx\r\n").await;
+    done.wait_for(1, 20).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !matches!(d.queue.status(id), Ok(Some(_))) {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    d.stop().await;
+    let d = start(config(&dns, port), spool).await;
+    let _ = d.handle.request(Request::Flush(vec![])).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(done.messages().len(), 1, "the delivered recipient got it once");
+    assert!(slow.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the other one was retried");
+    let st = d.queue.status(id).unwrap().unwrap();
+    assert_eq!(st.rcpts[0].state, pigeon::queue::RcptState::Delivered);
+    assert_eq!(st.rcpts[1].state, pigeon::queue::RcptState::Pending);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_release_bounce_delete_through_the_control_socket() {
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
+    let dest = Sink::start(ip(7, port), Behaviour { tempfail_first: 1, ..Default::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    let (cstop, crx) = watch::channel(false);
+    let sock = pigeon::control::socket_path(&d.spool);
+    tokio::spawn(pigeon::control::serve(sock.clone(), d.handle.clone(), crx));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ask = |line: String| {
+        let spool = d.spool.clone();
+        async move { tokio::task::spawn_blocking(move || pigeon::control::request(&spool, &line)).await.unwrap().unwrap() }
+    };
+    let id = d.send("s@s.test", &["r@e.test"], "Subject: held\r\n\r\nx\r\n").await;
+    // The first attempt fails (451); hold it before the retry.
+    let answer = ask(format!("hold {id}")).await;
+    assert!(answer.contains("on hold") || answer.contains("in progress"), "{answer}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let list = pigeon::queue::list(&d.spool).unwrap();
+    assert!(list[0].hold, "{list:?}");
+    ask("flush".into()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(dest.messages().is_empty(), "a held message is not delivered");
+    assert!(ask(format!("release {id}")).await.contains("released"));
+    dest.wait_for(1, 20).await;
+    d.wait_queue_len(0, 10).await;
+
+    // bounce: returned to the sender at once; delete: gone without notice.
+    let b = d.send("s@s.test", &["r@f.test"], "Subject: bounce me\r\n\r\nx\r\n").await;
+    let x = d.send("s@s.test", &["r@f.test"], "Subject: delete me\r\n\r\nx\r\n").await;
+    ask(format!("hold {b} {x}")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let a = ask(format!("bounce {b}")).await;
+    assert!(a.contains("returned") || a.contains("in progress"), "{a}");
+    let a = ask(format!("delete {x}")).await;
+    assert!(a.contains("deleted") || a.contains("in progress"), "{a}");
+    let got = sender_mx.wait_for(1, 20).await;
+    assert!(text(&got[0].data).contains("Final-Recipient: rfc822; r@f.test"));
+    d.wait_queue_len(0, 10).await;
+    assert!(ask("hold 0000000000000".into()).await.contains("not in the queue"));
+    let _ = cstop.send(true);
+    d.stop().await;
+}
