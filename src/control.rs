@@ -29,7 +29,10 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     let mut words = line.split_ascii_whitespace();
     let verb = words.next().ok_or("empty request")?;
     let ids = words
-        .map(|w| w.parse::<QueueId>().map_err(|_| format!("not a queue id: {w}")))
+        .map(|w| {
+            w.parse::<QueueId>()
+                .map_err(|_| format!("not a queue id: {w}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if ids.is_empty() && verb != "flush" {
         return Err(format!("{verb} needs at least one queue id"));
@@ -45,7 +48,11 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
 }
 
 /// Serves the control socket until `stop` turns true.
-pub async fn serve(path: PathBuf, handle: Handle, mut stop: watch::Receiver<bool>) -> io::Result<()> {
+pub async fn serve(
+    path: PathBuf,
+    handle: Handle,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
     // A socket left by an earlier run is stale: the spool lock guarantees
     // no other daemon uses this spool.
     let _ = std::fs::remove_file(&path);
@@ -74,7 +81,12 @@ pub async fn serve(path: PathBuf, handle: Handle, mut stop: watch::Receiver<bool
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
             let mut r = tokio::io::BufReader::new(r.take(MAX_REQUEST));
-            let answer = match tokio::time::timeout(std::time::Duration::from_secs(10), r.read_line(&mut line)).await {
+            let answer = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                r.read_line(&mut line),
+            )
+            .await
+            {
                 Ok(Ok(_)) => match parse_request(line.trim()) {
                     Ok(req) => {
                         info!(request = %line.trim(), "control request");
@@ -94,7 +106,13 @@ pub async fn serve(path: PathBuf, handle: Handle, mut stop: watch::Receiver<bool
 pub fn request(spool: &Path, line: &str) -> io::Result<String> {
     let path = socket_path(spool);
     let mut s = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot reach the pigeon daemon at {}: {e} (is it running?)", path.display()))
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot reach the pigeon daemon at {}: {e} (is it running?)",
+                path.display()
+            ),
+        )
     })?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
     s.write_all(line.as_bytes())?;
@@ -112,7 +130,10 @@ mod tests {
     fn requests() {
         assert_eq!(parse_request("flush"), Ok(Request::Flush(vec![])));
         let id: QueueId = "001K0YQZ47KFE".parse().unwrap();
-        assert_eq!(parse_request("hold 001K0YQZ47KFE"), Ok(Request::Hold(vec![id])));
+        assert_eq!(
+            parse_request("hold 001K0YQZ47KFE"),
+            Ok(Request::Hold(vec![id]))
+        );
         assert!(parse_request("hold").is_err());
         assert!(parse_request("delete nonsense!").is_err());
         assert!(parse_request("explode 001K0YQZ47KFE").is_err());

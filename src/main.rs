@@ -135,8 +135,19 @@ fn main() -> ExitCode {
                 },
             };
             match cmd {
-                QueueCmd::List { json, sender, recipient, domain, state } => {
-                    let filter = ListFilter { sender, recipient, domain, state };
+                QueueCmd::List {
+                    json,
+                    sender,
+                    recipient,
+                    domain,
+                    state,
+                } => {
+                    let filter = ListFilter {
+                        sender,
+                        recipient,
+                        domain,
+                        state,
+                    };
                     queue_list(&dir, json, &filter)
                 }
                 QueueCmd::Flush { ids } => queue_request(&dir, "flush", &ids),
@@ -207,6 +218,15 @@ fn serve(cfg: Config) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Signal handlers first, so a SIGTERM that comes while starting up
+        // still means a clean stop.
+        let mut signals = match Signals::new() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
         let listeners = match pigeon::server::bind_all(&cfg) {
             Ok(l) => l,
             Err(e) => {
@@ -238,7 +258,8 @@ fn serve(cfg: Config) -> ExitCode {
                 cfg.clone(),
                 std::sync::Arc::new(resolver),
             ));
-            let (handle, task) = pigeon::delivery::start(cfg.clone(), q.clone(), transport, stop_rx.clone());
+            let (handle, task) =
+                pigeon::delivery::start(cfg.clone(), q.clone(), transport, stop_rx.clone());
             let sock = pigeon::control::socket_path(&cfg.spool.dir);
             let control = tokio::spawn(pigeon::control::serve(sock, handle, stop_rx.clone()));
             Some((task, control))
@@ -247,10 +268,15 @@ fn serve(cfg: Config) -> ExitCode {
             None
         };
         tracing::info!(hostname = %cfg.server.hostname, "pigeon started");
-        wait_for_stop_signal(&running).await;
-        tracing::info!(open = running.connections(), "stopping: no new connections, finishing messages in progress");
+        signals.wait_for_stop(&running).await;
+        tracing::info!(
+            open = running.connections(),
+            "stopping: no new connections, finishing messages in progress"
+        );
         let _ = stop_tx.send(true);
-        running.shutdown(Duration::from_secs(cfg.limits.shutdown_grace_secs)).await;
+        running
+            .shutdown(Duration::from_secs(cfg.limits.shutdown_grace_secs))
+            .await;
         if let Some((task, control)) = delivery {
             let _ = task.await;
             let _ = control.await;
@@ -260,25 +286,32 @@ fn serve(cfg: Config) -> ExitCode {
     })
 }
 
-/// Returns on SIGTERM or SIGINT; SIGHUP reloads the TLS certificates.
-async fn wait_for_stop_signal(running: &pigeon::server::Running) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading certificates");
-                running.reload_certificates();
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Returns on SIGTERM or SIGINT; SIGHUP reloads the TLS certificates.
+    async fn wait_for_stop(&mut self, running: &pigeon::server::Running) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading certificates");
+                    running.reload_certificates();
+                }
             }
         }
     }
@@ -379,7 +412,10 @@ impl ListFilter {
         }
         if let Some(d) = &self.domain {
             let d = d.trim_start_matches('@').to_lowercase();
-            let in_domain = |a: &str| a.rsplit_once('@').is_some_and(|(_, rd)| rd.to_lowercase() == d);
+            let in_domain = |a: &str| {
+                a.rsplit_once('@')
+                    .is_some_and(|(_, rd)| rd.to_lowercase() == d)
+            };
             if !m.recipients.iter().any(|x| in_domain(&x.address)) {
                 return false;
             }
@@ -388,7 +424,10 @@ impl ListFilter {
             let st = st.to_lowercase();
             let ok = match st.as_str() {
                 "held" | "hold" => m.hold,
-                _ => m.recipients.iter().any(|x| state_name(x.status.state) == st),
+                _ => m
+                    .recipients
+                    .iter()
+                    .any(|x| state_name(x.status.state) == st),
             };
             if !ok {
                 return false;
@@ -413,7 +452,10 @@ fn queue_request(dir: &Path, verb: &str, ids: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let line = std::iter::once(verb.to_string()).chain(ids.iter().cloned()).collect::<Vec<_>>().join(" ");
+    let line = std::iter::once(verb.to_string())
+        .chain(ids.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ");
     match pigeon::control::request(dir, &line) {
         Ok(answer) => {
             print!("{answer}");
@@ -465,7 +507,14 @@ fn queue_list(dir: &Path, json: bool, filter: &ListFilter) -> ExitCode {
             })
             .collect();
         let held = if m.hold { "  [held]" } else { "" };
-        println!("{}  {:>4}  {:>8}  {}  {}{held}", m.id, age(m.arrival), m.size, sender, rcpts.join(", "));
+        println!(
+            "{}  {:>4}  {:>8}  {}  {}{held}",
+            m.id,
+            age(m.arrival),
+            m.size,
+            sender,
+            rcpts.join(", ")
+        );
     }
     if list.is_empty() {
         println!("queue is empty");

@@ -2,11 +2,11 @@
 //! the test controls, and scripted SMTP sinks on 127.0.0.x. Retry times
 //! are shortened to a second.
 
-#[path = "common/dns.rs"]
-mod test_dns;
+mod common;
 #[path = "common/sink.rs"]
 mod sink;
-mod common;
+#[path = "common/dns.rs"]
+mod test_dns;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +27,8 @@ fn sink_port() -> u16 {
     loop {
         let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let free = (3..=12).all(|i| std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")).is_ok());
+        let free =
+            (3..=12).all(|i| std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")).is_ok());
         if free {
             return port;
         }
@@ -65,10 +66,21 @@ async fn start(cfg: Config, spool: PathBuf) -> Daemon {
     let listeners = pigeon::server::bind_all(&cfg).unwrap();
     let running = pigeon::server::start(cfg.clone(), queue.clone(), listeners).unwrap();
     let resolver = HickoryResolver::new(&cfg.dns.nameservers, Duration::from_secs(1), 1).unwrap();
-    let transport = Arc::new(pigeon::delivery::remote::RemoteTransport::new(cfg.clone(), Arc::new(resolver)));
+    let transport = Arc::new(pigeon::delivery::remote::RemoteTransport::new(
+        cfg.clone(),
+        Arc::new(resolver),
+    ));
     let (stop, stop_rx) = watch::channel(false);
     let (handle, task) = delivery::start(cfg.clone(), queue.clone(), transport, stop_rx);
-    Daemon { addr: running.addrs[0], spool, queue, handle, stop, task, running }
+    Daemon {
+        addr: running.addrs[0],
+        spool,
+        queue,
+        handle,
+        stop,
+        task,
+        running,
+    }
 }
 
 impl Daemon {
@@ -93,7 +105,11 @@ impl Daemon {
     async fn wait_queue_len(&self, n: usize, secs: u64) {
         let deadline = std::time::Instant::now() + Duration::from_secs(secs);
         while self.queue.len() != n {
-            assert!(std::time::Instant::now() < deadline, "queue has {} messages, want {n}", self.queue.len());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queue has {} messages, want {n}",
+                self.queue.len()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -136,12 +152,17 @@ async fn mx_preference_fallback_implicit_mx_and_two_domains() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(config(&dns, port), dir.path().join("spool")).await;
     let body = "Subject: hello\r\n\r\nline\r\n..dot line\r\n\u{e9}\r\n";
-    d.send("s@s.test", &["u@a.test", "v@a.test", "w@b.test"], body).await;
+    d.send("s@s.test", &["u@a.test", "v@a.test", "w@b.test"], body)
+        .await;
     let got = mx2.wait_for(1, 20).await;
     assert_eq!(got.len(), 1, "one transaction for both a.test recipients");
     assert_eq!(got[0].rcpts, ["u@a.test", "v@a.test"]);
     assert_eq!(got[0].mail_from, "s@s.test");
-    assert!(text(&got[0].data).ends_with("line\r\n.dot line\r\n\u{e9}\r\n"), "{}", text(&got[0].data));
+    assert!(
+        text(&got[0].data).ends_with("line\r\n.dot line\r\n\u{e9}\r\n"),
+        "{}",
+        text(&got[0].data)
+    );
     let got = implicit.wait_for(1, 20).await;
     assert_eq!(got[0].rcpts, ["w@b.test"]);
     d.wait_queue_len(0, 10).await;
@@ -155,7 +176,12 @@ async fn null_mx_fails_at_once_and_the_sender_gets_a_dsn() {
     let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let d = start(config(&dns, port), dir.path().join("spool")).await;
-    d.send("s@s.test", &["x@c.test"], "Subject: to null mx\r\n\r\nhi\r\n").await;
+    d.send(
+        "s@s.test",
+        &["x@c.test"],
+        "Subject: to null mx\r\n\r\nhi\r\n",
+    )
+    .await;
     let got = sender_mx.wait_for(1, 20).await;
     let dsn = text(&got[0].data);
     assert_eq!(got[0].mail_from, "", "DSNs come from <>");
@@ -164,7 +190,11 @@ async fn null_mx_fails_at_once_and_the_sender_gets_a_dsn() {
     assert!(dsn.contains("Final-Recipient: rfc822; x@c.test"), "{dsn}");
     assert!(dsn.contains("Status: 5.1.10"), "{dsn}");
     assert!(dsn.contains("Action: failed"), "{dsn}");
-    assert_eq!(dns.queries("c.test", RecordType::A), 0, "no address lookup for a null MX domain");
+    assert_eq!(
+        dns.queries("c.test", RecordType::A),
+        0,
+        "no address lookup for a null MX domain"
+    );
     d.wait_queue_len(0, 10).await;
     d.stop().await;
 }
@@ -174,10 +204,22 @@ async fn one_recipient_refused_the_other_delivered_dsn_names_the_failed_one() {
     let dns = TestDns::start(zone()).await;
     let port = sink_port();
     let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
-    let dest = Sink::start(ip(6, port), Behaviour { reject_rcpts: vec!["bad@d.test".into()], ..Default::default() }).await;
+    let dest = Sink::start(
+        ip(6, port),
+        Behaviour {
+            reject_rcpts: vec!["bad@d.test".into()],
+            ..Default::default()
+        },
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let d = start(config(&dns, port), dir.path().join("spool")).await;
-    d.send("s@s.test", &["good@d.test", "bad@d.test"], "Subject: two\r\n\r\nbody\r\n").await;
+    d.send(
+        "s@s.test",
+        &["good@d.test", "bad@d.test"],
+        "Subject: two\r\n\r\nbody\r\n",
+    )
+    .await;
     let got = dest.wait_for(1, 20).await;
     assert_eq!(got[0].rcpts, ["good@d.test"]);
     let dsn = sender_mx.wait_for(1, 20).await;
@@ -185,7 +227,10 @@ async fn one_recipient_refused_the_other_delivered_dsn_names_the_failed_one() {
     assert!(t.contains("Final-Recipient: rfc822; bad@d.test"), "{t}");
     assert!(t.contains("Status: 5.1.1"), "{t}");
     assert!(!t.contains("Final-Recipient: rfc822; good@d.test"), "{t}");
-    assert!(t.contains("no such user here"), "the remote reply is quoted: {t}");
+    assert!(
+        t.contains("no such user here"),
+        "the remote reply is quoted: {t}"
+    );
     d.wait_queue_len(0, 10).await;
     d.stop().await;
 }
@@ -194,12 +239,20 @@ async fn one_recipient_refused_the_other_delivered_dsn_names_the_failed_one() {
 async fn null_sender_failure_never_bounces() {
     let dns = TestDns::start(zone()).await;
     let port = sink_port();
-    let dest = Sink::start(ip(6, port), Behaviour { reject_rcpts: vec!["bad@d.test".into()], ..Default::default() }).await;
+    let dest = Sink::start(
+        ip(6, port),
+        Behaviour {
+            reject_rcpts: vec!["bad@d.test".into()],
+            ..Default::default()
+        },
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&dns, port);
     cfg.delivery.double_bounce = DoubleBounce::Drop;
     let d = start(cfg, dir.path().join("spool")).await;
-    d.send("", &["bad@d.test"], "Subject: a bounce\r\n\r\nx\r\n").await;
+    d.send("", &["bad@d.test"], "Subject: a bounce\r\n\r\nx\r\n")
+        .await;
     d.wait_queue_len(0, 20).await;
     assert!(dest.messages().is_empty());
     d.stop().await;
@@ -208,7 +261,8 @@ async fn null_sender_failure_never_bounces() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dns, port);
     let d = start(cfg, dir.path().join("spool")).await;
-    d.send("", &["bad@d.test"], "Subject: a bounce\r\n\r\nx\r\n").await;
+    d.send("", &["bad@d.test"], "Subject: a bounce\r\n\r\nx\r\n")
+        .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let list = pigeon::queue::list(&d.spool).unwrap();
@@ -216,7 +270,10 @@ async fn null_sender_failure_never_bounces() {
             assert_eq!(list[0].sender, "");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no double bounce to the postmaster: {list:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no double bounce to the postmaster: {list:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     d.stop().await;
@@ -226,10 +283,19 @@ async fn null_sender_failure_never_bounces() {
 async fn temporary_failure_then_success_after_retry() {
     let dns = TestDns::start(zone()).await;
     let port = sink_port();
-    let dest = Sink::start(ip(7, port), Behaviour { tempfail_first: 1, ..Default::default() }).await;
+    let dest = Sink::start(
+        ip(7, port),
+        Behaviour {
+            tempfail_first: 1,
+            ..Default::default()
+        },
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let d = start(config(&dns, port), dir.path().join("spool")).await;
-    let id = d.send("s@s.test", &["r@e.test"], "Subject: retry\r\n\r\nx\r\n").await;
+    let id = d
+        .send("s@s.test", &["r@e.test"], "Subject: retry\r\n\r\nx\r\n")
+        .await;
     // After the first attempt the status records the failure.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -261,7 +327,8 @@ async fn expiry_and_delay_warning() {
     cfg.delivery.delay_warning_secs = 1;
     cfg.delivery.max_queue_lifetime_secs = 4;
     let d = start(cfg, dir.path().join("spool")).await;
-    d.send("s@s.test", &["r@f.test"], "Subject: nowhere\r\n\r\nx\r\n").await;
+    d.send("s@s.test", &["r@f.test"], "Subject: nowhere\r\n\r\nx\r\n")
+        .await;
     let got = sender_mx.wait_for(2, 30).await;
     let warn = text(&got[0].data);
     assert!(warn.contains("Action: delayed"), "{warn}");
@@ -271,7 +338,11 @@ async fn expiry_and_delay_warning() {
     assert!(fail.contains("Status: 4.4.7"), "{fail}");
     d.wait_queue_len(0, 10).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sender_mx.messages().len(), 2, "exactly one delay warning and one failure");
+    assert_eq!(
+        sender_mx.messages().len(),
+        2,
+        "exactly one delay warning and one failure"
+    );
     d.stop().await;
 }
 
@@ -282,7 +353,8 @@ async fn mx_pointing_back_at_us_is_a_loop() {
     let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let d = start(config(&dns, port), dir.path().join("spool")).await;
-    d.send("s@s.test", &["x@loop.test"], "Subject: loop\r\n\r\nx\r\n").await;
+    d.send("s@s.test", &["x@loop.test"], "Subject: loop\r\n\r\nx\r\n")
+        .await;
     let got = sender_mx.wait_for(1, 20).await;
     assert!(text(&got[0].data).contains("Status: 5.4.6"));
     d.stop().await;
@@ -294,11 +366,24 @@ async fn restart_between_attempts_never_delivers_twice() {
     let port = sink_port();
     let done = Sink::start(ip(4, port), Behaviour::default()).await;
     // e.test keeps failing temporarily.
-    let slow = Sink::start(ip(7, port), Behaviour { tempfail_first: 1000, ..Default::default() }).await;
+    let slow = Sink::start(
+        ip(7, port),
+        Behaviour {
+            tempfail_first: 1000,
+            ..Default::default()
+        },
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     let d = start(config(&dns, port), spool.clone()).await;
-    let id = d.send("s@s.test", &["one@b.test", "two@e.test"], "Subject: restart\r\n\r\nx\r\n").await;
+    let id = d
+        .send(
+            "s@s.test",
+            &["one@b.test", "two@e.test"],
+            "Subject: restart\r\n\r\nx\r\n",
+        )
+        .await;
     done.wait_for(1, 20).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !matches!(d.queue.status(id), Ok(Some(_))) {
@@ -309,8 +394,15 @@ async fn restart_between_attempts_never_delivers_twice() {
     let d = start(config(&dns, port), spool).await;
     let _ = d.handle.request(Request::Flush(vec![])).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(done.messages().len(), 1, "the delivered recipient got it once");
-    assert!(slow.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the other one was retried");
+    assert_eq!(
+        done.messages().len(),
+        1,
+        "the delivered recipient got it once"
+    );
+    assert!(
+        slow.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the other one was retried"
+    );
     let st = d.queue.status(id).unwrap().unwrap();
     assert_eq!(st.rcpts[0].state, pigeon::queue::RcptState::Delivered);
     assert_eq!(st.rcpts[1].state, pigeon::queue::RcptState::Pending);
@@ -322,7 +414,14 @@ async fn hold_release_bounce_delete_through_the_control_socket() {
     let dns = TestDns::start(zone()).await;
     let port = sink_port();
     let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
-    let dest = Sink::start(ip(7, port), Behaviour { tempfail_first: 1, ..Default::default() }).await;
+    let dest = Sink::start(
+        ip(7, port),
+        Behaviour {
+            tempfail_first: 1,
+            ..Default::default()
+        },
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let d = start(config(&dns, port), dir.path().join("spool")).await;
     let (cstop, crx) = watch::channel(false);
@@ -331,25 +430,42 @@ async fn hold_release_bounce_delete_through_the_control_socket() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let ask = |line: String| {
         let spool = d.spool.clone();
-        async move { tokio::task::spawn_blocking(move || pigeon::control::request(&spool, &line)).await.unwrap().unwrap() }
+        async move {
+            tokio::task::spawn_blocking(move || pigeon::control::request(&spool, &line))
+                .await
+                .unwrap()
+                .unwrap()
+        }
     };
-    let id = d.send("s@s.test", &["r@e.test"], "Subject: held\r\n\r\nx\r\n").await;
+    let id = d
+        .send("s@s.test", &["r@e.test"], "Subject: held\r\n\r\nx\r\n")
+        .await;
     // The first attempt fails (451); hold it before the retry.
     let answer = ask(format!("hold {id}")).await;
-    assert!(answer.contains("on hold") || answer.contains("in progress"), "{answer}");
+    assert!(
+        answer.contains("on hold") || answer.contains("in progress"),
+        "{answer}"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let list = pigeon::queue::list(&d.spool).unwrap();
     assert!(list[0].hold, "{list:?}");
     ask("flush".into()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(dest.messages().is_empty(), "a held message is not delivered");
+    assert!(
+        dest.messages().is_empty(),
+        "a held message is not delivered"
+    );
     assert!(ask(format!("release {id}")).await.contains("released"));
     dest.wait_for(1, 20).await;
     d.wait_queue_len(0, 10).await;
 
     // bounce: returned to the sender at once; delete: gone without notice.
-    let b = d.send("s@s.test", &["r@f.test"], "Subject: bounce me\r\n\r\nx\r\n").await;
-    let x = d.send("s@s.test", &["r@f.test"], "Subject: delete me\r\n\r\nx\r\n").await;
+    let b = d
+        .send("s@s.test", &["r@f.test"], "Subject: bounce me\r\n\r\nx\r\n")
+        .await;
+    let x = d
+        .send("s@s.test", &["r@f.test"], "Subject: delete me\r\n\r\nx\r\n")
+        .await;
     ask(format!("hold {b} {x}")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let a = ask(format!("bounce {b}")).await;
@@ -359,7 +475,9 @@ async fn hold_release_bounce_delete_through_the_control_socket() {
     let got = sender_mx.wait_for(1, 20).await;
     assert!(text(&got[0].data).contains("Final-Recipient: rfc822; r@f.test"));
     d.wait_queue_len(0, 10).await;
-    assert!(ask("hold 0000000000000".into()).await.contains("not in the queue"));
+    assert!(ask("hold 0000000000000".into())
+        .await
+        .contains("not in the queue"));
     let _ = cstop.send(true);
     d.stop().await;
 }

@@ -96,14 +96,18 @@ fn status() -> impl Strategy<Value = MessageStatus> {
             last_reply,
         },
     );
-    (prop::collection::vec(rcpt, 0..8), any::<i64>(), any::<bool>(), any::<bool>()).prop_map(
-        |(rcpts, next_attempt, hold, delay_warned)| MessageStatus {
+    (
+        prop::collection::vec(rcpt, 0..8),
+        any::<i64>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(rcpts, next_attempt, hold, delay_warned)| MessageStatus {
             rcpts,
             next_attempt,
             hold,
             delay_warned,
-        },
-    )
+        })
 }
 
 proptest! {

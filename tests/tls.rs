@@ -31,24 +31,38 @@ impl ServerCertVerifier for AcceptAny {
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         Ok(HandshakeSignatureValid::assertion())
     }
-    fn verify_tls13_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         Ok(HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 fn connector(versions: &[&'static rustls::SupportedProtocolVersion]) -> tokio_rustls::TlsConnector {
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(versions)
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
-        .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AcceptAny))
+    .with_no_client_auth();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
@@ -65,7 +79,10 @@ impl TlsClient {
         let mut all = String::new();
         loop {
             let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(10), self.s.read_line(&mut line)).await.unwrap().unwrap_or(0);
+            let n = tokio::time::timeout(Duration::from_secs(10), self.s.read_line(&mut line))
+                .await
+                .unwrap()
+                .unwrap_or(0);
             if n == 0 {
                 return all;
             }
@@ -89,13 +106,20 @@ impl TlsClient {
     }
 }
 
-async fn tls_over(tcp: TcpStream, sni: &str, versions: &[&'static rustls::SupportedProtocolVersion]) -> std::io::Result<TlsClient> {
+async fn tls_over(
+    tcp: TcpStream,
+    sni: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> std::io::Result<TlsClient> {
     let name = ServerName::try_from(sni.to_string()).unwrap();
     let s = connector(versions).connect(name, tcp).await?;
-    Ok(TlsClient { s: BufReader::new(s) })
+    Ok(TlsClient {
+        s: BufReader::new(s),
+    })
 }
 
-const ALL: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+const ALL: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 fn users() -> Vec<UserConfig> {
     vec![UserConfig {
@@ -134,12 +158,32 @@ async fn implicit_tls_auth_and_submit() {
     let mut c = tls_over(tcp, "mx.test", ALL).await.unwrap();
     assert!(c.reply().await.starts_with("220 mx.test"));
     let ehlo = c.cmd("EHLO client").await;
-    assert!(ehlo.contains("250-AUTH PLAIN LOGIN") && !ehlo.contains("STARTTLS"), "{ehlo}");
-    assert!(c.cmd("MAIL FROM:<alice@example.org>").await.starts_with("530 5.7.0"));
-    assert!(c.cmd(&format!("AUTH PLAIN {PLAIN_ALICE}")).await.starts_with("235 2.7.0"));
-    assert!(c.cmd("MAIL FROM:<bob@example.org>").await.starts_with("553 5.7.1"));
-    assert!(c.cmd("MAIL FROM:<alice@example.org> AUTH=alice@example.org").await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<friend@remote.test>").await.starts_with("250"), "authenticated relay");
+    assert!(
+        ehlo.contains("250-AUTH PLAIN LOGIN") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    assert!(c
+        .cmd("MAIL FROM:<alice@example.org>")
+        .await
+        .starts_with("530 5.7.0"));
+    assert!(c
+        .cmd(&format!("AUTH PLAIN {PLAIN_ALICE}"))
+        .await
+        .starts_with("235 2.7.0"));
+    assert!(c
+        .cmd("MAIL FROM:<bob@example.org>")
+        .await
+        .starts_with("553 5.7.1"));
+    assert!(c
+        .cmd("MAIL FROM:<alice@example.org> AUTH=alice@example.org")
+        .await
+        .starts_with("250"));
+    assert!(
+        c.cmd("RCPT TO:<friend@remote.test>")
+            .await
+            .starts_with("250"),
+        "authenticated relay"
+    );
     assert!(c.cmd("DATA").await.starts_with("354"));
     let r = c.cmd("Subject: hi\r\n\r\nhello\r\n.").await;
     assert!(r.starts_with("250 2.0.0 Ok: queued as"), "{r}");
@@ -157,19 +201,33 @@ async fn starttls_submission_login() {
     let mut c = Client::connect(addr(&srv, 1)).await;
     c.reply().await;
     let ehlo = c.cmd("EHLO client").await;
-    assert!(ehlo.contains("250-STARTTLS") && !ehlo.contains("AUTH"), "{ehlo}");
+    assert!(
+        ehlo.contains("250-STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
     assert!(c.cmd("AUTH LOGIN").await.starts_with("538 5.7.11"));
-    assert!(c.cmd("MAIL FROM:<alice@example.org>").await.starts_with("530 5.7.0"));
+    assert!(c
+        .cmd("MAIL FROM:<alice@example.org>")
+        .await
+        .starts_with("530 5.7.0"));
     assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS");
     let tcp = c.r.into_inner().reunite(c.w).unwrap();
-    let mut t = tls_over(tcp, "mx.test", &[&rustls::version::TLS12]).await.unwrap();
+    let mut t = tls_over(tcp, "mx.test", &[&rustls::version::TLS12])
+        .await
+        .unwrap();
     assert_eq!(t.version(), Some(rustls::ProtocolVersion::TLSv1_2));
     let ehlo = t.cmd("EHLO client").await;
-    assert!(!ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    assert!(
+        !ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"),
+        "{ehlo}"
+    );
     assert!(t.cmd("AUTH LOGIN").await.starts_with("334 VXNlcm5hbWU6"));
     assert!(t.cmd("YWxpY2U=").await.starts_with("334 UGFzc3dvcmQ6"));
     assert!(t.cmd("c2VjcmV0").await.starts_with("235 2.7.0"));
-    assert!(t.cmd("MAIL FROM:<alice@example.org>").await.starts_with("250"));
+    assert!(t
+        .cmd("MAIL FROM:<alice@example.org>")
+        .await
+        .starts_with("250"));
 }
 
 #[tokio::test]
@@ -180,16 +238,22 @@ async fn starttls_injection_is_never_executed() {
         c.reply().await;
         c.cmd("EHLO client").await;
         // STARTTLS and the next commands in one write.
-        c.send("STARTTLS\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<u@example.org>\r\n").await;
+        c.send("STARTTLS\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<u@example.org>\r\n")
+            .await;
         assert_eq!(c.reply().await, "220 2.0.0 Ready to start TLS");
         let tcp = c.r.into_inner().reunite(c.w).unwrap();
         // Either the server dropped the injected bytes (the handshake
         // works and no MAIL is in effect) or the handshake fails.
-        let Ok(mut t) = tls_over(tcp, "mx.test", ALL).await else { continue };
+        let Ok(mut t) = tls_over(tcp, "mx.test", ALL).await else {
+            continue;
+        };
         let ehlo = t.cmd("EHLO client").await;
         assert!(ehlo.starts_with("250"), "{ehlo}");
         let r = t.cmd("RCPT TO:<u@example.org>").await;
-        assert!(r.starts_with("503 5.5.1"), "injected MAIL was executed: {r}");
+        assert!(
+            r.starts_with("503 5.5.1"),
+            "injected MAIL was executed: {r}"
+        );
         assert!(t.cmd("DATA").await.starts_with("503"));
     }
     assert!(srv.queued().is_empty());
@@ -207,24 +271,45 @@ async fn brute_force_limits() {
     // "\0alice\0wrong"
     let bad = "AGFsaWNlAHdyb25n";
     let t = std::time::Instant::now();
-    assert!(c.cmd(&format!("AUTH PLAIN {bad}")).await.starts_with("535 5.7.8"));
-    assert!(t.elapsed() >= Duration::from_millis(10), "failure not delayed");
-    assert!(c.cmd(&format!("AUTH PLAIN {bad}")).await.starts_with("535 5.7.8"));
-    assert!(c.cmd(&format!("AUTH PLAIN {bad}")).await.starts_with("535 5.7.8"));
-    assert_eq!(c.reply().await, "421 4.7.0 Error: too many failed authentications, closing connection");
+    assert!(c
+        .cmd(&format!("AUTH PLAIN {bad}"))
+        .await
+        .starts_with("535 5.7.8"));
+    assert!(
+        t.elapsed() >= Duration::from_millis(10),
+        "failure not delayed"
+    );
+    assert!(c
+        .cmd(&format!("AUTH PLAIN {bad}"))
+        .await
+        .starts_with("535 5.7.8"));
+    assert!(c
+        .cmd(&format!("AUTH PLAIN {bad}"))
+        .await
+        .starts_with("535 5.7.8"));
+    assert_eq!(
+        c.reply().await,
+        "421 4.7.0 Error: too many failed authentications, closing connection"
+    );
     assert_eq!(c.reply().await, "");
     // A fourth failure from this address blocks it, even with the right password next.
     let tcp = TcpStream::connect(addr(&srv, 2)).await.unwrap();
     let mut c = tls_over(tcp, "mx.test", ALL).await.unwrap();
     c.reply().await;
     c.cmd("EHLO client").await;
-    assert!(c.cmd(&format!("AUTH PLAIN {bad}")).await.starts_with("421 4.7.0"));
+    assert!(c
+        .cmd(&format!("AUTH PLAIN {bad}"))
+        .await
+        .starts_with("421 4.7.0"));
     let tcp = TcpStream::connect(addr(&srv, 2)).await.unwrap();
     let mut c = tls_over(tcp, "mx.test", ALL).await.unwrap();
     c.reply().await;
     c.cmd("EHLO client").await;
     let r = c.cmd(&format!("AUTH PLAIN {PLAIN_ALICE}")).await;
-    assert!(r.starts_with("421 4.7.0 Error: too many failed authentications from your address"), "{r}");
+    assert!(
+        r.starts_with("421 4.7.0 Error: too many failed authentications from your address"),
+        "{r}"
+    );
 }
 
 #[tokio::test]
@@ -239,9 +324,15 @@ async fn smtp_port_offers_starttls_not_auth_and_never_relays() {
     let mut t = tls_over(tcp, "mx.test", ALL).await.unwrap();
     let ehlo = t.cmd("EHLO client").await;
     assert!(!ehlo.contains("AUTH"), "{ehlo}");
-    assert!(t.cmd(&format!("AUTH PLAIN {PLAIN_ALICE}")).await.starts_with("503 5.5.1"));
+    assert!(t
+        .cmd(&format!("AUTH PLAIN {PLAIN_ALICE}"))
+        .await
+        .starts_with("503 5.5.1"));
     assert!(t.cmd("MAIL FROM:<a@src.test>").await.starts_with("250"));
-    assert!(t.cmd("RCPT TO:<x@remote.test>").await.starts_with("554 5.7.1"));
+    assert!(t
+        .cmd("RCPT TO:<x@remote.test>")
+        .await
+        .starts_with("554 5.7.1"));
     assert!(t.cmd("RCPT TO:<x@example.org>").await.starts_with("250"));
 }
 
@@ -275,7 +366,11 @@ async fn sni_chooses_certificate_and_reload_keeps_sessions() {
     };
     assert_eq!(get("b.test").await.peer_cert(), der_of(&b));
     assert_eq!(get("a.test").await.peer_cert(), der_of(&a));
-    assert_eq!(get("other.test").await.peer_cert(), der_of(&a), "the first certificate is the default");
+    assert_eq!(
+        get("other.test").await.peer_cert(),
+        der_of(&a),
+        "the first certificate is the default"
+    );
 
     // Replace a.test's files; an open session survives the reload.
     let mut open = get("a.test").await;
@@ -296,11 +391,16 @@ async fn sni_chooses_certificate_and_reload_keeps_sessions() {
 async fn missing_certificate_is_a_clear_startup_error() {
     let mut cfg = tls_config();
     cfg.tls.self_signed = false;
-    cfg.tls.certificates = vec![CertificateConfig { cert: "/nonexistent/cert.pem".into(), key: "/nonexistent/key.pem".into() }];
+    cfg.tls.certificates = vec![CertificateConfig {
+        cert: "/nonexistent/cert.pem".into(),
+        key: "/nonexistent/key.pem".into(),
+    }];
     let dir = tempfile::tempdir().unwrap();
     cfg.spool.dir = dir.path().join("spool");
     let (q, _) = pigeon::queue::Queue::open(&cfg.spool.dir, 1).unwrap();
     let listeners = pigeon::server::bind_all(&cfg).unwrap();
-    let err = pigeon::server::start(Arc::new(cfg), q, listeners).err().unwrap();
+    let err = pigeon::server::start(Arc::new(cfg), q, listeners)
+        .err()
+        .unwrap();
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");
 }

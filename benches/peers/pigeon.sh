@@ -5,10 +5,11 @@
 # Usage: benches/peers/pigeon.sh start|stop|restart|status|qsize|pids|flush|conf
 #
 # pigeon listens ONLY on $PG_LISTEN (default 127.0.0.1:2545), accepts mail
-# from 127.0.0.0/8 and treats the kit's recipient domain bench.test as a
-# local domain, so accepted messages stay queued (durably, fsync on) in the
-# spool under $PG_DIR. `restart` and `flush` empty the spool, so each run
-# starts from an empty queue.
+# from 127.0.0.0/8 (durably, fsync on, spool under $PG_DIR) and relays every
+# message to the sink at $PG_SINK (relay_host "[127.0.0.1]:2626", no MX
+# lookup), as the kit's Postfix does. With PG_KEEP=1 the kit's recipient
+# domain bench.test is a local domain instead and accepted mail stays
+# queued (acceptance alone). `restart` and `flush` empty the spool.
 #
 # Knobs (environment):
 #   PG_DIR=/tmp/bench/pigeon      config, spool and log
@@ -21,6 +22,8 @@ PG_DIR=${PG_DIR:-/tmp/bench/pigeon}
 PG_LISTEN=${PG_LISTEN:-127.0.0.1:2545}
 PG_BIN=${PG_BIN:-$here/target/release/pigeon}
 PG_MAXCONN=${PG_MAXCONN:-20000}
+PG_SINK=${PG_SINK:-127.0.0.1:2626}
+PG_KEEP=${PG_KEEP:-0}
 PIDFILE=$PG_DIR/pigeon.pid
 
 gen_conf() {
@@ -35,7 +38,7 @@ bind = "$PG_LISTEN"
 mode = "smtp"
 
 [domains]
-local = ["bench.test"]
+local = [$( [ "$PG_KEEP" = 1 ] && echo '"bench.test"' )]
 
 [relay]
 trusted_networks = ["127.0.0.0/8"]
@@ -46,6 +49,10 @@ dir = "$PG_DIR/spool"
 [limits]
 max_connections = $PG_MAXCONN
 max_connections_per_ip = 0
+
+[delivery]
+enabled = $( [ "$PG_KEEP" = 1 ] && echo false || echo true )
+relay_host = "[${PG_SINK%:*}]:${PG_SINK##*:}"
 
 [log]
 level = "warn"
@@ -86,7 +93,7 @@ restart)
 status)
     if p=$(pid); then echo "running pid=$p qsize=$("$0" qsize)"; else echo "stopped"; exit 1; fi ;;
 qsize)
-    # Messages stay queued until delivery exists; count queue files.
+    # Messages in the queue: the message files (not their status files).
     find "$PG_DIR/spool/queue" -maxdepth 1 -type f ! -name '*.st' 2>/dev/null | wc -l ;;
 pids)
     pid ;;

@@ -626,7 +626,11 @@ pub struct DnsConfig {
 
 impl Default for DnsConfig {
     fn default() -> DnsConfig {
-        DnsConfig { nameservers: Vec::new(), timeout_secs: 5, attempts: 2 }
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout_secs: 5,
+            attempts: 2,
+        }
     }
 }
 

@@ -129,8 +129,14 @@ fn check_delivery(config: &mut Config, err: &mut impl FnMut(String, String)) {
     let d = &mut config.delivery;
     for (key, v) in [
         ("max_in_flight", d.max_in_flight as u64),
-        ("max_connections_per_destination", d.max_connections_per_destination as u64),
-        ("max_recipients_per_transaction", d.max_recipients_per_transaction as u64),
+        (
+            "max_connections_per_destination",
+            d.max_connections_per_destination as u64,
+        ),
+        (
+            "max_recipients_per_transaction",
+            d.max_recipients_per_transaction as u64,
+        ),
         ("first_retry_secs", d.first_retry_secs),
         ("max_retry_interval_secs", d.max_retry_interval_secs),
         ("max_queue_lifetime_secs", d.max_queue_lifetime_secs),
@@ -142,16 +148,25 @@ fn check_delivery(config: &mut Config, err: &mut impl FnMut(String, String)) {
         }
     }
     if d.max_in_flight > 100_000 {
-        err("delivery.max_in_flight".into(), format!("is {}; must be at most 100000", d.max_in_flight));
+        err(
+            "delivery.max_in_flight".into(),
+            format!("is {}; must be at most 100000", d.max_in_flight),
+        );
     }
     if !d.relay_host.is_empty() && !hop_ok(&d.relay_host) {
         err(
             "delivery.relay_host".into(),
-            format!("`{}` is not \"[host]:port\", \"host:port\" or \"host\"", d.relay_host),
+            format!(
+                "`{}` is not \"[host]:port\", \"host:port\" or \"host\"",
+                d.relay_host
+            ),
         );
     }
     if d.relay_login.is_empty() != d.relay_password.is_empty() {
-        err("delivery.relay_login".into(), "relay_login and relay_password go together".into());
+        err(
+            "delivery.relay_login".into(),
+            "relay_login and relay_password go together".into(),
+        );
     }
     let routes = std::mem::take(&mut d.routes);
     for (domain, hop) in routes {
@@ -164,7 +179,10 @@ fn check_delivery(config: &mut Config, err: &mut impl FnMut(String, String)) {
             }
         };
         if !hop_ok(&hop) {
-            err(key, format!("`{hop}` is not \"[host]:port\", \"host:port\" or \"host\""));
+            err(
+                key,
+                format!("`{hop}` is not \"[host]:port\", \"host:port\" or \"host\""),
+            );
             continue;
         }
         d.routes.insert(domain, hop);

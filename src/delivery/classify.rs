@@ -10,10 +10,19 @@ use crate::dns::DnsError;
 #[derive(Debug, Clone)]
 pub enum Event {
     /// The remote server accepted the message for this recipient.
-    Accepted { code: u16, text: String, remote: String },
+    Accepted {
+        code: u16,
+        text: String,
+        remote: String,
+    },
     /// The remote server answered with a non-2xx reply (at MAIL, RCPT or
     /// after the data, or at the greeting).
-    Reply { code: u16, enhanced: Option<String>, text: String, remote: String },
+    Reply {
+        code: u16,
+        enhanced: Option<String>,
+        text: String,
+        remote: String,
+    },
     Dns(DnsError),
     /// The domain publishes a null MX (RFC 7505).
     NullMx,
@@ -40,9 +49,20 @@ pub enum Event {
 /// The decision for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Delivered { remote: String, reply: String },
-    Transient { status: String, diagnostic: String, remote: Option<String> },
-    Permanent { status: String, diagnostic: String, remote: Option<String> },
+    Delivered {
+        remote: String,
+        reply: String,
+    },
+    Transient {
+        status: String,
+        diagnostic: String,
+        remote: Option<String>,
+    },
+    Permanent {
+        status: String,
+        diagnostic: String,
+        remote: Option<String>,
+    },
 }
 
 /// The status code of a reply: its enhanced code if it has a valid one of
@@ -81,7 +101,12 @@ pub fn classify(e: &Event) -> Verdict {
             remote: remote.clone(),
             reply: format!("{code} {text}"),
         },
-        Event::Reply { code, enhanced, text, remote } => {
+        Event::Reply {
+            code,
+            enhanced,
+            text,
+            remote,
+        } => {
             let status = reply_status(*code, enhanced.as_deref());
             let diag = match enhanced {
                 Some(en) => format!("{code} {en} {text}"),
@@ -94,24 +119,50 @@ pub fn classify(e: &Event) -> Verdict {
             } else {
                 // A 1xx/2xx/3xx where a failure was expected: the server
                 // is confused; try again later.
-                t("4.5.0", format!("unexpected reply: {diag}"), Some(remote.clone()))
+                t(
+                    "4.5.0",
+                    format!("unexpected reply: {diag}"),
+                    Some(remote.clone()),
+                )
             }
         }
         Event::Dns(DnsError::NotFound(why)) => p("5.1.2", format!("domain not found: {why}"), None),
-        Event::Dns(DnsError::Temporary(why)) => t("4.4.3", format!("DNS lookup failed: {why}"), None),
-        Event::NullMx => p("5.1.10", "the recipient domain does not accept mail (null MX, RFC 7505)".into(), None),
-        Event::Loop(host) => p("5.4.6", format!("mail for this domain loops back to myself ({host})"), None),
+        Event::Dns(DnsError::Temporary(why)) => {
+            t("4.4.3", format!("DNS lookup failed: {why}"), None)
+        }
+        Event::NullMx => p(
+            "5.1.10",
+            "the recipient domain does not accept mail (null MX, RFC 7505)".into(),
+            None,
+        ),
+        Event::Loop(host) => p(
+            "5.4.6",
+            format!("mail for this domain loops back to myself ({host})"),
+            None,
+        ),
         Event::Connect(why) => t("4.4.1", format!("cannot connect: {why}"), None),
         Event::Tls(why) => t("4.7.5", format!("TLS failure: {why}"), None),
         Event::Dropped(why) => t("4.4.2", format!("connection lost: {why}"), None),
-        Event::TooBig(remote) => p("5.3.4", "message too big for the remote server".into(), Some(remote.clone())),
-        Event::NeedsSmtputf8(remote) => {
-            p("5.6.7", "the message needs SMTPUTF8, which the remote server does not support".into(), Some(remote.clone()))
-        }
-        Event::Needs8bit(remote) => {
-            p("5.6.3", "the message has 8-bit content, which the remote server does not support".into(), Some(remote.clone()))
-        }
-        Event::Expired(last) => p("4.4.7", format!("message expired in the queue; last error: {last}"), None),
+        Event::TooBig(remote) => p(
+            "5.3.4",
+            "message too big for the remote server".into(),
+            Some(remote.clone()),
+        ),
+        Event::NeedsSmtputf8(remote) => p(
+            "5.6.7",
+            "the message needs SMTPUTF8, which the remote server does not support".into(),
+            Some(remote.clone()),
+        ),
+        Event::Needs8bit(remote) => p(
+            "5.6.3",
+            "the message has 8-bit content, which the remote server does not support".into(),
+            Some(remote.clone()),
+        ),
+        Event::Expired(last) => p(
+            "4.4.7",
+            format!("message expired in the queue; last error: {last}"),
+            None,
+        ),
         Event::Protocol(why) => t("4.5.0", format!("protocol error: {why}"), None),
     }
 }
@@ -121,29 +172,62 @@ mod tests {
     use super::*;
 
     fn reply(code: u16, enh: Option<&str>) -> Verdict {
-        classify(&Event::Reply { code, enhanced: enh.map(str::to_string), text: "x".into(), remote: "mx".into() })
+        classify(&Event::Reply {
+            code,
+            enhanced: enh.map(str::to_string),
+            text: "x".into(),
+            remote: "mx".into(),
+        })
     }
 
     #[test]
     fn replies() {
-        assert!(matches!(reply(450, Some("4.2.0")), Verdict::Transient { status, .. } if status == "4.2.0"));
-        assert!(matches!(reply(550, Some("5.1.1")), Verdict::Permanent { status, .. } if status == "5.1.1"));
+        assert!(
+            matches!(reply(450, Some("4.2.0")), Verdict::Transient { status, .. } if status == "4.2.0")
+        );
+        assert!(
+            matches!(reply(550, Some("5.1.1")), Verdict::Permanent { status, .. } if status == "5.1.1")
+        );
         // An enhanced code of the wrong class is not trusted.
-        assert!(matches!(reply(550, Some("4.1.1")), Verdict::Permanent { status, .. } if status == "5.0.0"));
+        assert!(
+            matches!(reply(550, Some("4.1.1")), Verdict::Permanent { status, .. } if status == "5.0.0")
+        );
         assert!(matches!(reply(421, None), Verdict::Transient { status, .. } if status == "4.0.0"));
         assert!(matches!(reply(250, None), Verdict::Transient { .. }));
     }
 
     #[test]
     fn other_outcomes() {
-        assert!(matches!(classify(&Event::Dns(DnsError::NotFound("x".into()))), Verdict::Permanent { .. }));
-        assert!(matches!(classify(&Event::Dns(DnsError::Temporary("x".into()))), Verdict::Transient { .. }));
-        assert!(matches!(classify(&Event::NullMx), Verdict::Permanent { status, .. } if status == "5.1.10"));
-        assert!(matches!(classify(&Event::Loop("me".into())), Verdict::Permanent { status, .. } if status == "5.4.6"));
-        assert!(matches!(classify(&Event::Connect("refused".into())), Verdict::Transient { .. }));
-        assert!(matches!(classify(&Event::Dropped("eof".into())), Verdict::Transient { .. }));
-        assert!(matches!(classify(&Event::TooBig("mx".into())), Verdict::Permanent { status, .. } if status == "5.3.4"));
-        assert!(matches!(classify(&Event::NeedsSmtputf8("mx".into())), Verdict::Permanent { status, .. } if status == "5.6.7"));
-        assert!(matches!(classify(&Event::Expired("x".into())), Verdict::Permanent { status, .. } if status == "4.4.7"));
+        assert!(matches!(
+            classify(&Event::Dns(DnsError::NotFound("x".into()))),
+            Verdict::Permanent { .. }
+        ));
+        assert!(matches!(
+            classify(&Event::Dns(DnsError::Temporary("x".into()))),
+            Verdict::Transient { .. }
+        ));
+        assert!(
+            matches!(classify(&Event::NullMx), Verdict::Permanent { status, .. } if status == "5.1.10")
+        );
+        assert!(
+            matches!(classify(&Event::Loop("me".into())), Verdict::Permanent { status, .. } if status == "5.4.6")
+        );
+        assert!(matches!(
+            classify(&Event::Connect("refused".into())),
+            Verdict::Transient { .. }
+        ));
+        assert!(matches!(
+            classify(&Event::Dropped("eof".into())),
+            Verdict::Transient { .. }
+        ));
+        assert!(
+            matches!(classify(&Event::TooBig("mx".into())), Verdict::Permanent { status, .. } if status == "5.3.4")
+        );
+        assert!(
+            matches!(classify(&Event::NeedsSmtputf8("mx".into())), Verdict::Permanent { status, .. } if status == "5.6.7")
+        );
+        assert!(
+            matches!(classify(&Event::Expired("x".into())), Verdict::Permanent { status, .. } if status == "4.4.7")
+        );
     }
 }

@@ -83,7 +83,10 @@ impl Handle {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Scheduling state of one queued message.
@@ -110,14 +113,21 @@ struct Ctx {
 
 impl Ctx {
     fn destination_limit(&self, key: &str) -> Arc<Semaphore> {
-        let mut map = self.per_destination.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .per_destination
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if map.len() > 10_000 {
             // Forget idle destinations (no permit taken) to stay bounded.
             let max = self.cfg.delivery.max_connections_per_destination;
             map.retain(|_, s| s.available_permits() < max);
         }
         map.entry(key.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.cfg.delivery.max_connections_per_destination)))
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(
+                    self.cfg.delivery.max_connections_per_destination,
+                ))
+            })
             .clone()
     }
 }
@@ -176,7 +186,14 @@ pub fn start(
         .unwrap_or_default();
         info!(messages = known.len(), "delivery started");
         for (id, due, hold) in known {
-            entries.insert(id, Entry { due, hold, ..Entry::default() });
+            entries.insert(
+                id,
+                Entry {
+                    due,
+                    hold,
+                    ..Entry::default()
+                },
+            );
             if !hold {
                 heap.push(Reverse((due, id)));
             }
@@ -187,23 +204,30 @@ pub fn start(
             // Launch what is due, within the in-flight limit.
             let now = unix_now();
             while running.len() < max_tasks {
-                let Some(Reverse((due, id))) = heap.peek().copied() else { break };
+                let Some(Reverse((due, id))) = heap.peek().copied() else {
+                    break;
+                };
                 if due > now {
                     break;
                 }
                 heap.pop();
-                let Some(e) = entries.get_mut(&id) else { continue };
+                let Some(e) = entries.get_mut(&id) else {
+                    continue;
+                };
                 if e.running || e.hold || e.due != due {
                     continue; // stale heap entry
                 }
                 e.running = true;
                 let ctx = ctx.clone();
                 let span = tracing::info_span!("msg", queue_id = %id);
-                running.spawn(async move { (id, deliver_message(&ctx, id).await) }.instrument(span));
+                running
+                    .spawn(async move { (id, deliver_message(&ctx, id).await) }.instrument(span));
             }
             let next_due = heap.peek().map(|Reverse((d, _))| *d);
             let sleep = match next_due {
-                Some(d) if running.len() < max_tasks => Duration::from_secs((d - now).clamp(0, 3600) as u64),
+                Some(d) if running.len() < max_tasks => {
+                    Duration::from_secs((d - now).clamp(0, 3600) as u64)
+                }
                 _ => Duration::from_secs(3600),
             };
             tokio::select! {
@@ -272,7 +296,11 @@ pub fn start(
 
 fn request_ids(r: &Request) -> Vec<QueueId> {
     match r {
-        Request::Flush(v) | Request::Hold(v) | Request::Release(v) | Request::Delete(v) | Request::Bounce(v) => v.clone(),
+        Request::Flush(v)
+        | Request::Hold(v)
+        | Request::Release(v)
+        | Request::Delete(v)
+        | Request::Bounce(v) => v.clone(),
     }
 }
 
@@ -391,13 +419,23 @@ async fn bounce_now(ctx: &Arc<Ctx>, id: QueueId) -> Result<(), String> {
         if rs.state == RcptState::Pending {
             rs.state = RcptState::Failed;
             rs.last_reply = "5.0.0 returned to sender by the mail administrator".into();
-            report.push(dsn_rcpt(&msg.envelope.recipients[i], DsnAction::Failed, "5.0.0", None, Some(rs.last_reply.clone()), Some(now)));
+            report.push(dsn_rcpt(
+                &msg.envelope.recipients[i],
+                DsnAction::Failed,
+                "5.0.0",
+                None,
+                Some(rs.last_reply.clone()),
+                Some(now),
+            ));
         }
     }
     warn!(queue_id = %id, recipients = report.len(), "returned to sender by the administrator");
     send_dsn(ctx, &msg, &report, false).await;
     let q = ctx.queue.clone();
-    tokio::task::spawn_blocking(move || q.remove(id)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+    tokio::task::spawn_blocking(move || q.remove(id))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 fn dsn_rcpt(
@@ -420,19 +458,6 @@ fn dsn_rcpt(
     }
 }
 
-/// Does this recipient's NOTIFY ask for a DSN of this kind? No NOTIFY
-/// means failures and delays (RFC 3461 §4.1).
-fn wants(r: &Recipient, flag: u8) -> bool {
-    let n = r.notify;
-    if n.has(Notify::NEVER) {
-        return false;
-    }
-    if n.0 == 0 {
-        return flag == Notify::FAILURE || flag == Notify::DELAY;
-    }
-    n.has(flag)
-}
-
 /// Builds and enqueues one DSN about `msg`. A message from the null
 /// sender never causes a DSN to its sender: its failures go to the
 /// postmaster (or nowhere), and never for a message to the postmaster.
@@ -444,7 +469,9 @@ async fn send_dsn(ctx: &Arc<Ctx>, msg: &StoredMessage, report: &[DsnRecipient], 
     let to = if !env.sender.is_empty() {
         env.sender.clone()
     } else {
-        let to_postmaster = report.iter().all(|r| r.final_recipient.eq_ignore_ascii_case(&ctx.postmaster));
+        let to_postmaster = report
+            .iter()
+            .all(|r| r.final_recipient.eq_ignore_ascii_case(&ctx.postmaster));
         if delay || ctx.cfg.delivery.double_bounce == DoubleBounce::Drop || to_postmaster {
             info!(queue_id = %msg.id, "no DSN: the message came from the null sender");
             return;
@@ -471,7 +498,11 @@ async fn send_dsn(ctx: &Arc<Ctx>, msg: &StoredMessage, report: &[DsnRecipient], 
     let bytes = dsn::build_dsn(&input);
     let envelope = Envelope {
         sender: String::new(),
-        recipients: vec![Recipient { address: to.clone(), orcpt: None, notify: Notify(Notify::NEVER) }],
+        recipients: vec![Recipient {
+            address: to.clone(),
+            orcpt: None,
+            notify: Notify(Notify::NEVER),
+        }],
         ret: None,
         envid: None,
         body_type: BodyType::EightBitMime,
@@ -502,7 +533,11 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
         Err(e) => {
             // Gone (deleted) or unreadable: nothing to deliver now.
             warn!(error = %e, "cannot read queued message");
-            return if ctx.queue.ids().contains(&id) { Next::At(unix_now() + 300) } else { Next::Done };
+            return if ctx.queue.ids().contains(&id) {
+                Next::At(unix_now() + 300)
+            } else {
+                Next::Done
+            };
         }
     };
     if msg.status.hold {
@@ -520,7 +555,11 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
         if rs.state != RcptState::Pending || rs.next_attempt > now {
             continue;
         }
-        let domain = r.address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+        let domain = r
+            .address
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
         if ctx.local_domains.contains(&domain) {
             local_waiting = true;
             continue;
@@ -531,15 +570,25 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
     let mut delivered_now = Vec::new();
     for (domain, idx) in by_domain {
         for chunk in idx.chunks(d.max_recipients_per_transaction.max(1)) {
-            let job = Job { msg: msg.clone(), domain: domain.clone(), rcpts: chunk.to_vec() };
+            let job = Job {
+                msg: msg.clone(),
+                domain: domain.clone(),
+                rcpts: chunk.to_vec(),
+            };
             let dest = ctx.transport.destination(&domain);
             let limit = ctx.destination_limit(&dest);
-            let (Ok(_g), Ok(_d)) = (ctx.global.clone().acquire_owned().await, limit.acquire_owned().await) else {
+            let (Ok(_g), Ok(_d)) = (
+                ctx.global.clone().acquire_owned().await,
+                limit.acquire_owned().await,
+            ) else {
                 return Next::At(now + 60);
             };
             let events = ctx.transport.deliver(&job).await;
             for (k, &i) in chunk.iter().enumerate() {
-                let event = events.get(k).cloned().unwrap_or_else(|| Event::Protocol("no outcome reported".into()));
+                let event = events
+                    .get(k)
+                    .cloned()
+                    .unwrap_or_else(|| Event::Protocol("no outcome reported".into()));
                 let rcpt = &msg.envelope.recipients[i];
                 let rs = &mut st.rcpts[i];
                 rs.attempts = rs.attempts.saturating_add(1);
@@ -548,21 +597,51 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                         info!(to = %rcpt.address, relay = %remote, reply = %reply, "delivered");
                         rs.state = RcptState::Delivered;
                         rs.last_reply = reply;
-                        if wants(rcpt, Notify::SUCCESS) {
-                            delivered_now.push(dsn_rcpt(rcpt, DsnAction::Relayed, "2.0.0", Some(remote), Some(rs.last_reply.clone()), Some(now)));
+                        if dsn::should_notify(rcpt.notify, DsnAction::Relayed) {
+                            delivered_now.push(dsn_rcpt(
+                                rcpt,
+                                DsnAction::Relayed,
+                                "2.0.0",
+                                Some(remote),
+                                Some(rs.last_reply.clone()),
+                                Some(now),
+                            ));
                         }
                     }
-                    Verdict::Permanent { status, diagnostic, remote } => {
+                    Verdict::Permanent {
+                        status,
+                        diagnostic,
+                        remote,
+                    } => {
                         warn!(to = %rcpt.address, status = %status, reason = %diagnostic, "failed");
                         rs.state = RcptState::Failed;
                         rs.last_reply = format!("{status} {diagnostic}");
-                        if wants(rcpt, Notify::FAILURE) {
-                            failed_now.push(dsn_rcpt(rcpt, DsnAction::Failed, &status, remote, Some(diagnostic), Some(now)));
+                        if dsn::should_notify(rcpt.notify, DsnAction::Failed) {
+                            failed_now.push(dsn_rcpt(
+                                rcpt,
+                                DsnAction::Failed,
+                                &status,
+                                remote,
+                                Some(diagnostic),
+                                Some(now),
+                            ));
                         }
                     }
-                    Verdict::Transient { status, diagnostic, remote } => {
+                    Verdict::Transient {
+                        status,
+                        diagnostic,
+                        remote,
+                    } => {
                         let seed = id.0 ^ (u64::from(rs.attempts) << 48) ^ i as u64;
-                        match retry::next_attempt(now, msg.arrival, rs.attempts, d.first_retry_secs, d.max_retry_interval_secs, d.max_queue_lifetime_secs, seed) {
+                        match retry::next_attempt(
+                            now,
+                            msg.arrival,
+                            rs.attempts,
+                            d.first_retry_secs,
+                            d.max_retry_interval_secs,
+                            d.max_queue_lifetime_secs,
+                            seed,
+                        ) {
                             Some(t) => {
                                 info!(to = %rcpt.address, status = %status, reason = %diagnostic, retry_at = t, "deferred");
                                 rs.next_attempt = t;
@@ -570,12 +649,22 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                             }
                             None => {
                                 let v = classify(&Event::Expired(format!("{status} {diagnostic}")));
-                                if let Verdict::Permanent { status, diagnostic, .. } = v {
+                                if let Verdict::Permanent {
+                                    status, diagnostic, ..
+                                } = v
+                                {
                                     warn!(to = %rcpt.address, reason = %diagnostic, "expired");
                                     rs.state = RcptState::Failed;
                                     rs.last_reply = format!("{status} {diagnostic}");
-                                    if wants(rcpt, Notify::FAILURE) {
-                                        failed_now.push(dsn_rcpt(rcpt, DsnAction::Failed, &status, remote, Some(diagnostic), Some(now)));
+                                    if dsn::should_notify(rcpt.notify, DsnAction::Failed) {
+                                        failed_now.push(dsn_rcpt(
+                                            rcpt,
+                                            DsnAction::Failed,
+                                            &status,
+                                            remote,
+                                            Some(diagnostic),
+                                            Some(now),
+                                        ));
                                     }
                                 }
                             }
@@ -586,14 +675,32 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
         }
     }
     // Status first (a crash after it never repeats a delivery), then DSNs.
-    let pending: Vec<&RcptStatus> = st.rcpts.iter().filter(|r| r.state == RcptState::Pending).collect();
+    let pending: Vec<&RcptStatus> = st
+        .rcpts
+        .iter()
+        .filter(|r| r.state == RcptState::Pending)
+        .collect();
     let all_done = pending.is_empty();
     let mut delay_report = Vec::new();
-    if !all_done && !st.delay_warned && d.delay_warning_secs > 0 && now - msg.arrival >= d.delay_warning_secs as i64 {
+    if !all_done
+        && !st.delay_warned
+        && d.delay_warning_secs > 0
+        && now - msg.arrival >= d.delay_warning_secs as i64
+    {
         for (i, rs) in st.rcpts.iter().enumerate() {
             let r = &msg.envelope.recipients[i];
-            if rs.state == RcptState::Pending && wants(r, Notify::DELAY) && !local_waiting {
-                let mut dr = dsn_rcpt(r, DsnAction::Delayed, status_of(&rs.last_reply, "4.0.0"), None, Some(rs.last_reply.clone()), Some(now));
+            if rs.state == RcptState::Pending
+                && dsn::should_notify(r.notify, DsnAction::Delayed)
+                && !local_waiting
+            {
+                let mut dr = dsn_rcpt(
+                    r,
+                    DsnAction::Delayed,
+                    status_of(&rs.last_reply, "4.0.0"),
+                    None,
+                    Some(rs.last_reply.clone()),
+                    Some(now),
+                );
                 dr.will_retry_until = Some(msg.arrival + d.max_queue_lifetime_secs as i64);
                 delay_report.push(dr);
             }
@@ -609,15 +716,14 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
         .min()
         .unwrap_or(now + d.max_retry_interval_secs as i64);
     st.next_attempt = next;
-    if !all_done {
+    let attempted = st.rcpts != msg.status.rcpts || st.delay_warned != msg.status.delay_warned;
+    if !all_done && attempted {
+        // Saved before any DSN goes out: a crash after this never repeats
+        // a delivery that is recorded here.
         if let Err(e) = write_status(ctx, id, st.clone()).await {
             warn!(error = %e, "cannot save delivery status; will retry");
             return Next::At(now + 60);
         }
-    } else if let Err(e) = write_status(ctx, id, st.clone()).await {
-        // Saving before removal keeps a crash between DSN and removal from
-        // delivering twice; if it fails, the removal below still happens.
-        warn!(error = %e, "cannot save final delivery status");
     }
     let mut report = failed_now;
     report.extend(delivered_now);

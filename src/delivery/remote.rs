@@ -25,8 +25,8 @@ use super::{BoxFuture, Job};
 use crate::config::{Config, IpPreference as CfgIpPreference, TlsPolicy};
 use crate::dns::{DnsError, IpPreference, MxAnswer, Resolver};
 use crate::proto::client::{
-    ClientConfig, ClientEvent, ClientSession, OutMessage, RcptOutcome, ServerReply, SessionOutcome, Stage,
-    StartTls,
+    ClientConfig, ClientEvent, ClientSession, OutMessage, RcptOutcome, ServerReply, SessionOutcome,
+    Stage, StartTls,
 };
 use crate::proto::sasl::Credentials;
 
@@ -56,7 +56,10 @@ fn parse_hop(s: &str, default_port: u16) -> Option<Hop> {
         if host.is_empty() {
             return None;
         }
-        return Some(Hop::Direct { host: host.to_ascii_lowercase(), port });
+        return Some(Hop::Direct {
+            host: host.to_ascii_lowercase(),
+            port,
+        });
     }
     let (host, port) = match s.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().ok()?),
@@ -65,7 +68,10 @@ fn parse_hop(s: &str, default_port: u16) -> Option<Hop> {
     if host.is_empty() {
         return None;
     }
-    Some(Hop::Mx { domain: host.to_ascii_lowercase(), port })
+    Some(Hop::Mx {
+        domain: host.to_ascii_lowercase(),
+        port,
+    })
 }
 
 /// Opportunistic TLS: accept any certificate, but record whether it would
@@ -110,7 +116,12 @@ impl ServerCertVerifier for RecordingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -119,11 +130,18 @@ impl ServerCertVerifier for RecordingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -140,23 +158,41 @@ fn connector(require: bool) -> (tokio_rustls::TlsConnector, Arc<RecordingVerifie
     let inner = if roots.is_empty() {
         None
     } else {
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()))
-            .build()
-            .ok()
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(provider()),
+        )
+        .build()
+        .ok()
     };
-    let verifier = Arc::new(RecordingVerifier { inner, seen: Mutex::new(HashMap::new()), require });
+    let verifier = Arc::new(RecordingVerifier {
+        inner,
+        seen: Mutex::new(HashMap::new()),
+        require,
+    });
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map(|b| b.dangerous().with_custom_certificate_verifier(verifier.clone()).with_no_client_auth());
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(verifier.clone())
+                .with_no_client_auth()
+        });
     let cfg = match cfg {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "TLS client setup failed; using defaults");
             rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
                 .with_safe_default_protocol_versions()
-                .map(|b| b.dangerous().with_custom_certificate_verifier(verifier.clone()).with_no_client_auth())
+                .map(|b| {
+                    b.dangerous()
+                        .with_custom_certificate_verifier(verifier.clone())
+                        .with_no_client_auth()
+                })
                 .unwrap_or_else(|_| {
-                    rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(verifier.clone()).with_no_client_auth()
+                    rustls::ClientConfig::builder()
+                        .dangerous()
+                        .with_custom_certificate_verifier(verifier.clone())
+                        .with_no_client_auth()
                 })
         }
     };
@@ -236,7 +272,10 @@ impl RemoteTransport {
                 return h;
             }
         }
-        Hop::Mx { domain: domain.to_string(), port: d.remote_port }
+        Hop::Mx {
+            domain: domain.to_string(),
+            port: d.remote_port,
+        }
     }
 
     fn via_relay(&self, domain: &str) -> bool {
@@ -245,13 +284,16 @@ impl RemoteTransport {
 
     fn is_us(&self, ip: IpAddr, port: u16) -> bool {
         self.own_addrs.iter().any(|a| {
-            a.port() == port && (a.ip() == ip || (a.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
+            a.port() == port
+                && (a.ip() == ip
+                    || (a.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
         })
     }
 
     fn tls_recently_failed(&self, host: &str) -> bool {
         let m = self.tls_failed.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(host).is_some_and(|t| t.elapsed() < TLS_FALLBACK_MEMORY)
+        m.get(host)
+            .is_some_and(|t| t.elapsed() < TLS_FALLBACK_MEMORY)
     }
 
     fn remember_tls_failure(&self, host: &str) {
@@ -266,7 +308,10 @@ impl RemoteTransport {
     async fn hosts(&self, domain: &str) -> Result<(Vec<String>, u16), Event> {
         match self.hop(domain) {
             Hop::Direct { host, port } => Ok((vec![host], port)),
-            Hop::Mx { domain: target, port } => match self.resolver.mx(&target).await {
+            Hop::Mx {
+                domain: target,
+                port,
+            } => match self.resolver.mx(&target).await {
                 Ok(MxAnswer::Mx(list)) => Ok((list.into_iter().map(|m| m.host).collect(), port)),
                 Ok(MxAnswer::Implicit(d)) => Ok((vec![d], port)),
                 Ok(MxAnswer::NullMx) => Err(Event::NullMx),
@@ -299,7 +344,9 @@ impl RemoteTransport {
                     Err(e) => {
                         // A host of several MX without addresses: try the others.
                         last = match e {
-                            DnsError::NotFound(w) => Event::Connect(format!("{host}: no address ({w})")),
+                            DnsError::NotFound(w) => {
+                                Event::Connect(format!("{host}: no address ({w})"))
+                            }
                             t => Event::Dns(t),
                         };
                         continue;
@@ -342,7 +389,11 @@ impl RemoteTransport {
         ccfg.use_starttls = match policy {
             TlsPolicy::None => StartTls::Never,
             TlsPolicy::Required => StartTls::Required,
-            TlsPolicy::Opportunistic if d.tls_fallback_plaintext && self.tls_recently_failed(host) => StartTls::Never,
+            TlsPolicy::Opportunistic
+                if d.tls_fallback_plaintext && self.tls_recently_failed(host) =>
+            {
+                StartTls::Never
+            }
             TlsPolicy::Opportunistic => StartTls::Opportunistic,
         };
         if relay && !d.relay_login.is_empty() {
@@ -357,7 +408,11 @@ impl RemoteTransport {
         let env = &msg.envelope;
         let out = OutMessage {
             sender: env.sender.clone(),
-            recipients: job.rcpts.iter().map(|&i| env.recipients[i].clone()).collect(),
+            recipients: job
+                .rcpts
+                .iter()
+                .map(|&i| env.recipients[i].clone())
+                .collect(),
             size: msg.body.len() as u64,
             body_type: env.body_type,
             smtputf8: env.smtputf8,
@@ -398,15 +453,27 @@ impl RemoteTransport {
                         Ok(n) => n,
                         Err(_) => ServerName::IpAddress(ip.into()),
                     };
-                    let (conn, verifier) = if policy == TlsPolicy::Required { &self.required } else { &self.opportunistic };
+                    let (conn, verifier) = if policy == TlsPolicy::Required {
+                        &self.required
+                    } else {
+                        &self.opportunistic
+                    };
                     match timeout(Duration::from_secs(60), conn.connect(name.clone(), tcp)).await {
                         Ok(Ok(s)) => {
                             let c = s.get_ref().1;
-                            let verified = verifier.seen.lock().ok().and_then(|m| m.get(name.to_str().as_ref()).copied()).unwrap_or(false);
+                            let verified = verifier
+                                .seen
+                                .lock()
+                                .ok()
+                                .and_then(|m| m.get(name.to_str().as_ref()).copied())
+                                .unwrap_or(false);
                             tls_desc = format!(
                                 "{:?} {:?} certificate {}",
-                                c.protocol_version().unwrap_or(rustls::ProtocolVersion::Unknown(0)),
-                                c.negotiated_cipher_suite().map(|s| s.suite()).unwrap_or(rustls::CipherSuite::Unknown(0)),
+                                c.protocol_version()
+                                    .unwrap_or(rustls::ProtocolVersion::Unknown(0)),
+                                c.negotiated_cipher_suite()
+                                    .map(|s| s.suite())
+                                    .unwrap_or(rustls::CipherSuite::Unknown(0)),
                                 if verified { "verified" } else { "not verified" }
                             );
                             stream = Stream::Tls(Box::new(s));
@@ -419,7 +486,9 @@ impl RemoteTransport {
                         }
                         Err(_) => {
                             self.remember_tls_failure(host);
-                            return Attempt::TryNext(Event::Tls(format!("{remote}: handshake timed out")));
+                            return Attempt::TryNext(Event::Tls(format!(
+                                "{remote}: handshake timed out"
+                            )));
                         }
                     }
                 }
@@ -460,9 +529,15 @@ impl RemoteTransport {
                 .iter()
                 .map(|o| match o {
                     RcptOutcome::Accepted(rep) if (200..300).contains(&rep.code) => {
-                        Event::Accepted { code: rep.code, text: reply_text(rep), remote: remote.clone() }
+                        Event::Accepted {
+                            code: rep.code,
+                            text: reply_text(rep),
+                            remote: remote.clone(),
+                        }
                     }
-                    RcptOutcome::Accepted(rep) | RcptOutcome::Rejected(rep) => reply_event(rep, &remote),
+                    RcptOutcome::Accepted(rep) | RcptOutcome::Rejected(rep) => {
+                        reply_event(rep, &remote)
+                    }
                 })
                 .collect();
             return Attempt::Done(events);
@@ -478,11 +553,21 @@ impl RemoteTransport {
                     return Attempt::Done(vec![e; out.recipients.len()]);
                 }
             }
-            SessionOutcome::TlsNotOffered => Event::Tls(format!("{remote}: STARTTLS required but not offered")),
-            SessionOutcome::AuthUnavailable(why) => Event::Protocol(format!("{remote}: cannot authenticate: {why}")),
-            SessionOutcome::ProtocolError { detail, .. } => Event::Protocol(format!("{remote}: {detail}")),
-            SessionOutcome::ConnectionLost { stage } => Event::Dropped(format!("{remote} during {stage:?}")),
-            SessionOutcome::Quit => Event::Protocol(format!("{remote}: session ended without a transaction")),
+            SessionOutcome::TlsNotOffered => {
+                Event::Tls(format!("{remote}: STARTTLS required but not offered"))
+            }
+            SessionOutcome::AuthUnavailable(why) => {
+                Event::Protocol(format!("{remote}: cannot authenticate: {why}"))
+            }
+            SessionOutcome::ProtocolError { detail, .. } => {
+                Event::Protocol(format!("{remote}: {detail}"))
+            }
+            SessionOutcome::ConnectionLost { stage } => {
+                Event::Dropped(format!("{remote} during {stage:?}"))
+            }
+            SessionOutcome::Quit => {
+                Event::Protocol(format!("{remote}: session ended without a transaction"))
+            }
         })
     }
 }
@@ -522,10 +607,34 @@ mod tests {
 
     #[test]
     fn hops() {
-        assert_eq!(parse_hop("[smtp.isp.test]:587", 25), Some(Hop::Direct { host: "smtp.isp.test".into(), port: 587 }));
-        assert_eq!(parse_hop("[127.0.0.1]", 25), Some(Hop::Direct { host: "127.0.0.1".into(), port: 25 }));
-        assert_eq!(parse_hop("relay.test:2525", 25), Some(Hop::Mx { domain: "relay.test".into(), port: 2525 }));
-        assert_eq!(parse_hop("Relay.test", 25), Some(Hop::Mx { domain: "relay.test".into(), port: 25 }));
+        assert_eq!(
+            parse_hop("[smtp.isp.test]:587", 25),
+            Some(Hop::Direct {
+                host: "smtp.isp.test".into(),
+                port: 587
+            })
+        );
+        assert_eq!(
+            parse_hop("[127.0.0.1]", 25),
+            Some(Hop::Direct {
+                host: "127.0.0.1".into(),
+                port: 25
+            })
+        );
+        assert_eq!(
+            parse_hop("relay.test:2525", 25),
+            Some(Hop::Mx {
+                domain: "relay.test".into(),
+                port: 2525
+            })
+        );
+        assert_eq!(
+            parse_hop("Relay.test", 25),
+            Some(Hop::Mx {
+                domain: "relay.test".into(),
+                port: 25
+            })
+        );
         assert_eq!(parse_hop("[]:25", 25), None);
         assert_eq!(parse_hop("[x]junk", 25), None);
         assert_eq!(parse_hop("x:notaport", 25), None);

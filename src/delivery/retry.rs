@@ -27,7 +27,15 @@ pub fn jitter(delay: u64, seed: u64) -> u64 {
 
 /// When to try again after `attempts` failures, or None when the message
 /// has been queued for longer than `lifetime` seconds and must be returned.
-pub fn next_attempt(now: i64, arrival: i64, attempts: u32, first: u64, max: u64, lifetime: u64, seed: u64) -> Option<i64> {
+pub fn next_attempt(
+    now: i64,
+    arrival: i64,
+    attempts: u32,
+    first: u64,
+    max: u64,
+    lifetime: u64,
+    seed: u64,
+) -> Option<i64> {
     let age = now.saturating_sub(arrival).max(0) as u64;
     if age >= lifetime {
         return None;
@@ -65,6 +73,9 @@ mod tests {
     fn expiry() {
         let day = 86_400;
         assert!(next_attempt(1000 + 4 * day, 1000, 3, 300, 3600, 5 * day as u64, 1).is_some());
-        assert_eq!(next_attempt(1000 + 5 * day, 1000, 3, 300, 3600, 5 * day as u64, 1), None);
+        assert_eq!(
+            next_attempt(1000 + 5 * day, 1000, 3, 300, 3600, 5 * day as u64, 1),
+            None
+        );
     }
 }

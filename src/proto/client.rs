@@ -1207,7 +1207,8 @@ impl ClientSession {
     }
 
     fn unexpected(&mut self, expect: Expect, reply: &ServerReply) {
-        self.protocol_error(format!("unexpected reply to {:?}: {reply}", expect.stage()));
+        let stage = expect.stage();
+        self.protocol_error_at(stage, format!("unexpected reply to {stage:?}: {reply}"));
     }
 
     fn send_line(&mut self, line: &str) {
@@ -1454,6 +1455,10 @@ impl ClientSession {
 
     fn protocol_error(&mut self, detail: String) {
         let stage = self.stage();
+        self.protocol_error_at(stage, detail);
+    }
+
+    fn protocol_error_at(&mut self, stage: Stage, detail: String) {
         self.abort(
             SessionOutcome::ProtocolError { stage, detail },
             ServerReply::local(451, (4, 5, 0), "protocol error in the server's reply"),

@@ -1348,6 +1348,9 @@ impl Host for FakeHost {
     }
 }
 
+/// What the server stored: (recipients, content) per message.
+type Stored = Vec<(Vec<String>, Vec<u8>)>;
+
 /// Removes the CHUNKING line from an EHLO reply in `bytes`, if there.
 fn hide_chunking(bytes: Vec<u8>) -> Vec<u8> {
     let text = String::from_utf8(bytes).unwrap();
@@ -1367,10 +1370,7 @@ fn hide_chunking(bytes: Vec<u8>) -> Vec<u8> {
 
 /// Transfers `msgs` (each with its content) to a ServerSession; returns the
 /// results and what the server stored (recipients, content).
-fn loopback(
-    msgs: &[(OutMessage, Vec<u8>)],
-    chunking: bool,
-) -> (Vec<TransactionResult>, Vec<(Vec<String>, Vec<u8>)>) {
+fn loopback(msgs: &[(OutMessage, Vec<u8>)], chunking: bool) -> (Vec<TransactionResult>, Stored) {
     let scfg = SessionConfig {
         hostname: "mx.test".into(),
         max_command_line: 512,

@@ -3,14 +3,14 @@
 
 pub mod address;
 pub mod client;
+#[cfg(test)]
+mod client_tests;
 pub mod command;
 pub mod data;
 pub mod envelope;
 pub mod reply;
 pub mod sasl;
 pub mod session;
-#[cfg(test)]
-mod client_tests;
 #[cfg(test)]
 mod session_tests;
 

@@ -177,7 +177,12 @@ pub fn encode_status(st: &MessageStatus) -> Vec<u8> {
     out.extend_from_slice(STATUS_MAGIC);
     out.push(VERSION);
     put_record(&mut out, rec::NEXT, &st.next_attempt.to_le_bytes());
-    let flags = if st.hold { flag::HOLD } else { 0 } | if st.delay_warned { flag::DELAY_WARNED } else { 0 };
+    let flags = if st.hold { flag::HOLD } else { 0 }
+        | if st.delay_warned {
+            flag::DELAY_WARNED
+        } else {
+            0
+        };
     if flags != 0 {
         put_record(&mut out, rec::FLAGS, &flags.to_le_bytes());
     }
@@ -554,7 +559,9 @@ pub(crate) fn decode_status_bytes(bytes: &[u8]) -> Result<MessageStatus, String>
         let at = recs.pos;
         match recs.next()?.ok_or("missing END record")? {
             (rec::FLAGS, p) if rcpts.is_empty() && flags == 0 => {
-                flags = le_u32(p).filter(|_| p.len() == 4).ok_or("bad FLAGS record")?;
+                flags = le_u32(p)
+                    .filter(|_| p.len() == 4)
+                    .ok_or("bad FLAGS record")?;
                 if flags & !(flag::HOLD | flag::DELAY_WARNED) != 0 || flags == 0 {
                     return Err(format!("unknown flags 0x{flags:x} at offset {at}"));
                 }

@@ -37,7 +37,10 @@ pub struct SummaryRcpt {
 }
 
 /// Reads the status file of `id`, if any. `Ok(None)` when there is none.
-pub(crate) fn read_status(queue_dir: &Path, id: QueueId) -> Result<Option<MessageStatus>, ReadError> {
+pub(crate) fn read_status(
+    queue_dir: &Path,
+    id: QueueId,
+) -> Result<Option<MessageStatus>, ReadError> {
     match fs::read(queue_dir.join(format!("{id}.st"))) {
         Ok(b) => codec::decode_status_bytes(&b)
             .map(Some)

@@ -56,7 +56,9 @@ impl Drop for Sink {
 
 impl Sink {
     pub async fn start(addr: SocketAddr, b: Behaviour) -> Sink {
-        let listener = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
@@ -64,12 +66,20 @@ impl Sink {
         let (r, c, t) = (received.clone(), connections.clone(), transactions.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((s, _)) = listener.accept().await else { return };
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
                 let n = c.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(serve(s, b.clone(), r.clone(), t.clone(), n));
             }
         });
-        Sink { addr, received, connections, transactions, task }
+        Sink {
+            addr,
+            received,
+            connections,
+            transactions,
+            task,
+        }
     }
 
     pub fn messages(&self) -> Vec<Received> {
@@ -84,13 +94,24 @@ impl Sink {
             if m.len() >= n {
                 return m;
             }
-            assert!(std::time::Instant::now() < deadline, "sink {} got {} of {n} messages", self.addr, m.len());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sink {} got {} of {n} messages",
+                self.addr,
+                m.len()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
-async fn serve(s: tokio::net::TcpStream, b: Behaviour, received: Arc<Mutex<Vec<Received>>>, tx_count: Arc<AtomicUsize>, conn: usize) {
+async fn serve(
+    s: tokio::net::TcpStream,
+    b: Behaviour,
+    received: Arc<Mutex<Vec<Received>>>,
+    tx_count: Arc<AtomicUsize>,
+    conn: usize,
+) {
     let (r, mut w) = s.into_split();
     let mut r = BufReader::new(r);
     tokio::time::sleep(b.greeting_delay).await;
@@ -109,7 +130,13 @@ async fn serve(s: tokio::net::TcpStream, b: Behaviour, received: Arc<Mutex<Vec<R
         let l = line.trim_end_matches(['\r', '\n']).to_string();
         let up = l.to_ascii_uppercase();
         let reply: String = if up.starts_with("EHLO") || up.starts_with("LHLO") {
-            let mut kw = vec!["PIPELINING", "8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES"];
+            let mut kw = vec![
+                "PIPELINING",
+                "8BITMIME",
+                "SMTPUTF8",
+                "DSN",
+                "ENHANCEDSTATUSCODES",
+            ];
             kw.retain(|k| !b.without.iter().any(|x| x == k));
             let mut s = String::from("250-sink.test\r\n");
             if b.size > 0 {
@@ -129,15 +156,33 @@ async fn serve(s: tokio::net::TcpStream, b: Behaviour, received: Arc<Mutex<Vec<R
             if fail_this {
                 "451 4.3.0 try again later\r\n".into()
             } else {
-                let from = l[10..].split(' ').next().unwrap_or("").trim_matches(['<', '>']).to_string();
-                cur = Some(Received { mail_from: from, rcpts: vec![], lines: vec![l.clone()], data: vec![], connection: conn });
+                let from = l[10..]
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+                    .trim_matches(['<', '>'])
+                    .to_string();
+                cur = Some(Received {
+                    mail_from: from,
+                    rcpts: vec![],
+                    lines: vec![l.clone()],
+                    data: vec![],
+                    connection: conn,
+                });
                 "250 2.1.0 ok\r\n".into()
             }
         } else if up.starts_with("RCPT TO:") {
-            let to = l[8..].split(' ').next().unwrap_or("").trim_matches(['<', '>']).to_string();
+            let to = l[8..]
+                .split(' ')
+                .next()
+                .unwrap_or("")
+                .trim_matches(['<', '>'])
+                .to_string();
             match cur.as_mut() {
                 None => "503 5.5.1 need MAIL\r\n".into(),
-                Some(_) if b.reject_rcpts.iter().any(|x| x.eq_ignore_ascii_case(&to)) => "550 5.1.1 no such user here\r\n".into(),
+                Some(_) if b.reject_rcpts.iter().any(|x| x.eq_ignore_ascii_case(&to)) => {
+                    "550 5.1.1 no such user here\r\n".into()
+                }
                 Some(c) => {
                     c.rcpts.push(to);
                     c.lines.push(l.clone());
@@ -178,7 +223,11 @@ async fn serve(s: tokio::net::TcpStream, b: Behaviour, received: Arc<Mutex<Vec<R
             }
         } else if up.starts_with("BDAT") {
             // Not offered; read and refuse.
-            let n: usize = up.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+            let n: usize = up
+                .split(' ')
+                .nth(1)
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
             let mut sink = vec![0u8; n];
             let _ = r.read_exact(&mut sink).await;
             "502 5.5.1 BDAT not offered\r\n".into()
