@@ -83,6 +83,7 @@ for t in $TARGETS; do
         if [ "$t" = postfix ]; then unset PF_MAXPROC; peer postfix stop >/dev/null; fi
     done
     peer "$t" stop >/dev/null || true
+    [ "$t" = pigeon ] && peer pigeon clean >/dev/null
     python3 "$KIT/lib/table.py" --title "$t" "$RAW" > "$OUT/$t.md"
 done
 cat "$OUT"/*.md

@@ -481,3 +481,29 @@ async fn hold_release_bounce_delete_through_the_control_socket() {
     let _ = cstop.send(true);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_to_one_destination_share_a_connection() {
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    let dest = Sink::start(ip(4, port), Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    for i in 0..3 {
+        d.send(
+            "s@s.test",
+            &["w@b.test"],
+            &format!("Subject: {i}\r\n\r\nx\r\n"),
+        )
+        .await;
+        dest.wait_for(i + 1, 20).await;
+    }
+    let got = dest.messages();
+    assert_eq!(got.len(), 3);
+    assert_eq!(
+        dest.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one connection, three transactions"
+    );
+    d.stop().await;
+}

@@ -78,8 +78,9 @@ ensure_client_tools() {
     note "installing ${want[*]}"
     local policy_added=0 rc=0
     case " ${want[*]} " in *" postfix "*)
-        # Postfix is only wanted for /usr/sbin/smtp-source: no configuration,
-        # and its daemon must not start.
+        # Postfix is wanted for /usr/sbin/smtp-source and for the separate
+        # instance tests/clients/postfix_peer.py runs with its own config:
+        # no configuration here, and the default daemon must not start.
         printf '%s\n' \
             'postfix postfix/main_mailer_type select No configuration' \
             'postfix postfix/mailname string pigeon.test' | debconf-set-selections 2>/dev/null || true

@@ -2,7 +2,7 @@
 # benches/peers/pigeon.sh - run pigeon as a peer of the shared benchmark kit
 # (same interface as the kit's peers/postfix.sh).
 #
-# Usage: benches/peers/pigeon.sh start|stop|restart|status|qsize|pids|flush|conf
+# Usage: benches/peers/pigeon.sh start|stop|restart|status|qsize|pids|flush|clean|conf
 #
 # pigeon listens ONLY on $PG_LISTEN (default 127.0.0.1:2545), accepts mail
 # from 127.0.0.0/8 (durably, fsync on, spool under $PG_DIR) and relays every
@@ -99,13 +99,19 @@ pids)
     pid ;;
 flush)
     pid >/dev/null && { echo "stop pigeon before flushing its spool" >&2; exit 1; }
-    # Let the deleted inodes age out before the next run: ext4 without a
-    # journal skips recently freed inodes when it allocates new ones (up to
-    # ~35 s while their inode table block is dirty, 5 s once written), which
-    # would bill the previous run's clean-up to the next one.
-    rm -rf "$PG_DIR/spool"; sync; sleep 6; echo "spool emptied" ;;
+    # The old spool is moved aside, not deleted, and removed only by
+    # `clean`: ext4 without a journal (this machine's root file system)
+    # skips inodes freed in the last 60 s when it allocates new ones, at a
+    # high CPU cost, which would bill one run's clean-up to the next run.
+    if [ -d "$PG_DIR/spool" ]; then
+        mkdir -p "$PG_DIR/trash"
+        mv "$PG_DIR/spool" "$PG_DIR/trash/spool.$(date +%s%N)"
+    fi
+    echo "spool emptied" ;;
+clean)
+    rm -rf "$PG_DIR/trash"; echo "old spools removed" ;;
 conf)
     gen_conf; cat "$PG_DIR/pigeon.toml" ;;
 *)
-    echo "usage: $0 start|stop|restart|status|qsize|pids|flush|conf" >&2; exit 2 ;;
+    echo "usage: $0 start|stop|restart|status|qsize|pids|flush|clean|conf" >&2; exit 2 ;;
 esac

@@ -224,6 +224,23 @@ impl Stream {
     }
 }
 
+/// A connection kept open after a transaction, for the next message to the
+/// same destination.
+struct Idle {
+    client: ClientSession,
+    stream: Stream,
+    host: String,
+    ip: IpAddr,
+    since: Instant,
+    tls: String,
+}
+
+/// The connection a session runs on.
+enum Conn {
+    Fresh(TcpStream),
+    Reused(Box<Idle>),
+}
+
 /// What one connection attempt came to.
 enum Attempt {
     /// Final outcomes for this attempt, one per recipient.
@@ -242,6 +259,8 @@ pub struct RemoteTransport {
     own_addrs: Vec<SocketAddr>,
     /// Hosts whose TLS handshake failed, and when.
     tls_failed: Mutex<HashMap<String, Instant>>,
+    /// Open connections waiting for the next message, by destination.
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
 }
 
 impl RemoteTransport {
@@ -255,6 +274,7 @@ impl RemoteTransport {
             own_names,
             own_addrs,
             tls_failed: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::new()),
             resolver,
             cfg,
         }
@@ -320,8 +340,46 @@ impl RemoteTransport {
         }
     }
 
+    fn reuse_window(&self) -> Duration {
+        Duration::from_secs(self.cfg.delivery.connection_reuse_secs)
+    }
+
+    /// An idle connection to this destination that is still fresh.
+    fn take_idle(&self, key: &str) -> Option<Idle> {
+        let window = self.reuse_window();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Drop every expired connection while we are here.
+        idle.retain(|_, v| {
+            v.retain(|c| c.since.elapsed() < window);
+            !v.is_empty()
+        });
+        idle.get_mut(key).and_then(|v| v.pop())
+    }
+
+    fn put_idle(&self, key: String, c: Idle) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let v = idle.entry(key).or_default();
+        if v.len() < self.cfg.delivery.max_connections_per_destination {
+            v.push(c);
+        }
+    }
+
     async fn run(&self, job: &Job) -> Vec<Event> {
         let n = job.rcpts.len();
+        if !self.reuse_window().is_zero() {
+            let key = super::Transport::destination(self, &job.domain);
+            while let Some(c) = self.take_idle(&key) {
+                let (host, ip) = (c.host.clone(), c.ip);
+                match self
+                    .session(job, &host, ip, Conn::Reused(Box::new(c)))
+                    .await
+                {
+                    Attempt::Done(events) => return events,
+                    // The kept connection had gone stale: another, or a new one.
+                    Attempt::TryNext(_) => {}
+                }
+            }
+        }
         let (hosts, port) = match self.hosts(&job.domain).await {
             Ok(h) => h,
             Err(e) => return vec![e; n],
@@ -371,7 +429,7 @@ impl RemoteTransport {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                match self.session(job, host, ip, tcp).await {
+                match self.session(job, host, ip, Conn::Fresh(tcp)).await {
                     Attempt::Done(events) => return events,
                     Attempt::TryNext(e) => last = e,
                 }
@@ -381,7 +439,7 @@ impl RemoteTransport {
     }
 
     /// One SMTP session with one host: the whole job, or why not.
-    async fn session(&self, job: &Job, host: &str, ip: IpAddr, tcp: TcpStream) -> Attempt {
+    async fn session(&self, job: &Job, host: &str, ip: IpAddr, conn: Conn) -> Attempt {
         let d = &self.cfg.delivery;
         let relay = self.via_relay(&job.domain);
         let policy = if relay { d.relay_tls } else { d.starttls };
@@ -419,14 +477,22 @@ impl RemoteTransport {
             ret: env.ret,
             envid: env.envid.clone(),
         };
-        let mut client = ClientSession::new(ccfg);
-        let mut stream = Stream::Plain(tcp);
+        let reused = matches!(conn, Conn::Reused(_));
+        let (mut client, mut stream, mut tls_desc) = match conn {
+            Conn::Fresh(tcp) => (
+                ClientSession::new(ccfg),
+                Stream::Plain(tcp),
+                String::from("none"),
+            ),
+            Conn::Reused(idle) => (idle.client, idle.stream, idle.tls),
+        };
+        let keep_open = !self.reuse_window().is_zero();
         let mut buf: Vec<u8> = Vec::new();
         let mut sent = false;
         let mut refusal: Option<Vec<Event>> = None;
         let mut result = None;
-        let mut tls_desc = String::from("none");
-        let outcome = loop {
+        // None: the connection is kept for the next message.
+        let outcome: Option<SessionOutcome> = loop {
             match client.poll() {
                 ClientEvent::Send(bytes) => {
                     let t = Duration::from_secs(client.timeout_class().secs());
@@ -494,7 +560,9 @@ impl RemoteTransport {
                 }
                 ClientEvent::NeedBody => client.body_chunk(&msg.body, true),
                 ClientEvent::Ready => {
-                    if sent {
+                    if sent && keep_open && result.is_some() {
+                        break None;
+                    } else if sent {
                         client.quit();
                     } else {
                         sent = true;
@@ -516,31 +584,40 @@ impl RemoteTransport {
                     }
                 }
                 ClientEvent::TransactionDone(r) => result = Some(r),
-                ClientEvent::Closed(o) => break o,
+                ClientEvent::Closed(o) => break Some(o),
             }
         };
+        let Some(outcome) = outcome else {
+            let key = super::Transport::destination(self, &job.domain);
+            let r = result.take();
+            self.put_idle(
+                key,
+                Idle {
+                    client,
+                    stream,
+                    host: host.to_string(),
+                    ip,
+                    since: Instant::now(),
+                    tls: tls_desc,
+                },
+            );
+            return match r {
+                Some(r) => Attempt::Done(self.events(&r, &remote)),
+                None => Attempt::Done(vec![
+                    Event::Protocol("no transaction result".into());
+                    out.recipients.len()
+                ]),
+            };
+        };
+        if reused && result.is_none() && refusal.is_none() {
+            return Attempt::TryNext(Event::Dropped(format!("{remote}: kept connection closed")));
+        }
         info!(host = %remote, tls = %tls_desc, outcome = ?outcome, "SMTP session ended");
         if let Some(events) = refusal {
             return Attempt::Done(events);
         }
         if let Some(r) = result {
-            let events = r
-                .rcpts
-                .iter()
-                .map(|o| match o {
-                    RcptOutcome::Accepted(rep) if (200..300).contains(&rep.code) => {
-                        Event::Accepted {
-                            code: rep.code,
-                            text: reply_text(rep),
-                            remote: remote.clone(),
-                        }
-                    }
-                    RcptOutcome::Accepted(rep) | RcptOutcome::Rejected(rep) => {
-                        reply_event(rep, &remote)
-                    }
-                })
-                .collect();
-            return Attempt::Done(events);
+            return Attempt::Done(self.events(&r, &remote));
         }
         Attempt::TryNext(match outcome {
             SessionOutcome::Refused { stage, reply } => {
@@ -569,6 +646,22 @@ impl RemoteTransport {
                 Event::Protocol(format!("{remote}: session ended without a transaction"))
             }
         })
+    }
+}
+
+impl RemoteTransport {
+    fn events(&self, r: &crate::proto::client::TransactionResult, remote: &str) -> Vec<Event> {
+        r.rcpts
+            .iter()
+            .map(|o| match o {
+                RcptOutcome::Accepted(rep) if (200..300).contains(&rep.code) => Event::Accepted {
+                    code: rep.code,
+                    text: reply_text(rep),
+                    remote: remote.to_string(),
+                },
+                RcptOutcome::Accepted(rep) | RcptOutcome::Rejected(rep) => reply_event(rep, remote),
+            })
+            .collect()
     }
 }
 

@@ -491,6 +491,7 @@ def main():
     # tls_auth.py imports its helpers from this file: make that import find
     # this module even when it runs as __main__, so both share one Failure.
     sys.modules.setdefault("run_clients", sys.modules[__name__])
+    import postfix_peer
     import tls_auth
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -550,6 +551,8 @@ def main():
         # TLS and AUTH with more clients, against a third server that has
         # users (tests/clients/tls_auth.py).
         tls_auth.run_checks(run, binary, workdir)
+        # Mail both ways with a real Postfix (tests/clients/postfix_peer.py).
+        postfix_peer.run_checks(run, binary, workdir, keep=args.keep)
         if srv is not None:
             def t_stop():
                 code = srv.stop(within=10)
