@@ -507,3 +507,36 @@ async fn messages_to_one_destination_share_a_connection() {
     );
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_closed_by_the_server_is_replaced_at_once() {
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    let dest = Sink::start(
+        ip(4, port),
+        Behaviour {
+            close_after_message: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // A deferral would wait five minutes: the test would time out.
+    let mut cfg = config(&dns, port);
+    cfg.delivery.first_retry_secs = 300;
+    cfg.delivery.max_retry_interval_secs = 300;
+    let d = start(cfg, dir.path().join("spool")).await;
+    for i in 0..3 {
+        d.send(
+            "s@s.test",
+            &["w@b.test"],
+            &format!("Subject: {i}\r\n\r\nx\r\n"),
+        )
+        .await;
+        // Delivered now, not after a retry delay.
+        dest.wait_for(i + 1, 5).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    d.wait_queue_len(0, 5).await;
+    d.stop().await;
+}

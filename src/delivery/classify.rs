@@ -10,10 +10,13 @@ use crate::dns::DnsError;
 #[derive(Debug, Clone)]
 pub enum Event {
     /// The remote server accepted the message for this recipient.
+    /// `dsn`: it offered DSN, so NOTIFY was passed on and success reports
+    /// are its job (RFC 3461 §5.2.1), not ours.
     Accepted {
         code: u16,
         text: String,
         remote: String,
+        dsn: bool,
     },
     /// The remote server answered with a non-2xx reply (at MAIL, RCPT or
     /// after the data, or at the greeting).
@@ -52,6 +55,7 @@ pub enum Verdict {
     Delivered {
         remote: String,
         reply: String,
+        notify_passed_on: bool,
     },
     Transient {
         status: String,
@@ -97,9 +101,15 @@ pub fn classify(e: &Event) -> Verdict {
         remote,
     };
     match e {
-        Event::Accepted { code, text, remote } => Verdict::Delivered {
+        Event::Accepted {
+            code,
+            text,
+            remote,
+            dsn,
+        } => Verdict::Delivered {
             remote: remote.clone(),
             reply: format!("{code} {text}"),
+            notify_passed_on: *dsn,
         },
         Event::Reply {
             code,

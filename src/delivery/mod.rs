@@ -593,11 +593,17 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                 let rs = &mut st.rcpts[i];
                 rs.attempts = rs.attempts.saturating_add(1);
                 match classify(&event) {
-                    Verdict::Delivered { remote, reply } => {
+                    Verdict::Delivered {
+                        remote,
+                        reply,
+                        notify_passed_on,
+                    } => {
                         info!(to = %rcpt.address, relay = %remote, reply = %reply, "delivered");
                         rs.state = RcptState::Delivered;
                         rs.last_reply = reply;
-                        if dsn::should_notify(rcpt.notify, DsnAction::Relayed) {
+                        // A next hop with DSN reports success itself.
+                        if !notify_passed_on && dsn::should_notify(rcpt.notify, DsnAction::Relayed)
+                        {
                             delivered_now.push(dsn_rcpt(
                                 rcpt,
                                 DsnAction::Relayed,

@@ -353,7 +353,19 @@ impl RemoteTransport {
             v.retain(|c| c.since.elapsed() < window);
             !v.is_empty()
         });
-        idle.get_mut(key).and_then(|v| v.pop())
+        let v = idle.get_mut(key)?;
+        while let Some(mut c) = v.pop() {
+            // A plain connection the server has closed shows EOF at once.
+            if let Stream::Plain(s) = &mut c.stream {
+                let mut probe = [0u8; 1];
+                match s.try_read(&mut probe) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    _ => continue,
+                }
+            }
+            return Some(c);
+        }
+        None
     }
 
     fn put_idle(&self, key: String, c: Idle) {
@@ -462,6 +474,12 @@ impl RemoteTransport {
             });
         }
         let remote = format!("{host} [{ip}]");
+        // For DSNs' Remote-MTA: the host name, or the address literal.
+        let mta = if host.parse::<IpAddr>().is_ok() {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
         let msg = &job.msg;
         let env = &msg.envelope;
         let out = OutMessage {
@@ -568,14 +586,14 @@ impl RemoteTransport {
                         sent = true;
                         if let Err(r) = client.send_message(&out) {
                             let e = match r.enhanced {
-                                (5, 3, 4) => Event::TooBig(remote.clone()),
-                                (5, 6, 7) => Event::NeedsSmtputf8(remote.clone()),
-                                (5, 6, 3) => Event::Needs8bit(remote.clone()),
+                                (5, 3, 4) => Event::TooBig(mta.clone()),
+                                (5, 6, 7) => Event::NeedsSmtputf8(mta.clone()),
+                                (5, 6, 3) => Event::Needs8bit(mta.clone()),
                                 (c, s, dd) => Event::Reply {
                                     code: if r.permanent { 554 } else { 451 },
                                     enhanced: Some(format!("{c}.{s}.{dd}")),
                                     text: r.text.clone(),
-                                    remote: remote.clone(),
+                                    remote: mta.clone(),
                                 },
                             };
                             refusal = Some(vec![e; out.recipients.len()]);
@@ -590,6 +608,7 @@ impl RemoteTransport {
         let Some(outcome) = outcome else {
             let key = super::Transport::destination(self, &job.domain);
             let r = result.take();
+            let dsn = client.extensions().dsn;
             self.put_idle(
                 key,
                 Idle {
@@ -602,14 +621,22 @@ impl RemoteTransport {
                 },
             );
             return match r {
-                Some(r) => Attempt::Done(self.events(&r, &remote)),
+                Some(r) => Attempt::Done(self.events(&r, &mta, dsn)),
                 None => Attempt::Done(vec![
                     Event::Protocol("no transaction result".into());
                     out.recipients.len()
                 ]),
             };
         };
-        if reused && result.is_none() && refusal.is_none() {
+        // A kept connection the server had closed in the meantime: nothing
+        // was accepted on it (no reply even to MAIL), so try a new one.
+        let stale = matches!(
+            outcome,
+            SessionOutcome::ConnectionLost {
+                stage: Stage::Idle | Stage::Mail
+            }
+        );
+        if reused && refusal.is_none() && (result.is_none() || stale) {
             return Attempt::TryNext(Event::Dropped(format!("{remote}: kept connection closed")));
         }
         info!(host = %remote, tls = %tls_desc, outcome = ?outcome, "SMTP session ended");
@@ -617,11 +644,11 @@ impl RemoteTransport {
             return Attempt::Done(events);
         }
         if let Some(r) = result {
-            return Attempt::Done(self.events(&r, &remote));
+            return Attempt::Done(self.events(&r, &mta, client.extensions().dsn));
         }
         Attempt::TryNext(match outcome {
             SessionOutcome::Refused { stage, reply } => {
-                let e = reply_event(&reply, &remote);
+                let e = reply_event(&reply, &mta);
                 // A refusal of our greeting or EHLO: this host will not
                 // talk to us; the next one may.
                 if matches!(stage, Stage::Greeting | Stage::Hello) {
@@ -650,7 +677,14 @@ impl RemoteTransport {
 }
 
 impl RemoteTransport {
-    fn events(&self, r: &crate::proto::client::TransactionResult, remote: &str) -> Vec<Event> {
+    /// One event per recipient. `remote` names the server as a DSN's
+    /// Remote-MTA wants it (host name, or [ip]); `dsn`: it offered DSN.
+    fn events(
+        &self,
+        r: &crate::proto::client::TransactionResult,
+        remote: &str,
+        dsn: bool,
+    ) -> Vec<Event> {
         r.rcpts
             .iter()
             .map(|o| match o {
@@ -658,6 +692,7 @@ impl RemoteTransport {
                     code: rep.code,
                     text: reply_text(rep),
                     remote: remote.to_string(),
+                    dsn,
                 },
                 RcptOutcome::Accepted(rep) | RcptOutcome::Rejected(rep) => reply_event(rep, remote),
             })

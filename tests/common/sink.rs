@@ -27,6 +27,9 @@ pub struct Behaviour {
     pub without: Vec<String>,
     /// Advertise this SIZE limit (0 = none).
     pub size: u64,
+    /// Close the connection right after each accepted message (as a server
+    /// with a short idle timeout would).
+    pub close_after_message: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +219,11 @@ async fn serve(
                     let mut c = cur.take().unwrap();
                     c.data = data;
                     received.lock().unwrap().push(c);
+                    if b.close_after_message {
+                        let _ = w.write_all(b"250 2.0.0 queued\r\n").await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return;
+                    }
                     "250 2.0.0 queued\r\n".into()
                 }
                 Some(_) => "554 5.5.1 no valid recipients\r\n".into(),
