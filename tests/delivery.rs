@@ -540,3 +540,25 @@ async fn a_kept_connection_closed_by_the_server_is_replaced_at_once() {
     d.wait_queue_len(0, 5).await;
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_mid_data_and_a_slow_server_are_retried_then_delivered() {
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    let dropper = Sink::start(ip(7, port), Behaviour { drop_in_data_first: 1, ..Default::default() }).await;
+    let slow = Sink::start(ip(4, port), Behaviour { greeting_delay: Duration::from_millis(1500), ..Default::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    let id = d.send("s@s.test", &["r@e.test", "w@b.test"], &format!("Subject: drop\r\n\r\n{}\r\n", "x".repeat(200))).await;
+    // The slow greeting is waited for (well within the 5-minute timeout).
+    let got = slow.wait_for(1, 20).await;
+    assert_eq!(got[0].rcpts, ["w@b.test"]);
+    // The connection dropped mid-DATA: a temporary failure, retried, delivered once.
+    let got = dropper.wait_for(1, 20).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpts, ["r@e.test"]);
+    assert!(dropper.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    d.wait_queue_len(0, 10).await;
+    let _ = id;
+    d.stop().await;
+}
