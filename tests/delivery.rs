@@ -545,11 +545,31 @@ async fn a_kept_connection_closed_by_the_server_is_replaced_at_once() {
 async fn a_drop_mid_data_and_a_slow_server_are_retried_then_delivered() {
     let dns = TestDns::start(zone()).await;
     let port = sink_port();
-    let dropper = Sink::start(ip(7, port), Behaviour { drop_in_data_first: 1, ..Default::default() }).await;
-    let slow = Sink::start(ip(4, port), Behaviour { greeting_delay: Duration::from_millis(1500), ..Default::default() }).await;
+    let dropper = Sink::start(
+        ip(7, port),
+        Behaviour {
+            drop_in_data_first: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let slow = Sink::start(
+        ip(4, port),
+        Behaviour {
+            greeting_delay: Duration::from_millis(1500),
+            ..Default::default()
+        },
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let d = start(config(&dns, port), dir.path().join("spool")).await;
-    let id = d.send("s@s.test", &["r@e.test", "w@b.test"], &format!("Subject: drop\r\n\r\n{}\r\n", "x".repeat(200))).await;
+    let id = d
+        .send(
+            "s@s.test",
+            &["r@e.test", "w@b.test"],
+            &format!("Subject: drop\r\n\r\n{}\r\n", "x".repeat(200)),
+        )
+        .await;
     // The slow greeting is waited for (well within the 5-minute timeout).
     let got = slow.wait_for(1, 20).await;
     assert_eq!(got[0].rcpts, ["w@b.test"]);
@@ -557,8 +577,74 @@ async fn a_drop_mid_data_and_a_slow_server_are_retried_then_delivered() {
     let got = dropper.wait_for(1, 20).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].rcpts, ["r@e.test"]);
-    assert!(dropper.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    assert!(
+        dropper
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2
+    );
     d.wait_queue_len(0, 10).await;
     let _ = id;
     d.stop().await;
+}
+
+/// A smart host that wants STARTTLS and AUTH: another pigeon on a
+/// submission listener (self-signed certificate, one user).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_host_with_starttls_and_auth() {
+    use pigeon::config::{ListenerConfig, ListenerMode, UserConfig};
+    let dns = TestDns::start(zone()).await;
+    // The smart host.
+    let hdir = tempfile::tempdir().unwrap();
+    let mut hcfg = test_config();
+    hcfg.listeners = vec![ListenerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        ListenerMode::Submission,
+    )];
+    hcfg.tls.self_signed = true;
+    hcfg.delivery.enabled = false;
+    hcfg.auth.users = vec![UserConfig {
+        login: "relayuser".into(),
+        password: pigeon::auth::hash_password("relaypass").unwrap(),
+        addresses: vec!["@s.test".into()],
+    }];
+    hcfg.spool.dir = hdir.path().join("spool");
+    let (hq, _) = Queue::open(&hcfg.spool.dir, 1).unwrap();
+    let hl = pigeon::server::bind_all(&hcfg).unwrap();
+    let host = pigeon::server::start(Arc::new(hcfg.clone()), hq, hl).unwrap();
+    let hport = host.addrs[0].port();
+    // The sender, relaying everything through it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dns, 25);
+    cfg.delivery.relay_host = format!("[127.0.0.1]:{hport}");
+    cfg.delivery.relay_login = "relayuser".into();
+    cfg.delivery.relay_password = "relaypass".into();
+    let d = start(cfg, dir.path().join("spool")).await;
+    d.send(
+        "s@s.test",
+        &["far@remote.test"],
+        "Subject: via smart host\r\n\r\nhello\r\n",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let list = loop {
+        let l = pigeon::queue::list(&hcfg.spool.dir).unwrap();
+        if !l.is_empty() {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing reached the smart host"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(list[0].sender, "s@s.test");
+    assert_eq!(list[0].recipients[0].address, "far@remote.test");
+    let id: QueueId = list[0].id.parse().unwrap();
+    let m = pigeon::queue::read_message(&hcfg.spool.dir, id).unwrap();
+    assert_eq!(m.envelope.auth_user.as_deref(), Some("relayuser"));
+    assert!(text(&m.body).contains("with ESMTPSA"), "{}", text(&m.body));
+    d.wait_queue_len(0, 10).await;
+    d.stop().await;
+    host.shutdown(Duration::from_secs(1)).await;
 }
