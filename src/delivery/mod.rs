@@ -592,7 +592,44 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                 let rcpt = &msg.envelope.recipients[i];
                 let rs = &mut st.rcpts[i];
                 rs.attempts = rs.attempts.saturating_add(1);
-                match classify(&event) {
+                let mut verdict = classify(&event);
+                if let Verdict::Transient {
+                    status,
+                    diagnostic,
+                    remote,
+                } = &verdict
+                {
+                    let seed = id.0 ^ (u64::from(rs.attempts) << 48) ^ i as u64;
+                    let next = retry::next_attempt(
+                        now,
+                        msg.arrival,
+                        rs.attempts,
+                        d.first_retry_secs,
+                        d.max_retry_interval_secs,
+                        d.max_queue_lifetime_secs,
+                        seed,
+                    );
+                    if let Some(t) = next {
+                        info!(to = %rcpt.address, status = %status, reason = %diagnostic, retry_at = t, "deferred");
+                        rs.next_attempt = t;
+                        rs.last_reply = format!("{status} {diagnostic}");
+                        continue;
+                    }
+                    // Queued too long: this temporary failure is final.
+                    warn!(to = %rcpt.address, "expired");
+                    let remote = remote.clone();
+                    verdict = match classify(&Event::Expired(format!("{status} {diagnostic}"))) {
+                        Verdict::Permanent {
+                            status, diagnostic, ..
+                        } => Verdict::Permanent {
+                            status,
+                            diagnostic,
+                            remote,
+                        },
+                        other => other,
+                    };
+                }
+                match verdict {
                     Verdict::Delivered {
                         remote,
                         reply,
@@ -633,49 +670,8 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                             ));
                         }
                     }
-                    Verdict::Transient {
-                        status,
-                        diagnostic,
-                        remote,
-                    } => {
-                        let seed = id.0 ^ (u64::from(rs.attempts) << 48) ^ i as u64;
-                        match retry::next_attempt(
-                            now,
-                            msg.arrival,
-                            rs.attempts,
-                            d.first_retry_secs,
-                            d.max_retry_interval_secs,
-                            d.max_queue_lifetime_secs,
-                            seed,
-                        ) {
-                            Some(t) => {
-                                info!(to = %rcpt.address, status = %status, reason = %diagnostic, retry_at = t, "deferred");
-                                rs.next_attempt = t;
-                                rs.last_reply = format!("{status} {diagnostic}");
-                            }
-                            None => {
-                                let v = classify(&Event::Expired(format!("{status} {diagnostic}")));
-                                if let Verdict::Permanent {
-                                    status, diagnostic, ..
-                                } = v
-                                {
-                                    warn!(to = %rcpt.address, reason = %diagnostic, "expired");
-                                    rs.state = RcptState::Failed;
-                                    rs.last_reply = format!("{status} {diagnostic}");
-                                    if dsn::should_notify(rcpt.notify, DsnAction::Failed) {
-                                        failed_now.push(dsn_rcpt(
-                                            rcpt,
-                                            DsnAction::Failed,
-                                            &status,
-                                            remote,
-                                            Some(diagnostic),
-                                            Some(now),
-                                        ));
-                                    }
-                                }
-                            }
-                        }
-                    }
+                    // Handled above: deferred, or turned final on expiry.
+                    Verdict::Transient { .. } => {}
                 }
             }
         }
