@@ -560,7 +560,7 @@ impl ServerSession {
             Some(reply::BARE_NEWLINE)
         } else {
             let facts = MessageFacts {
-                from_header: t.headers.from_value(),
+                from_header: t.headers.header_from(),
             };
             host.check_message(&facts).err()
         };
@@ -913,7 +913,7 @@ struct HeaderScan {
 const MAX_FROM_VALUE: usize = 4096;
 
 impl HeaderScan {
-    fn from_value(&self) -> Option<String> {
+    fn header_from(&self) -> Option<String> {
         self.from_seen
             .then(|| String::from_utf8_lossy(&self.from).trim().to_string())
     }
