@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use pigeon::config::{self, Config};
+use pigeon::live::{Live, Snapshot};
 use pigeon::queue::{self, QueueId};
 
 const DEFAULT_CONFIG: &str = "/etc/pigeon/pigeon.toml";
@@ -108,10 +109,22 @@ enum QueueCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::CheckConfig { config } => match load(&config) {
-            Some(_) => {
-                println!("{}: ok", config.display());
+        Cmd::CheckConfig { config } => match load(&config).map(Snapshot::load) {
+            Some(Ok(snap)) => {
+                println!(
+                    "{}: ok ({} users, {} mailboxes, {} aliases)",
+                    config.display(),
+                    snap.users.len(),
+                    snap.directory.mailbox_count(),
+                    snap.directory.alias_count()
+                );
                 ExitCode::SUCCESS
+            }
+            Some(Err(errs)) => {
+                for e in &errs {
+                    eprintln!("{}: {e}", config.display());
+                }
+                ExitCode::FAILURE
             }
             None => ExitCode::FAILURE,
         },
@@ -191,7 +204,23 @@ fn raise_nofile_limit() {
 fn serve(cfg: Config) -> ExitCode {
     pigeon::telemetry::init(&cfg.log);
     raise_nofile_limit();
-    let cfg = Arc::new(cfg);
+    let snap = match Snapshot::load(cfg) {
+        Ok(s) => s,
+        Err(errs) => {
+            for e in &errs {
+                tracing::error!(error = %e, "configuration error");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let cfg = snap.cfg.clone();
+    tracing::info!(
+        users = snap.users.len(),
+        mailboxes = snap.directory.mailbox_count(),
+        aliases = snap.directory.alias_count(),
+        "users and aliases loaded"
+    );
+    let live = Live::new(snap);
     let reserve = cfg.spool.effective_reserve(&cfg.limits);
     let (q, rec) = match queue::Queue::open(&cfg.spool.dir, reserve) {
         Ok(x) => x,
@@ -234,7 +263,7 @@ fn serve(cfg: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let running = match pigeon::server::start(cfg.clone(), q.clone(), listeners) {
+        let running = match pigeon::server::start(live.clone(), q.clone(), listeners) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "start-up failed");
@@ -258,8 +287,12 @@ fn serve(cfg: Config) -> ExitCode {
                 cfg.clone(),
                 std::sync::Arc::new(resolver),
             ));
+            let local = Arc::new(pigeon::delivery::local::LocalTransport::new(
+                live.clone(),
+                q.clone(),
+            ));
             let (handle, task) =
-                pigeon::delivery::start(cfg.clone(), q.clone(), transport, stop_rx.clone());
+                pigeon::delivery::start(live.clone(), q.clone(), transport, local, stop_rx.clone());
             let sock = pigeon::control::socket_path(&cfg.spool.dir);
             let control = tokio::spawn(pigeon::control::serve(sock, handle, stop_rx.clone()));
             Some((task, control))

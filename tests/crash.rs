@@ -23,11 +23,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+/// example.org is local; every address of it reaches box@example.org,
+/// whose Maildir is `<dir>/mail/box`. `deliver`: delivery on.
+fn write_config(dir: &Path, port: u16, deliver: bool) -> std::path::PathBuf {
     let cfg = format!(
         "[server]\nhostname = \"mx.test\"\n\n[[listener]]\nbind = \"127.0.0.1:{port}\"\nmode = \"smtp\"\n\n\
-         [domains]\nlocal = [\"example.org\"]\n\n[spool]\ndir = \"{}\"\n\n[log]\nlevel = \"warn\"\n",
-        dir.join("spool").display()
+         [domains]\nlocal = [\"example.org\"]\n\n[spool]\ndir = \"{}\"\n\n[log]\nlevel = \"warn\"\n\n\
+         [delivery]\nenabled = {deliver}\n\n\
+         [[auth.user]]\nlogin = \"box\"\npassword = \"$6$x$y\"\naddresses = [\"box@example.org\"]\n\n\
+         [local]\nmaildir = \"{}/mail/{{user}}\"\n\n\
+         [local.aliases]\npostmaster = \"box@example.org\"\nabuse = \"box@example.org\"\n\"@example.org\" = \"box@example.org\"\n",
+        dir.join("spool").display(),
+        dir.display()
     );
     let path = dir.join("pigeon.toml");
     std::fs::write(&path, cfg).unwrap();
@@ -155,7 +162,7 @@ async fn kill_9_loses_no_acknowledged_message() {
     for round in 0..ROUNDS {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let config = write_config(dir.path(), port);
+        let config = write_config(dir.path(), port, false);
         let mut server = spawn_server(&config);
         wait_ready(port).await;
         let budget = Arc::new(Mutex::new(MESSAGES));

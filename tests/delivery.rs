@@ -61,17 +61,25 @@ fn config(dns: &TestDns, port: u16) -> Config {
 async fn start(cfg: Config, spool: PathBuf) -> Daemon {
     let mut cfg = cfg;
     cfg.spool.dir = spool.clone();
+    if let Some(parent) = spool.parent() {
+        common::mail_under(&mut cfg, parent);
+    }
     let (queue, _) = Queue::open(&spool, 1).unwrap();
-    let cfg = Arc::new(cfg);
+    let live = common::live(cfg);
+    let cfg = live.cfg();
     let listeners = pigeon::server::bind_all(&cfg).unwrap();
-    let running = pigeon::server::start(cfg.clone(), queue.clone(), listeners).unwrap();
+    let running = pigeon::server::start(live.clone(), queue.clone(), listeners).unwrap();
     let resolver = HickoryResolver::new(&cfg.dns.nameservers, Duration::from_secs(1), 1).unwrap();
     let transport = Arc::new(pigeon::delivery::remote::RemoteTransport::new(
         cfg.clone(),
         Arc::new(resolver),
     ));
+    let local = Arc::new(pigeon::delivery::local::LocalTransport::new(
+        live.clone(),
+        queue.clone(),
+    ));
     let (stop, stop_rx) = watch::channel(false);
-    let (handle, task) = delivery::start(cfg.clone(), queue.clone(), transport, stop_rx);
+    let (handle, task) = delivery::start(live, queue.clone(), transport, local, stop_rx);
     Daemon {
         addr: running.addrs[0],
         spool,
@@ -257,25 +265,34 @@ async fn null_sender_failure_never_bounces() {
     assert!(dest.messages().is_empty());
     d.stop().await;
 
-    // With double_bounce = postmaster, the failure goes to the local postmaster (queued here).
+    // With double_bounce = postmaster, the failure goes to the local
+    // postmaster: an alias of box@example.org, into its Maildir.
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dns, port);
     let d = start(cfg, dir.path().join("spool")).await;
     d.send("", &["bad@d.test"], "Subject: a bounce\r\n\r\nx\r\n")
         .await;
+    let maildir = dir.path().join("mail/example.org/box/Maildir");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let list = pigeon::queue::list(&d.spool).unwrap();
-        if list.len() == 1 && list[0].recipients[0].address == "postmaster@mx.test" {
-            assert_eq!(list[0].sender, "");
+        let got = common::maildir_messages(&maildir);
+        if let Some(m) = got.first() {
+            let t = text(m);
+            assert!(
+                t.starts_with("Return-Path: <>\nDelivered-To: box@example.org\n"),
+                "{t}"
+            );
+            assert!(t.contains("Undelivered Mail Returned to Sender"), "{t}");
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no double bounce to the postmaster: {list:?}"
+            "no double bounce to the postmaster: {:?}",
+            pigeon::queue::list(&d.spool).unwrap()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    d.wait_queue_len(0, 10).await;
     d.stop().await;
 }
 
@@ -592,7 +609,7 @@ async fn a_drop_mid_data_and_a_slow_server_are_retried_then_delivered() {
 /// submission listener (self-signed certificate, one user).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_host_with_starttls_and_auth() {
-    use pigeon::config::{ListenerConfig, ListenerMode, UserConfig};
+    use pigeon::config::{ListenerConfig, ListenerMode};
     let dns = TestDns::start(zone()).await;
     // The smart host.
     let hdir = tempfile::tempdir().unwrap();
@@ -603,15 +620,15 @@ async fn relay_host_with_starttls_and_auth() {
     )];
     hcfg.tls.self_signed = true;
     hcfg.delivery.enabled = false;
-    hcfg.auth.users = vec![UserConfig {
-        login: "relayuser".into(),
-        password: pigeon::auth::hash_password("relaypass").unwrap(),
-        addresses: vec!["@s.test".into()],
-    }];
+    hcfg.auth.users.push(common::user(
+        "relayuser",
+        &pigeon::auth::hash_password("relaypass").unwrap(),
+        &["@s.test"],
+    ));
     hcfg.spool.dir = hdir.path().join("spool");
     let (hq, _) = Queue::open(&hcfg.spool.dir, 1).unwrap();
     let hl = pigeon::server::bind_all(&hcfg).unwrap();
-    let host = pigeon::server::start(Arc::new(hcfg.clone()), hq, hl).unwrap();
+    let host = pigeon::server::start(common::live(hcfg.clone()), hq, hl).unwrap();
     let hport = host.addrs[0].port();
     // The sender, relaying everything through it.
     let dir = tempfile::tempdir().unwrap();

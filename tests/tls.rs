@@ -122,11 +122,11 @@ const ALL: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 fn users() -> Vec<UserConfig> {
-    vec![UserConfig {
-        login: "alice".into(),
-        password: pigeon::auth::hash_password("secret").unwrap(),
-        addresses: vec!["alice@example.org".into()],
-    }]
+    vec![common::user(
+        "alice",
+        &pigeon::auth::hash_password("secret").unwrap(),
+        &["alice@example.org"],
+    )]
 }
 
 /// Listeners: [0] smtp, [1] submission, [2] submissions.
@@ -138,7 +138,7 @@ fn tls_config() -> Config {
         ListenerConfig::new("127.0.0.1:0".parse().unwrap(), ListenerMode::Submissions),
     ];
     cfg.tls.self_signed = true;
-    cfg.auth.users = users();
+    cfg.auth.users.extend(users());
     cfg.auth.failure_delay_ms = 10;
     cfg.relay.trusted_networks = vec![];
     cfg
@@ -399,7 +399,7 @@ async fn missing_certificate_is_a_clear_startup_error() {
     cfg.spool.dir = dir.path().join("spool");
     let (q, _) = pigeon::queue::Queue::open(&cfg.spool.dir, 1).unwrap();
     let listeners = pigeon::server::bind_all(&cfg).unwrap();
-    let err = pigeon::server::start(Arc::new(cfg), q, listeners)
+    let err = pigeon::server::start(common::live(cfg), q, listeners)
         .err()
         .unwrap();
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");

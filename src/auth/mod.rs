@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{check_user, AuthConfig, UserConfig};
+use crate::config::{check_user, AuthConfig, UserConfig, UserDelivery};
 
 pub use limiter::FailureLimiter;
 
@@ -21,6 +21,10 @@ pub struct User {
     hash: String,
     /// Addresses the user may send as; `@domain` entries cover a domain.
     pub addresses: Vec<String>,
+    /// The user's own delivery target, if the entry gives one.
+    pub delivery: Option<UserDelivery>,
+    /// The user's own Maildir template, if the entry gives one.
+    pub maildir: Option<String>,
 }
 
 impl std::fmt::Debug for User {
@@ -87,6 +91,8 @@ impl UserDb {
                     login: u.login,
                     hash: u.password,
                     addresses: u.addresses,
+                    delivery: u.delivery,
+                    maildir: u.maildir,
                 }),
             );
         }
@@ -107,6 +113,11 @@ impl UserDb {
 
     pub fn get(&self, login: &str) -> Option<Arc<User>> {
         self.users.get(login).cloned()
+    }
+
+    /// Every user, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<User>> {
+        self.users.values()
     }
 
     /// Checks a login and password. Slow by design (argon2): call it off
@@ -220,6 +231,8 @@ mod tests {
             login: "a".into(),
             hash: String::new(),
             addresses: vec!["alice@example.org".into(), "@alice.test".into()],
+            delivery: None,
+            maildir: None,
         };
         assert!(u.may_send_as("alice@example.org"));
         assert!(u.may_send_as("Alice@EXAMPLE.org"));

@@ -51,7 +51,16 @@ fn shipped_config_lists_every_key_at_its_default() {
     assert_eq!(c.spool.reserve_bytes, d.spool.reserve_bytes);
     assert_eq!(c.smtp.bare_newline, d.smtp.bare_newline);
     assert_eq!(c.log.format, d.log.format);
-    assert_eq!(format!("{:?}", c.auth), format!("{:?}", d.auth));
+    let mut auth = c.auth.clone();
+    assert_eq!(auth.users.len(), 1, "the shipped dev user");
+    auth.users.clear();
+    assert_eq!(format!("{auth:?}"), format!("{:?}", d.auth));
+    let mut local = c.local.clone();
+    assert_eq!(local.maildir, "spool/mail/{domain}/{user}/Maildir");
+    local.maildir = d.local.maildir.clone();
+    local.aliases.clear();
+    assert_eq!(format!("{local:?}"), format!("{:?}", d.local));
+    assert_eq!(c.domains.include_hostname, d.domains.include_hostname);
     assert_eq!(format!("{:?}", c.delivery), format!("{:?}", d.delivery));
     assert_eq!(format!("{:?}", c.dns), format!("{:?}", d.dns));
     assert_eq!(c.listeners[0].plaintext_auth, d.listeners[0].plaintext_auth);
@@ -70,7 +79,7 @@ fn shipped_config_lists_every_key_at_its_default() {
     let expected: &[(&str, &[&str])] = &[
         ("server", &["hostname"]),
         ("listener", &["bind", "mode", "plaintext_auth"]),
-        ("domains", &["local"]),
+        ("domains", &["include_hostname", "local"]),
         ("relay", &["trusted_networks"]),
         ("spool", &["dir", "reserve_bytes"]),
         (
@@ -130,7 +139,24 @@ fn shipped_config_lists_every_key_at_its_default() {
                 "ip_max_failures",
                 "max_failures_per_connection",
                 "sender_login_match",
+                "user",
                 "users_file",
+            ],
+        ),
+        (
+            "local",
+            &[
+                "aliases",
+                "aliases_file",
+                "create_maildir",
+                "delivery",
+                "lmtp",
+                "maildir",
+                "max_alias_depth",
+                "max_alias_targets",
+                "max_deliveries",
+                "recipient_delimiter",
+                "subaddress_folders",
             ],
         ),
     ];
@@ -550,4 +576,45 @@ fn hostile_input_does_not_panic() {
     ] {
         let _ = parse(text);
     }
+}
+
+#[test]
+fn local_delivery_errors_name_the_key() {
+    let e = one_error("[local]\nmaildir = \"/m/{name}/Maildir\"\n");
+    assert_eq!((e.key.as_str(), e.line), ("local.maildir", Some(2)));
+    assert!(e.message.contains("unknown placeholder {name}"), "{e}");
+    let e = one_error("[local]\nlmtp = \"dovecot\"\nx = 1\n");
+    assert_eq!(e.key, "local.x");
+    let e = one_error("[local]\nlmtp = \"no port:\"\n");
+    assert_eq!((e.key.as_str(), e.line), ("local.lmtp", Some(2)));
+    let e = one_error("[local]\nrecipient_delimiter = \"@\"\n");
+    assert_eq!(e.key, "local.recipient_delimiter");
+    let e = one_error("[local]\nmax_deliveries = 0\n");
+    assert_eq!(e.key, "local.max_deliveries");
+    let e = one_error("[local]\ndelivery = \"mbox\"\n");
+    assert_eq!((e.key.as_str(), e.line), ("local.delivery", Some(2)));
+}
+
+#[test]
+fn alias_errors_name_the_alias_and_line() {
+    let e = one_error(
+        "[domains]\nlocal = [\"example.org\"]\n[local.aliases]\nok = \"a@example.org\"\n\"x@remote.test\" = \"a\"\n",
+    );
+    assert_eq!(e.key, "local.aliases.x@remote.test");
+    assert_eq!(e.line, Some(5));
+    assert!(
+        e.message.contains("remote.test is not a local domain"),
+        "{e}"
+    );
+    let e = one_error("[local.aliases]\na = [\"b c\"]\n");
+    assert!(e.message.contains("target `b c` is not an address"), "{e}");
+    let e = one_error("[local.aliases]\na = []\n");
+    assert!(e.message.contains("no target"), "{e}");
+    let e = one_error("[local.aliases]\na = 5\n");
+    assert!(
+        e.message.contains("an address, or a list of addresses"),
+        "{e}"
+    );
+    let c = parse("[domains]\nlocal = [\"Example.org\"]\n[local.aliases]\n\"Info@EXAMPLE.org\" = [\"a\", \"b@X.test\"]\n").unwrap();
+    assert_eq!(c.local.aliases["info@example.org"].0, ["a", "b@x.test"]);
 }

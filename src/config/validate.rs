@@ -106,6 +106,7 @@ pub(super) fn normalize_and_validate(config: &mut Config) -> Vec<ConfigError> {
 
     check_tls_auth(config, &mut err);
     check_delivery(config, &mut err);
+    check_local(config, &mut err);
 
     let level = config.log.level.to_ascii_lowercase();
     if LOG_LEVELS.contains(&level.as_str()) {
@@ -195,8 +196,128 @@ fn check_delivery(config: &mut Config, err: &mut impl FnMut(String, String)) {
     }
 }
 
+/// `[local]`: the Maildir template, the LMTP address, the delimiter, the
+/// limits and the inline aliases.
+fn check_local(config: &mut Config, err: &mut impl FnMut(String, String)) {
+    let local_domains = config.local_domains();
+    let l = &mut config.local;
+    if let Err(why) = check_maildir_template(&l.maildir) {
+        err("local.maildir".into(), why);
+    }
+    if !l.lmtp.starts_with('/') && !hop_ok(&l.lmtp) {
+        err(
+            "local.lmtp".into(),
+            format!(
+                "`{}` is neither a Unix socket path (starting with /) nor \"host:port\"",
+                l.lmtp
+            ),
+        );
+    }
+    if l.recipient_delimiter
+        .chars()
+        .any(|c| c == '@' || c == '"' || c.is_whitespace() || c.is_control())
+    {
+        err(
+            "local.recipient_delimiter".into(),
+            "must not contain @, quotes, spaces or control characters".into(),
+        );
+    }
+    if l.max_alias_depth == 0 || l.max_alias_depth > 1000 {
+        err("local.max_alias_depth".into(), "must be 1 to 1000".into());
+    }
+    if l.max_alias_targets == 0 || l.max_alias_targets > 100_000 {
+        err(
+            "local.max_alias_targets".into(),
+            "must be 1 to 100000".into(),
+        );
+    }
+    if l.max_deliveries == 0 || l.max_deliveries > 10_000 {
+        err("local.max_deliveries".into(), "must be 1 to 10000".into());
+    }
+    let aliases = std::mem::take(&mut l.aliases);
+    for (key, targets) in aliases {
+        match check_alias(&key, &targets.0, &local_domains) {
+            Ok((k, t)) => {
+                l.aliases.insert(k, super::AliasTargets(t));
+            }
+            Err(why) => err(format!("local.aliases.{key}"), why),
+        }
+    }
+}
+
+/// A Maildir template: not empty, and only the known placeholders.
+pub fn check_maildir_template(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Err(format!("`{t}`: a `{{` is not closed"));
+        };
+        let name = &after[..close];
+        if !matches!(name, "user" | "domain" | "login") {
+            return Err(format!(
+                "`{t}`: unknown placeholder {{{name}}}; use {{user}}, {{domain}} or {{login}}"
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(())
+}
+
+/// Checks one alias and returns it normalized: the key lowercased, target
+/// domains lowercased. Keys are `local@domain` or `@domain` with a local
+/// domain, or a bare `local` (every local domain); targets are addresses
+/// or bare local parts (the domain of the address being expanded).
+pub fn check_alias(
+    key: &str,
+    targets: &[String],
+    local_domains: &[String],
+) -> Result<(String, Vec<String>), String> {
+    let k = key.trim().to_lowercase();
+    if k.is_empty() || k.len() > 512 || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("an alias must be 1 to 512 characters without spaces".into());
+    }
+    if let Some((local, domain)) = k.rsplit_once('@') {
+        if local.contains('@') {
+            return Err("has more than one @".into());
+        }
+        let d = normalize_domain(domain)?;
+        if !local_domains.contains(&d) {
+            return Err(format!(
+                "{d} is not a local domain (domains.local), so this alias would never be used"
+            ));
+        }
+    }
+    if targets.is_empty() {
+        return Err("has no target".into());
+    }
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        let t = t.trim();
+        if t.is_empty()
+            || t.len() > 512
+            || t.starts_with('@')
+            || t.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+        {
+            return Err(format!("target `{t}` is not an address"));
+        }
+        match t.rsplit_once('@') {
+            Some((local, domain)) if !local.is_empty() && !local.contains('@') => {
+                out.push(format!("{local}@{}", normalize_domain(domain)?));
+            }
+            Some(_) => return Err(format!("target `{t}` is not an address")),
+            None => out.push(t.to_string()),
+        }
+    }
+    Ok((k, out))
+}
+
 /// "[host]:port", "[host]", "host:port" or "host" with a valid port.
-fn hop_ok(s: &str) -> bool {
+pub(crate) fn hop_ok(s: &str) -> bool {
     let s = s.trim();
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         match rest.split_once(']') {
@@ -300,6 +421,11 @@ fn check_tls_auth(config: &mut Config, err: &mut impl FnMut(String, String)) {
 /// (domain part lowercased) in place. Also used for the users file.
 pub fn check_user(u: &mut super::UserConfig) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
+    if let Some(t) = &u.maildir {
+        if let Err(why) = check_maildir_template(t) {
+            out.push(("maildir", why));
+        }
+    }
     if u.login.is_empty() || u.login.len() > 256 || u.login.chars().any(|c| c.is_control()) {
         out.push((
             "login",

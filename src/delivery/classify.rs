@@ -17,6 +17,24 @@ pub enum Event {
         text: String,
         remote: String,
         dsn: bool,
+        /// The server was the final one (LMTP): the message reached the
+        /// mailbox, it was not relayed.
+        final_delivery: bool,
+    },
+    /// Written into the recipient's mailbox by us (Maildir).
+    Stored {
+        mailbox: String,
+    },
+    /// An alias: the message was queued again for its `count` targets, as
+    /// `queue_id`. With one target (forwarding) NOTIFY was passed on.
+    Expanded {
+        count: usize,
+        queue_id: String,
+    },
+    /// Local delivery failed before any server was involved.
+    Local {
+        failure: LocalFailure,
+        detail: String,
     },
     /// The remote server answered with a non-2xx reply (at MAIL, RCPT or
     /// after the data, or at the greeting).
@@ -49,6 +67,35 @@ pub enum Event {
     Protocol(String),
 }
 
+/// Ways local delivery fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalFailure {
+    /// No such user or alias (any more).
+    UnknownUser,
+    /// Alias expansion failed: loop, depth or count limit.
+    Alias,
+    /// The mailbox does not exist and may not be created.
+    NoMailbox,
+    /// The mailbox is over quota.
+    MailboxFull,
+    /// The mail file system is full.
+    DiskFull,
+    /// Any other local error (permissions, I/O), often a configuration
+    /// mistake the administrator can fix.
+    Io,
+}
+
+/// How a successful delivery ended, for DSNs (RFC 3464 `Action:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Success {
+    /// Handed to a next hop.
+    Relayed,
+    /// In the recipient's mailbox.
+    Delivered,
+    /// Expanded by an alias into other recipients.
+    Expanded,
+}
+
 /// The decision for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -56,6 +103,7 @@ pub enum Verdict {
         remote: String,
         reply: String,
         notify_passed_on: bool,
+        how: Success,
     },
     Transient {
         status: String,
@@ -106,11 +154,41 @@ pub fn classify(e: &Event) -> Verdict {
             text,
             remote,
             dsn,
+            final_delivery,
         } => Verdict::Delivered {
             remote: remote.clone(),
             reply: format!("{code} {text}"),
             notify_passed_on: *dsn,
+            how: if *final_delivery {
+                Success::Delivered
+            } else {
+                Success::Relayed
+            },
         },
+        Event::Stored { mailbox } => Verdict::Delivered {
+            remote: "local".into(),
+            reply: format!("250 2.0.0 delivered to {mailbox}"),
+            notify_passed_on: false,
+            how: Success::Delivered,
+        },
+        Event::Expanded { count, queue_id } => Verdict::Delivered {
+            remote: "local".into(),
+            reply: format!("250 2.0.0 expanded to {count} recipients, queued as {queue_id}"),
+            // One target: forwarding, NOTIFY went on with the message.
+            notify_passed_on: *count == 1,
+            how: Success::Expanded,
+        },
+        Event::Local { failure, detail } => {
+            let d = detail.clone();
+            match failure {
+                LocalFailure::UnknownUser => p("5.1.1", format!("no such user here: {d}"), None),
+                LocalFailure::Alias => p("5.4.6", format!("alias expansion failed: {d}"), None),
+                LocalFailure::NoMailbox => p("5.1.1", d, None),
+                LocalFailure::MailboxFull => t("4.2.2", d, None),
+                LocalFailure::DiskFull => t("4.3.1", d, None),
+                LocalFailure::Io => t("4.3.0", d, None),
+            }
+        }
         Event::Reply {
             code,
             enhanced,
@@ -239,5 +317,77 @@ mod tests {
         assert!(
             matches!(classify(&Event::Expired("x".into())), Verdict::Permanent { status, .. } if status == "4.4.7")
         );
+    }
+
+    #[test]
+    fn local_outcomes() {
+        let local = |failure| {
+            classify(&Event::Local {
+                failure,
+                detail: "x".into(),
+            })
+        };
+        assert!(
+            matches!(local(LocalFailure::UnknownUser), Verdict::Permanent { status, .. } if status == "5.1.1")
+        );
+        assert!(
+            matches!(local(LocalFailure::NoMailbox), Verdict::Permanent { status, .. } if status == "5.1.1")
+        );
+        assert!(
+            matches!(local(LocalFailure::Alias), Verdict::Permanent { status, .. } if status == "5.4.6")
+        );
+        assert!(
+            matches!(local(LocalFailure::DiskFull), Verdict::Transient { status, .. } if status == "4.3.1")
+        );
+        assert!(
+            matches!(local(LocalFailure::MailboxFull), Verdict::Transient { status, .. } if status == "4.2.2")
+        );
+        assert!(
+            matches!(local(LocalFailure::Io), Verdict::Transient { status, .. } if status == "4.3.0")
+        );
+        assert!(matches!(
+            classify(&Event::Stored {
+                mailbox: "a".into()
+            }),
+            Verdict::Delivered {
+                how: Success::Delivered,
+                notify_passed_on: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(&Event::Expanded {
+                count: 1,
+                queue_id: "q".into()
+            }),
+            Verdict::Delivered {
+                how: Success::Expanded,
+                notify_passed_on: true,
+                ..
+            }
+        ));
+        // LMTP: 4xx after the content retries, 5xx returns the message.
+        assert!(matches!(
+            classify(&Event::Reply {
+                code: 452,
+                enhanced: Some("4.2.2".into()),
+                text: "over quota".into(),
+                remote: "lmtp".into()
+            }),
+            Verdict::Transient { .. }
+        ));
+        assert!(matches!(
+            classify(&Event::Accepted {
+                code: 250,
+                text: "ok".into(),
+                remote: "lmtp".into(),
+                dsn: false,
+                final_delivery: true
+            }),
+            Verdict::Delivered {
+                how: Success::Delivered,
+                ..
+            }
+        ));
     }
 }

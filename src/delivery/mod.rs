@@ -1,8 +1,9 @@
 //! Delivery: the manager that schedules queued messages (due times, a
 //! global in-flight limit, per-destination limits, hold/flush/delete/bounce
 //! requests) and, per message, turns each recipient's outcome into a new
-//! status, a retry time or a DSN. Transports (remote SMTP; local delivery
-//! later) only report events; [`classify`] alone decides what they mean.
+//! status, a retry time or a DSN. Transports (remote SMTP for other
+//! domains; local delivery, Maildir or LMTP, for the local domains) only
+//! report events; [`classify`] alone decides what they mean.
 //!
 //! Owns no on-disk state: all of it goes through the queue (status after
 //! every attempt, DSNs enqueued like any message, removal when done). Never
@@ -10,11 +11,13 @@
 
 pub mod classify;
 pub mod dsn;
+pub mod local;
+pub mod maildir;
 pub mod remote;
 pub mod retry;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
@@ -26,9 +29,10 @@ use tokio::task::JoinSet;
 use tracing::{info, warn, Instrument};
 
 use crate::config::{Config, DoubleBounce};
+use crate::live::Live;
 use crate::proto::envelope::{BodyType, Envelope, Notify, Recipient};
 use crate::queue::{MessageStatus, Queue, QueueId, RcptState, RcptStatus, StoredMessage};
-use classify::{classify, Event, Verdict};
+use classify::{classify, Event, Success, Verdict};
 use dsn::{DsnAction, DsnRecipient};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -50,6 +54,11 @@ pub trait Transport: Send + Sync {
     /// (the relay host when one is used, else the domain).
     fn destination(&self, domain: &str) -> String {
         domain.to_string()
+    }
+    /// Most deliveries at once to one destination of this transport;
+    /// None: `delivery.max_connections_per_destination`.
+    fn destination_limit(&self) -> Option<usize> {
+        None
     }
 }
 
@@ -101,34 +110,52 @@ struct Entry {
 
 /// Shared by the manager and its message tasks.
 struct Ctx {
-    cfg: Arc<Config>,
+    live: Live,
     queue: Queue,
-    transport: Arc<dyn Transport>,
-    local_domains: HashSet<String>,
+    /// Other domains.
+    remote: Arc<dyn Transport>,
+    /// The local domains.
+    local: Arc<dyn Transport>,
     /// Limits deliveries (connections out) over all destinations.
     global: Arc<Semaphore>,
-    per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
-    postmaster: String,
+    /// `delivery.max_in_flight` at start (the size of `global`).
+    max_in_flight: usize,
+    /// Per destination: the semaphore and the number of permits it was made with.
+    per_destination: Mutex<HashMap<String, (Arc<Semaphore>, usize)>>,
 }
 
 impl Ctx {
-    fn destination_limit(&self, key: &str) -> Arc<Semaphore> {
+    fn cfg(&self) -> Arc<Config> {
+        self.live.cfg()
+    }
+
+    fn destination_limit(&self, key: &str, max: usize) -> Arc<Semaphore> {
         let mut map = self
             .per_destination
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if map.len() > 10_000 {
             // Forget idle destinations (no permit taken) to stay bounded.
-            let max = self.cfg.delivery.max_connections_per_destination;
-            map.retain(|_, s| s.available_permits() < max);
+            map.retain(|_, (s, n)| s.available_permits() < *n);
         }
-        map.entry(key.to_string())
-            .or_insert_with(|| {
-                Arc::new(Semaphore::new(
-                    self.cfg.delivery.max_connections_per_destination,
-                ))
-            })
-            .clone()
+        match map.get(key) {
+            // A reload changed the limit: new deliveries use a new one.
+            Some((s, n)) if *n == max => s.clone(),
+            _ => {
+                let s = Arc::new(Semaphore::new(max));
+                map.insert(key.to_string(), (s.clone(), max));
+                s
+            }
+        }
+    }
+}
+
+/// The postmaster address of a configuration.
+fn postmaster(cfg: &Config) -> String {
+    if cfg.delivery.postmaster.is_empty() {
+        format!("postmaster@{}", cfg.server.hostname)
+    } else {
+        cfg.delivery.postmaster.clone()
     }
 }
 
@@ -145,27 +172,22 @@ enum Next {
 /// Starts the manager: loads the queue's schedule and delivers until
 /// `stop` turns true (deliveries in progress may finish within `grace`).
 pub fn start(
-    cfg: Arc<Config>,
+    live: Live,
     queue: Queue,
-    transport: Arc<dyn Transport>,
+    remote: Arc<dyn Transport>,
+    local: Arc<dyn Transport>,
     mut stop: watch::Receiver<bool>,
 ) -> (Handle, tokio::task::JoinHandle<()>) {
     let (tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<String>)>(64);
-    let mut local_domains: HashSet<String> = cfg.domains.local.iter().cloned().collect();
-    local_domains.insert(cfg.server.hostname.clone());
-    let postmaster = if cfg.delivery.postmaster.is_empty() {
-        format!("postmaster@{}", cfg.server.hostname)
-    } else {
-        cfg.delivery.postmaster.clone()
-    };
+    let max_in_flight = live.cfg().delivery.max_in_flight.max(1);
     let ctx = Arc::new(Ctx {
-        global: Arc::new(Semaphore::new(cfg.delivery.max_in_flight.max(1))),
+        global: Arc::new(Semaphore::new(max_in_flight)),
+        max_in_flight,
         per_destination: Mutex::new(HashMap::new()),
-        local_domains,
-        postmaster,
-        transport,
+        remote,
+        local,
         queue,
-        cfg,
+        live,
     });
     let mut fresh = ctx.queue.subscribe();
     let task = tokio::spawn(async move {
@@ -199,7 +221,7 @@ pub fn start(
             }
         }
         let mut running: JoinSet<(QueueId, Next)> = JoinSet::new();
-        let max_tasks = ctx.cfg.delivery.max_in_flight.max(1);
+        let max_tasks = ctx.max_in_flight;
         loop {
             // Launch what is due, within the in-flight limit.
             let now = unix_now();
@@ -283,7 +305,7 @@ pub fn start(
                 }
                 _ = stop.changed() => {
                     info!(running = running.len(), "delivery stopping");
-                    let grace = Duration::from_secs(ctx.cfg.limits.shutdown_grace_secs);
+                    let grace = Duration::from_secs(ctx.cfg().limits.shutdown_grace_secs);
                     let _ = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
                     running.abort_all();
                     return;
@@ -466,20 +488,22 @@ async fn send_dsn(ctx: &Arc<Ctx>, msg: &StoredMessage, report: &[DsnRecipient], 
         return;
     }
     let env = &msg.envelope;
+    let cfg = ctx.cfg();
+    let postmaster = postmaster(&cfg);
     let to = if !env.sender.is_empty() {
         env.sender.clone()
     } else {
         let to_postmaster = report
             .iter()
-            .all(|r| r.final_recipient.eq_ignore_ascii_case(&ctx.postmaster));
-        if delay || ctx.cfg.delivery.double_bounce == DoubleBounce::Drop || to_postmaster {
+            .all(|r| r.final_recipient.eq_ignore_ascii_case(&postmaster));
+        if delay || cfg.delivery.double_bounce == DoubleBounce::Drop || to_postmaster {
             info!(queue_id = %msg.id, "no DSN: the message came from the null sender");
             return;
         }
-        ctx.postmaster.clone()
+        postmaster
     };
     let now = unix_now();
-    let host = &ctx.cfg.server.hostname;
+    let host = &cfg.server.hostname;
     let message_id = format!("<{}.{}@{}>", msg.id, now, host);
     let queue_id = msg.id.to_string();
     let input = dsn::DsnInput {
@@ -543,13 +567,12 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
     if msg.status.hold {
         return Next::Held;
     }
-    let d = &ctx.cfg.delivery;
+    let snap = ctx.live.get();
+    let d = &snap.cfg.delivery;
     let now = unix_now();
     let mut st = msg.status.clone();
-    // Pending recipients that are due, by domain; local ones wait for the
-    // local transport.
+    // Pending recipients that are due, by domain.
     let mut by_domain: HashMap<String, Vec<usize>> = HashMap::new();
-    let mut local_waiting = false;
     for (i, r) in msg.envelope.recipients.iter().enumerate() {
         let rs = &st.rcpts[i];
         if rs.state != RcptState::Pending || rs.next_attempt > now {
@@ -560,30 +583,35 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
             .rsplit_once('@')
             .map(|(_, d)| d.to_ascii_lowercase())
             .unwrap_or_default();
-        if ctx.local_domains.contains(&domain) {
-            local_waiting = true;
-            continue;
-        }
         by_domain.entry(domain).or_default().push(i);
     }
     let mut failed_now = Vec::new();
     let mut delivered_now = Vec::new();
     for (domain, idx) in by_domain {
+        let transport = if snap.directory.is_local_domain(&domain) {
+            &ctx.local
+        } else {
+            &ctx.remote
+        };
         for chunk in idx.chunks(d.max_recipients_per_transaction.max(1)) {
             let job = Job {
                 msg: msg.clone(),
                 domain: domain.clone(),
                 rcpts: chunk.to_vec(),
             };
-            let dest = ctx.transport.destination(&domain);
-            let limit = ctx.destination_limit(&dest);
+            let dest = transport.destination(&domain);
+            let max = transport
+                .destination_limit()
+                .unwrap_or(d.max_connections_per_destination)
+                .max(1);
+            let limit = ctx.destination_limit(&dest, max);
             let (Ok(_g), Ok(_d)) = (
                 ctx.global.clone().acquire_owned().await,
                 limit.acquire_owned().await,
             ) else {
                 return Next::At(now + 60);
             };
-            let events = ctx.transport.deliver(&job).await;
+            let events = transport.deliver(&job).await;
             for (k, &i) in chunk.iter().enumerate() {
                 let event = events
                     .get(k)
@@ -634,18 +662,25 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                         remote,
                         reply,
                         notify_passed_on,
+                        how,
                     } => {
                         info!(to = %rcpt.address, relay = %remote, reply = %reply, "delivered");
                         rs.state = RcptState::Delivered;
                         rs.last_reply = reply;
+                        let action = match how {
+                            Success::Relayed => DsnAction::Relayed,
+                            Success::Delivered => DsnAction::Delivered,
+                            Success::Expanded => DsnAction::Expanded,
+                        };
                         // A next hop with DSN reports success itself.
-                        if !notify_passed_on && dsn::should_notify(rcpt.notify, DsnAction::Relayed)
-                        {
+                        if !notify_passed_on && dsn::should_notify(rcpt.notify, action) {
+                            let mta = (how == Success::Relayed || remote.starts_with("lmtp:"))
+                                .then_some(remote);
                             delivered_now.push(dsn_rcpt(
                                 rcpt,
-                                DsnAction::Relayed,
+                                action,
                                 "2.0.0",
-                                Some(remote),
+                                mta,
                                 Some(rs.last_reply.clone()),
                                 Some(now),
                             ));
@@ -691,10 +726,7 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
     {
         for (i, rs) in st.rcpts.iter().enumerate() {
             let r = &msg.envelope.recipients[i];
-            if rs.state == RcptState::Pending
-                && dsn::should_notify(r.notify, DsnAction::Delayed)
-                && !local_waiting
-            {
+            if rs.state == RcptState::Pending && dsn::should_notify(r.notify, DsnAction::Delayed) {
                 let mut dr = dsn_rcpt(
                     r,
                     DsnAction::Delayed,

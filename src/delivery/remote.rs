@@ -685,19 +685,31 @@ impl RemoteTransport {
         remote: &str,
         dsn: bool,
     ) -> Vec<Event> {
-        r.rcpts
-            .iter()
-            .map(|o| match o {
-                RcptOutcome::Accepted(rep) if (200..300).contains(&rep.code) => Event::Accepted {
-                    code: rep.code,
-                    text: reply_text(rep),
-                    remote: remote.to_string(),
-                    dsn,
-                },
-                RcptOutcome::Accepted(rep) | RcptOutcome::Rejected(rep) => reply_event(rep, remote),
-            })
-            .collect()
+        rcpt_events(r, remote, dsn, false)
     }
+}
+
+/// One event per recipient of a transaction; `final_delivery` for an LMTP
+/// server.
+pub(super) fn rcpt_events(
+    r: &crate::proto::client::TransactionResult,
+    remote: &str,
+    dsn: bool,
+    final_delivery: bool,
+) -> Vec<Event> {
+    r.rcpts
+        .iter()
+        .map(|o| match o {
+            RcptOutcome::Accepted(rep) if (200..300).contains(&rep.code) => Event::Accepted {
+                code: rep.code,
+                text: reply_text(rep),
+                remote: remote.to_string(),
+                dsn,
+                final_delivery,
+            },
+            RcptOutcome::Accepted(rep) | RcptOutcome::Rejected(rep) => reply_event(rep, remote),
+        })
+        .collect()
 }
 
 fn reply_text(r: &ServerReply) -> String {
@@ -707,7 +719,7 @@ fn reply_text(r: &ServerReply) -> String {
     }
 }
 
-fn reply_event(r: &ServerReply, remote: &str) -> Event {
+pub(super) fn reply_event(r: &ServerReply, remote: &str) -> Event {
     Event::Reply {
         code: r.code,
         enhanced: r.enhanced.map(|(c, s, d)| format!("{c}.{s}.{d}")),

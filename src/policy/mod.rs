@@ -5,11 +5,11 @@
 //!
 //! The checks per command, in order, are documented in docs/policy.md.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::auth::User;
+use crate::directory::{Directory, Unresolved};
 
 use crate::config::{Cidr, Config};
 use crate::proto::address::Domain;
@@ -19,7 +19,7 @@ use crate::proto::reply::{self, Reply};
 /// The parts of the configuration that decisions depend on.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    local_domains: HashSet<String>,
+    directory: Arc<Directory>,
     trusted: Vec<Cidr>,
     sender_login_match: bool,
     check_header_from: bool,
@@ -38,17 +38,11 @@ pub struct Client {
 }
 
 impl Policy {
-    pub fn new(cfg: &Config) -> Policy {
-        let mut local_domains: HashSet<String> = cfg
-            .domains
-            .local
-            .iter()
-            .map(|d| d.to_ascii_lowercase())
-            .collect();
-        // The server's own name is always local, as Postfix's $myhostname is.
-        local_domains.insert(cfg.server.hostname.to_ascii_lowercase());
+    /// The decisions of `cfg`, with `directory` saying which local
+    /// addresses exist.
+    pub fn new(cfg: &Config, directory: Arc<Directory>) -> Policy {
         Policy {
-            local_domains,
+            directory,
             trusted: cfg.relay.trusted_networks.clone(),
             sender_login_match: cfg.auth.sender_login_match,
             check_header_from: cfg.auth.check_header_from,
@@ -71,7 +65,7 @@ impl Policy {
 
     pub fn is_local_domain(&self, domain: &Domain) -> bool {
         match domain {
-            Domain::Name(d) => self.local_domains.contains(d.as_str()),
+            Domain::Name(d) => self.directory.is_local_domain(d),
             // Address literals are never local: mail to [ip] is relaying.
             Domain::Literal(_) => false,
         }
@@ -111,22 +105,35 @@ impl Policy {
         Ok(())
     }
 
-    /// RCPT TO: is this recipient local, or may this client relay to it?
+    /// RCPT TO: a local recipient must exist (for every client: unknown
+    /// users are refused now, never bounced later); any other domain needs
+    /// a client that may relay.
     pub fn check_rcpt(&self, client: &Client, rcpt: &RcptTo) -> Result<(), Reply> {
-        if client.trusted || client.user.is_some() {
-            return Ok(());
-        }
+        let may_relay = client.trusted || client.user.is_some();
         if !self.is_local_domain(&rcpt.rcpt.domain) {
-            return Err(reply::RELAY_DENIED);
+            return if may_relay {
+                Ok(())
+            } else {
+                Err(reply::RELAY_DENIED)
+            };
         }
         // Sender-specified routing (user%host@local, host!user@local,
         // "user@host"@local) would let a later hop forward elsewhere: only
         // trusted clients may use it.
         let local = rcpt.rcpt.local_unquoted();
-        if local.contains(['%', '!', '@']) {
+        if !may_relay && local.contains(['%', '!', '@']) {
             return Err(reply::RELAY_DENIED);
         }
-        Ok(())
+        match self.directory.resolve(&rcpt.rcpt.address()) {
+            Ok(_) => Ok(()),
+            Err(Unresolved::Unknown) => Err(reply::USER_UNKNOWN),
+            Err(_) => Err(reply::ALIAS_ERROR),
+        }
+    }
+
+    /// The directory the decisions use.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
     }
 }
 
@@ -178,11 +185,52 @@ mod tests {
     use super::*;
     use crate::proto::command::{parse_command, Command};
 
+    /// example.org and mx.example.org are local; every address in them
+    /// exists (a catch-all) but for nobody@example.org.
+    pub(crate) fn catch_all(cfg: &mut Config) -> Arc<Directory> {
+        use crate::config::{AliasTargets, UserConfig};
+        cfg.auth.users.push(UserConfig {
+            login: "box".into(),
+            password: "$6$x$y".into(),
+            addresses: vec!["box@example.org".into()],
+            delivery: None,
+            maildir: None,
+        });
+        for (k, t) in [
+            ("@example.org", "box@example.org"),
+            ("postmaster", "box@example.org"),
+            ("abuse", "box@example.org"),
+        ] {
+            cfg.local
+                .aliases
+                .insert(k.into(), AliasTargets(vec![t.into()]));
+        }
+        let users = crate::auth::UserDb::load(&cfg.auth).unwrap();
+        Arc::new(Directory::build(cfg, &users, Default::default()).unwrap())
+    }
+
     fn policy() -> Policy {
         let mut cfg = Config::default();
         cfg.server.hostname = "mx.example.org".into();
         cfg.domains.local = vec!["example.org".into()];
-        Policy::new(&cfg)
+        let d = catch_all(&mut cfg);
+        Policy::new(&cfg, d)
+    }
+
+    #[test]
+    fn unknown_local_recipient_refused_for_everyone() {
+        let mut cfg = Config::default();
+        cfg.server.hostname = "mx.example.org".into();
+        cfg.domains.local = vec!["example.org".into()];
+        let d = catch_all(&mut cfg);
+        let p = Policy::new(&cfg, d);
+        assert!(rcpt(&p, "192.0.2.1", "RCPT TO:<anyone@example.org>").is_ok());
+        for ip in ["192.0.2.1", "127.0.0.1"] {
+            assert_eq!(
+                rcpt(&p, ip, "RCPT TO:<someone@mx.example.org>"),
+                Err(reply::USER_UNKNOWN)
+            );
+        }
     }
 
     fn rcpt(p: &Policy, ip: &str, line: &str) -> Result<(), Reply> {
@@ -243,13 +291,16 @@ mod auth_tests {
         cfg.domains.local = vec!["example.org".into()];
         cfg.relay.trusted_networks = vec![];
         cfg.auth.check_header_from = check_from;
+        let d = super::tests::catch_all(&mut cfg);
         cfg.auth.users = vec![UserConfig {
             login: "alice".into(),
             password: crate::auth::hash_password("pw").unwrap(),
             addresses: vec!["alice@example.org".into(), "@alice.test".into()],
+            delivery: None,
+            maildir: None,
         }];
         let db = crate::auth::UserDb::load(&cfg.auth).unwrap();
-        let p = Policy::new(&cfg);
+        let p = Policy::new(&cfg, d);
         let anon = p.client("192.0.2.1".parse().unwrap(), true);
         let mut alice = p.client("192.0.2.1".parse().unwrap(), true);
         alice.user = db.get("alice");

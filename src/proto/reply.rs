@@ -151,6 +151,16 @@ pub const TOO_MANY_CONNECTIONS_FROM_IP: Reply = Reply::new(
     "4.7.0",
     "Error: too many connections from your address, try again later",
 );
+pub const USER_UNKNOWN: Reply = Reply::new(
+    550,
+    "5.1.1",
+    "Error: mailbox unavailable: no such user here",
+);
+pub const ALIAS_ERROR: Reply = Reply::new(
+    550,
+    "5.4.6",
+    "Error: recipient address cannot be expanded (alias loop or limit)",
+);
 pub const RELAY_DENIED: Reply = Reply::new(554, "5.7.1", "Error: relay access denied");
 pub const INSUFFICIENT_STORAGE: Reply = Reply::new(
     452,

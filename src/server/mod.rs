@@ -16,9 +16,10 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::auth::{FailureLimiter, UserDb};
+use crate::auth::FailureLimiter;
 use crate::config::{BareNewline, Config, ListenerConfig, ListenerMode};
-use crate::policy::{Client, Policy};
+use crate::live::{Live, Snapshot};
+use crate::policy::Client;
 use crate::proto::command::{MailFrom, RcptTo};
 use crate::proto::reply::{self, Reply};
 use crate::proto::{Action, AuthOutcome, Host, MessageFacts, ServerSession, SessionConfig};
@@ -33,12 +34,14 @@ const BODY_FLUSH: usize = 64 * 1024;
 
 /// Everything connections share.
 struct Shared {
-    cfg: Arc<Config>,
-    policy: Policy,
+    /// Configuration, users, directory and policy; a connection keeps the
+    /// snapshot it started with.
+    live: Live,
     tls: Option<Tls>,
-    users: UserDb,
     auth_limiter: FailureLimiter,
     queue: Queue,
+    /// `limits.max_connections` at start (the size of `conns`).
+    max_connections: usize,
     conns: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -70,7 +73,7 @@ impl Running {
 impl Running {
     /// Connections currently open.
     pub fn connections(&self) -> usize {
-        self.shared.cfg.limits.max_connections - self.shared.conns.available_permits()
+        self.shared.max_connections - self.shared.conns.available_permits()
     }
 
     /// Stops accepting, lets messages being received finish for up to
@@ -82,7 +85,7 @@ impl Running {
             let _ = t.await;
         }
         let deadline = Instant::now() + grace;
-        let max = self.shared.cfg.limits.max_connections as u32;
+        let max = self.shared.max_connections as u32;
         if timeout_at(deadline, self.shared.conns.acquire_many(max))
             .await
             .is_err()
@@ -135,15 +138,12 @@ pub fn bind_all(cfg: &Config) -> io::Result<Vec<TcpListener>> {
     Ok(out)
 }
 
-/// Starts serving on already bound listeners (one per `cfg.listeners`).
-/// Loads the TLS certificates and the users first; an error names the file.
-pub fn start(
-    cfg: Arc<Config>,
-    queue: Queue,
-    listeners: Vec<TcpListener>,
-) -> Result<Running, String> {
+/// Starts serving on already bound listeners (one per listener of the
+/// live configuration). Loads the TLS certificates first; an error names
+/// the file.
+pub fn start(live: Live, queue: Queue, listeners: Vec<TcpListener>) -> Result<Running, String> {
+    let cfg = live.cfg();
     let tls = Tls::load(&cfg)?;
-    let users = UserDb::load(&cfg.auth).map_err(|e| e.join("; "))?;
     let a = &cfg.auth;
     let auth_limiter = FailureLimiter::new(
         a.ip_max_failures,
@@ -152,28 +152,26 @@ pub fn start(
         a.exempt_loopback,
     );
     let shared = Arc::new(Shared {
-        policy: Policy::new(&cfg),
         tls,
-        users,
         auth_limiter,
         queue,
+        max_connections: cfg.limits.max_connections,
         conns: Arc::new(Semaphore::new(cfg.limits.max_connections)),
         per_ip: Mutex::new(HashMap::new()),
-        cfg,
+        live,
     });
     let (tx, rx) = watch::channel(false);
     let mut addrs = Vec::new();
     let mut accept_tasks = Vec::new();
-    for (listener, lcfg) in listeners.into_iter().zip(shared.cfg.listeners.iter()) {
+    for (index, (listener, lcfg)) in listeners.into_iter().zip(cfg.listeners.iter()).enumerate() {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         addrs.push(addr);
         info!(addr = %addr, mode = lcfg.mode.as_str(), tls = shared.tls.is_some(), auth = lcfg.auth_offered(), "listening");
-        let scfg = Arc::new(session_config(&shared.cfg, lcfg));
         accept_tasks.push(tokio::spawn(accept_loop(
             shared.clone(),
             listener,
+            index,
             lcfg.clone(),
-            scfg,
             rx.clone(),
         )));
     }
@@ -198,14 +196,26 @@ pub fn start(
     })
 }
 
+/// The listener's settings in a snapshot: the entry at the same index, if
+/// it still has the same address and mode (a listener's address and mode
+/// change only with a restart), else those it was started with.
+fn listener_in(snap: &Snapshot, index: usize, started: &ListenerConfig) -> ListenerConfig {
+    match snap.cfg.listeners.get(index) {
+        Some(l) if l.bind == started.bind && l.mode == started.mode => l.clone(),
+        _ => started.clone(),
+    }
+}
+
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
-    lcfg: ListenerConfig,
-    scfg: Arc<SessionConfig>,
+    index: usize,
+    started: ListenerConfig,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mode = lcfg.mode;
+    let mode = started.mode;
+    // Session settings, rebuilt only when the snapshot changes.
+    let mut cached: Option<(Arc<Snapshot>, Arc<SessionConfig>, bool)> = None;
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -231,11 +241,22 @@ async fn accept_loop(
             tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS));
             continue;
         };
-        let client = shared.policy.client(ip, lcfg.auth_required());
+        let snap = shared.live.get();
+        let (scfg, auth_required) = match &cached {
+            Some((s, scfg, req)) if Arc::ptr_eq(s, &snap) => (scfg.clone(), *req),
+            _ => {
+                let lcfg = listener_in(&snap, index, &started);
+                let scfg = Arc::new(session_config(&snap.cfg, &lcfg));
+                let req = lcfg.auth_required();
+                cached = Some((snap.clone(), scfg.clone(), req));
+                (scfg, req)
+            }
+        };
+        let client = snap.policy.client(ip, auth_required);
         let slot = if client.trusted {
             None
         } else {
-            match IpSlot::take(&shared, ip) {
+            match IpSlot::take(&shared, ip, snap.cfg.limits.max_connections_per_ip) {
                 Some(s) => Some(s),
                 None => {
                     info!(peer = %ip, "connection refused: per-IP connection limit");
@@ -246,10 +267,9 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         let stop = stop.clone();
-        let scfg = scfg.clone();
         tokio::spawn(async move {
             let span = info_span!("conn", peer = %ip, listener = mode.as_str());
-            connection(&shared, stream, client, scfg, mode, stop, permit)
+            connection(&shared, snap, stream, client, scfg, mode, stop, permit)
                 .instrument(span)
                 .await;
             drop(slot);
@@ -274,15 +294,17 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 struct IpSlot {
     shared: Arc<Shared>,
     ip: IpAddr,
+    /// Counted in `per_ip` (a limit was in force when it was taken).
+    counted: bool,
 }
 
 impl IpSlot {
-    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
-        let limit = shared.cfg.limits.max_connections_per_ip;
+    fn take(shared: &Arc<Shared>, ip: IpAddr, limit: usize) -> Option<IpSlot> {
         if limit == 0 {
             return Some(IpSlot {
                 shared: shared.clone(),
                 ip,
+                counted: false,
             });
         }
         let mut map = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
@@ -294,13 +316,14 @@ impl IpSlot {
         Some(IpSlot {
             shared: shared.clone(),
             ip,
+            counted: true,
         })
     }
 }
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        if self.shared.cfg.limits.max_connections_per_ip == 0 {
+        if !self.counted {
             return;
         }
         let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
@@ -316,23 +339,24 @@ impl Drop for IpSlot {
 /// The session's view of the world.
 struct ConnHost<'a> {
     shared: &'a Shared,
+    snap: Arc<Snapshot>,
     client: Client,
     last_id: Option<QueueId>,
 }
 
 impl Host for ConnHost<'_> {
     fn check_mail(&mut self, mail: &MailFrom) -> Result<(), Reply> {
-        self.shared
+        self.snap
             .policy
             .check_mail(&self.client, mail, self.shared.queue.space_ok())
     }
 
     fn check_rcpt(&mut self, _mail: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply> {
-        self.shared.policy.check_rcpt(&self.client, rcpt)
+        self.snap.policy.check_rcpt(&self.client, rcpt)
     }
 
     fn check_message(&mut self, facts: &MessageFacts) -> Result<(), Reply> {
-        self.shared
+        self.snap
             .policy
             .check_message(&self.client, facts.from_header.as_deref())
     }
@@ -491,13 +515,14 @@ async fn authenticate(shared: &Shared, s: &mut ServerSession, host: &mut ConnHos
         s.auth_result(AuthOutcome::Blocked);
         return;
     }
-    let users = shared.users.clone();
+    let snap = host.snap.clone();
+    let delay = host.snap.cfg.auth.failure_delay_ms;
     let login = creds.login.clone();
     let verified = tokio::task::spawn_blocking(move || {
         if !creds.authzid.is_empty() && creds.authzid != creds.login {
             return None;
         }
-        users.verify(&creds.login, &creds.password)
+        snap.users.verify(&creds.login, &creds.password)
     })
     .await
     .ok()
@@ -514,7 +539,7 @@ async fn authenticate(shared: &Shared, s: &mut ServerSession, host: &mut ConnHos
                 .auth_limiter
                 .record_failure(ip, std::time::Instant::now());
             warn!(login = %login, blocked, "authentication failed");
-            tokio::time::sleep(Duration::from_millis(shared.cfg.auth.failure_delay_ms)).await;
+            tokio::time::sleep(Duration::from_millis(delay)).await;
             s.auth_result(if blocked {
                 AuthOutcome::Blocked
             } else {
@@ -524,8 +549,10 @@ async fn authenticate(shared: &Shared, s: &mut ServerSession, host: &mut ConnHos
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     shared: &Shared,
+    snap: Arc<Snapshot>,
     tcp: TcpStream,
     client: Client,
     scfg: Arc<SessionConfig>,
@@ -536,7 +563,7 @@ async fn connection(
     let _ = tcp.set_nodelay(true);
     let started = Instant::now();
     info!("connect");
-    let limits = &shared.cfg.limits;
+    let limits = snap.cfg.limits.clone();
     let session_deadline = started + Duration::from_secs(limits.session_timeout_secs);
     let mut s = ServerSession::new(scfg, client.ip);
     let mut stream = if mode == ListenerMode::Submissions {
@@ -555,6 +582,7 @@ async fn connection(
     };
     let mut host = ConnHost {
         shared,
+        snap,
         client,
         last_id: None,
     };

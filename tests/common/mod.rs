@@ -4,10 +4,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use pigeon::config::{Config, ListenerConfig, ListenerMode};
+use pigeon::config::{AliasTargets, Config, ListenerConfig, ListenerMode, UserConfig};
+use pigeon::live::{Live, Snapshot};
 use pigeon::queue::Queue;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -20,6 +20,9 @@ pub struct TestServer {
     _dir: tempfile::TempDir,
 }
 
+/// Local domains example.org and mx.test (the hostname). Every address
+/// of example.org exists: a catch-all sends what no user has to the user
+/// `box` (box@example.org), as do postmaster and abuse.
 pub fn test_config() -> Config {
     let mut cfg = Config::default();
     cfg.server.hostname = "mx.test".into();
@@ -28,17 +31,67 @@ pub fn test_config() -> Config {
         "127.0.0.1:0".parse().unwrap(),
         ListenerMode::Smtp,
     )];
+    cfg.auth
+        .users
+        .push(user("box", "$6$x$y", &["box@example.org"]));
+    for (k, t) in [
+        ("@example.org", "box@example.org"),
+        ("postmaster", "box@example.org"),
+        ("abuse", "box@example.org"),
+    ] {
+        alias(&mut cfg, k, &[t]);
+    }
     cfg
+}
+
+pub fn user(login: &str, hash: &str, addresses: &[&str]) -> UserConfig {
+    UserConfig {
+        login: login.into(),
+        password: hash.into(),
+        addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        delivery: None,
+        maildir: None,
+    }
+}
+
+pub fn alias(cfg: &mut Config, key: &str, targets: &[&str]) {
+    cfg.local.aliases.insert(
+        key.to_string(),
+        AliasTargets(targets.iter().map(|t| t.to_string()).collect()),
+    );
+}
+
+/// Maildirs under `<dir>/mail/{domain}/{user}/Maildir` unless the test chose.
+pub fn mail_under(cfg: &mut Config, dir: &std::path::Path) {
+    if cfg.local.maildir == Config::default().local.maildir {
+        cfg.local.maildir = format!("{}/mail/{{domain}}/{{user}}/Maildir", dir.display());
+    }
+}
+
+/// The reloadable state of a configuration (users and aliases must load).
+pub fn live(cfg: Config) -> Live {
+    Live::new(Snapshot::load(cfg).unwrap_or_else(|e| panic!("{e:?}")))
+}
+
+/// The contents of the messages in a Maildir's `new/`, oldest name first.
+pub fn maildir_messages(maildir: &std::path::Path) -> Vec<Vec<u8>> {
+    let Ok(rd) = std::fs::read_dir(maildir.join("new")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<PathBuf> = rd.map(|e| e.unwrap().path()).collect();
+    names.sort();
+    names.iter().map(|p| std::fs::read(p).unwrap()).collect()
 }
 
 pub async fn start(mut cfg: Config) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     cfg.spool.dir = spool.clone();
+    mail_under(&mut cfg, dir.path());
     let reserve = cfg.spool.effective_reserve(&cfg.limits);
     let (queue, _) = Queue::open(&spool, reserve).unwrap();
     let listeners = pigeon::server::bind_all(&cfg).unwrap();
-    let running = pigeon::server::start(Arc::new(cfg), queue, listeners).unwrap();
+    let running = pigeon::server::start(live(cfg), queue, listeners).unwrap();
     TestServer {
         addr: running.addrs[0],
         spool,

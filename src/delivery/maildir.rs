@@ -1,0 +1,338 @@
+//! Writing one message into a Maildir (the format of
+//! <https://cr.yp.to/proto/maildir.html>, with Dovecot's `,S=` size).
+//!
+//! The file gets a name no other delivery can have (time, microseconds,
+//! process id, a per-process counter and the host name), is written under
+//! `tmp/` with mode 0600, fsynced, linked into `new/` (renamed where the
+//! file system has no hard links) and `new/` is fsynced: only when
+//! [`deliver`] returns `Ok` is the message durable in the mailbox. Missing
+//! Maildirs are created with mode 0700 when allowed. Blocking: run it on the
+//! blocking pool.
+//!
+//! Touches only the Maildir it is given. The message content is untrusted
+//! but only copied; the one name taken from mail (a subaddress folder) is
+//! used only if [`crate::directory::safe_folder`] accepts it and the folder
+//! already exists.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Why a delivery into a Maildir failed.
+#[derive(Debug)]
+pub enum MaildirError {
+    /// The Maildir does not exist and may not be created.
+    Missing(PathBuf),
+    /// Over quota (EDQUOT).
+    Quota(io::Error),
+    /// The file system is full (ENOSPC).
+    NoSpace(io::Error),
+    /// Anything else (permissions, I/O errors, not a directory).
+    Io(io::Error),
+}
+
+impl std::fmt::Display for MaildirError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaildirError::Missing(p) => write!(f, "mailbox {} does not exist", p.display()),
+            MaildirError::Quota(e) => write!(f, "mailbox over quota: {e}"),
+            MaildirError::NoSpace(e) => write!(f, "no space left for the mailbox: {e}"),
+            MaildirError::Io(e) => write!(f, "cannot write to the mailbox: {e}"),
+        }
+    }
+}
+
+impl From<io::Error> for MaildirError {
+    fn from(e: io::Error) -> MaildirError {
+        match e.raw_os_error() {
+            Some(libc::EDQUOT) => MaildirError::Quota(e),
+            Some(libc::ENOSPC) => MaildirError::NoSpace(e),
+            _ => MaildirError::Io(e),
+        }
+    }
+}
+
+/// One delivery.
+pub struct Delivery<'a> {
+    /// The Maildir (holding `tmp/`, `new/`, `cur/`).
+    pub maildir: &'a Path,
+    /// A Maildir++ folder (`.name` inside the Maildir) to use if it exists.
+    pub folder: Option<&'a str>,
+    /// Create the Maildir if it is missing.
+    pub create: bool,
+    /// Our host name, for the unique file name.
+    pub hostname: &'a str,
+    /// The envelope sender ("" for `<>`), for `Return-Path:`.
+    pub sender: &'a str,
+    /// The recipient, for `Delivered-To:`.
+    pub recipient: &'a str,
+    /// The stored message (CRLF line ends).
+    pub message: &'a [u8],
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Delivers one message and returns the path of the new file.
+pub fn deliver(d: &Delivery<'_>) -> Result<PathBuf, MaildirError> {
+    let mut base = d.maildir.to_path_buf();
+    if !base.join("new").is_dir() {
+        if !d.create {
+            return Err(MaildirError::Missing(base));
+        }
+        create_maildir(&base)?;
+    }
+    if let Some(folder) = d.folder.filter(|f| crate::directory::safe_folder(f)) {
+        let sub = base.join(format!(".{folder}"));
+        if sub.join("new").is_dir() {
+            base = sub;
+        }
+    }
+    let content = file_content(d.sender, d.recipient, d.message);
+    let tmp_dir = base.join("tmp");
+    let new_dir = base.join("new");
+    for _ in 0..10 {
+        let name = unique_name(d.hostname, content.len());
+        let tmp = tmp_dir.join(&name);
+        let file = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(e) = write_synced(file, &content) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        let dest = new_dir.join(&name);
+        let moved = match std::fs::hard_link(&tmp, &dest) {
+            Ok(()) => std::fs::remove_file(&tmp).or(Ok(())),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(&tmp);
+                continue;
+            }
+            // No hard links here (some network and FUSE file systems).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EOPNOTSUPP)) => {
+                std::fs::rename(&tmp, &dest)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = moved {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        sync_dir(&new_dir)?;
+        return Ok(dest);
+    }
+    Err(MaildirError::Io(io::Error::other(
+        "could not find a free file name in tmp/",
+    )))
+}
+
+fn write_synced(mut file: File, content: &[u8]) -> io::Result<()> {
+    file.write_all(content)?;
+    file.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates the Maildir and any missing parents (mode 0700), and makes the
+/// new directories durable.
+fn create_maildir(base: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut p = base;
+    while !p.exists() {
+        missing.push(p.to_path_buf());
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+            _ => break,
+        }
+    }
+    DirBuilder::new().recursive(true).mode(0o700).create(base)?;
+    for sub in ["tmp", "new", "cur"] {
+        match DirBuilder::new().mode(0o700).create(base.join(sub)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    sync_dir(base)?;
+    // Each created directory's entry lives in its parent.
+    for dir in missing {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// `secs.MusecPpidQn.host,S=size`; `/` and `:` in the host name escaped
+/// as the Maildir specification says.
+fn unique_name(hostname: &str, size: usize) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let host = hostname.replace('/', "\\057").replace(':', "\\072");
+    format!(
+        "{}.M{}P{}Q{}.{},S={}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id(),
+        n,
+        host,
+        size
+    )
+}
+
+/// `Return-Path:` and `Delivered-To:`, then the message with Unix line
+/// ends, as mail readers of Maildirs expect.
+fn file_content(sender: &str, recipient: &str, message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + sender.len() + recipient.len() + 40);
+    out.extend_from_slice(b"Return-Path: <");
+    out.extend_from_slice(sender.as_bytes());
+    out.extend_from_slice(b">\nDelivered-To: ");
+    out.extend_from_slice(recipient.as_bytes());
+    out.push(b'\n');
+    let mut rest = message;
+    while let Some(i) = memchr::memmem::find(rest, b"\r\n") {
+        out.extend_from_slice(&rest[..i]);
+        out.push(b'\n');
+        rest = &rest[i + 2..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// The addresses of the `Delivered-To:` fields in the header of a stored
+/// message (at most 100), lowercased: the aliases it has already been
+/// expanded through here.
+pub fn delivered_to(message: &[u8]) -> Vec<String> {
+    let end = memchr::memmem::find(message, b"\r\n\r\n").unwrap_or(message.len());
+    let mut out = Vec::new();
+    for line in message[..end].split(|&b| b == b'\n') {
+        if out.len() >= 100 {
+            break;
+        }
+        let Some(rest) = line
+            .get(..13)
+            .filter(|h| h.eq_ignore_ascii_case(b"delivered-to:"))
+            .map(|_| &line[13..])
+        else {
+            continue;
+        };
+        let v = String::from_utf8_lossy(rest);
+        let v = v.trim().trim_start_matches('<').trim_end_matches('>');
+        if !v.is_empty() {
+            out.push(v.to_lowercase());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn delivery<'a>(dir: &'a Path, msg: &'a [u8]) -> Delivery<'a> {
+        Delivery {
+            maildir: dir,
+            folder: None,
+            create: true,
+            hostname: "mx.example/a:b",
+            sender: "bob@remote.test",
+            recipient: "alice@example.org",
+            message: msg,
+        }
+    }
+
+    #[test]
+    fn creates_writes_and_names() {
+        let t = tempfile::tempdir().unwrap();
+        let md = t.path().join("example.org/alice/Maildir");
+        let msg = b"Subject: hi\r\n\r\nline 1\r\n.dot\r\n";
+        let p = deliver(&delivery(&md, msg)).unwrap();
+        assert_eq!(p.parent().unwrap(), md.join("new"));
+        let got = std::fs::read(&p).unwrap();
+        assert_eq!(
+            got,
+            b"Return-Path: <bob@remote.test>\nDelivered-To: alice@example.org\nSubject: hi\n\nline 1\n.dot\n"
+        );
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(name.ends_with(&format!(",S={}", got.len())), "{name}");
+        assert!(name.contains(".mx.example\\057a\\072b,"), "{name}");
+        for sub in ["", "tmp", "new", "cur"] {
+            let mode = std::fs::metadata(md.join(sub))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{sub}");
+        }
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(std::fs::read_dir(md.join("tmp")).unwrap().count(), 0);
+        let p2 = deliver(&delivery(&md, msg)).unwrap();
+        assert_ne!(p, p2);
+    }
+
+    #[test]
+    fn missing_without_create_and_folders() {
+        let t = tempfile::tempdir().unwrap();
+        let md = t.path().join("Maildir");
+        let mut d = delivery(&md, b"x\r\n");
+        d.create = false;
+        assert!(matches!(deliver(&d), Err(MaildirError::Missing(_))));
+        d.create = true;
+        deliver(&d).unwrap();
+        // A folder is used only if it exists and its name is plain.
+        for f in ["lists", "../../evil"] {
+            d.folder = Some(f);
+            let p = deliver(&d).unwrap();
+            assert_eq!(p.parent().unwrap(), md.join("new"));
+        }
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(md.join(".lists").join(sub)).unwrap();
+        }
+        d.folder = Some("lists");
+        let p = deliver(&d).unwrap();
+        assert_eq!(p.parent().unwrap(), md.join(".lists/new"));
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        assert!(matches!(
+            MaildirError::from(io::Error::from_raw_os_error(libc::ENOSPC)),
+            MaildirError::NoSpace(_)
+        ));
+        assert!(matches!(
+            MaildirError::from(io::Error::from_raw_os_error(libc::EDQUOT)),
+            MaildirError::Quota(_)
+        ));
+        // A file where the Maildir should be.
+        let t = tempfile::tempdir().unwrap();
+        let md = t.path().join("Maildir");
+        std::fs::write(&md, b"").unwrap();
+        assert!(matches!(
+            deliver(&delivery(&md, b"x\r\n")),
+            Err(MaildirError::Io(_))
+        ));
+    }
+
+    #[test]
+    fn delivered_to_fields() {
+        let m = b"Delivered-To: Team@Example.org\r\nX: y\r\ndelivered-to:  <a@b>\r\n\r\nDelivered-To: body@x\r\n";
+        assert_eq!(delivered_to(m), ["team@example.org", "a@b"]);
+        assert!(delivered_to(b"Subject: x\r\n\r\n").is_empty());
+    }
+}

@@ -1,0 +1,72 @@
+//! The reloadable state: the configuration and what is derived from it
+//! (users, the recipient directory, the policy), as one immutable
+//! [`Snapshot`] behind a [`Live`] handle that the server and delivery
+//! share. A reload builds a whole new snapshot and swaps it in; work in
+//! progress keeps the snapshot it started with, so a connection or a
+//! delivery never sees half of a reload.
+//!
+//! Reads the users file and the aliases file (through `auth` and
+//! `directory`); touches nothing else.
+
+use std::sync::{Arc, RwLock};
+
+use crate::auth::UserDb;
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::policy::Policy;
+
+/// One consistent configuration.
+pub struct Snapshot {
+    pub cfg: Arc<Config>,
+    pub users: UserDb,
+    pub directory: Arc<Directory>,
+    pub policy: Policy,
+}
+
+impl Snapshot {
+    /// Loads the users and aliases a configuration names and checks them
+    /// together; every problem is reported.
+    pub fn load(cfg: Config) -> Result<Snapshot, Vec<String>> {
+        let users = UserDb::load(&cfg.auth)?;
+        let directory = Arc::new(Directory::load(&cfg, &users)?);
+        let policy = Policy::new(&cfg, directory.clone());
+        Ok(Snapshot {
+            cfg: Arc::new(cfg),
+            users,
+            directory,
+            policy,
+        })
+    }
+}
+
+/// The current snapshot, shared. Cheap to clone.
+#[derive(Clone)]
+pub struct Live {
+    current: Arc<RwLock<Arc<Snapshot>>>,
+}
+
+impl Live {
+    pub fn new(s: Snapshot) -> Live {
+        Live {
+            current: Arc::new(RwLock::new(Arc::new(s))),
+        }
+    }
+
+    /// The snapshot in force now.
+    pub fn get(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts a new snapshot in force for everything that starts from now on.
+    pub fn set(&self, s: Snapshot) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+    }
+
+    /// The configuration in force now.
+    pub fn cfg(&self) -> Arc<Config> {
+        self.get().cfg.clone()
+    }
+}
