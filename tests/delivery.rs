@@ -3,20 +3,20 @@
 //! are shortened to a second.
 
 mod common;
+#[path = "common/daemon.rs"]
+mod daemon;
 #[path = "common/sink.rs"]
 mod sink;
 #[path = "common/dns.rs"]
 mod test_dns;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{queued_id, test_config, Client};
+use common::test_config;
+use daemon::start;
 use pigeon::config::{Config, DoubleBounce};
-use pigeon::delivery::{self, Request};
-use pigeon::dns::HickoryResolver;
+use pigeon::delivery::Request;
 use pigeon::queue::{Queue, QueueId};
 use sink::{Behaviour, Sink};
 use test_dns::{Record, RecordType, TestDns};
@@ -35,16 +35,6 @@ fn sink_port() -> u16 {
     }
 }
 
-struct Daemon {
-    addr: SocketAddr,
-    spool: PathBuf,
-    queue: Queue,
-    handle: delivery::Handle,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-    running: pigeon::server::Running,
-}
-
 fn config(dns: &TestDns, port: u16) -> Config {
     let mut cfg = test_config();
     cfg.dns.nameservers = vec![dns.addr];
@@ -56,71 +46,6 @@ fn config(dns: &TestDns, port: u16) -> Config {
     cfg.delivery.connect_timeout_secs = 2;
     cfg.delivery.delay_warning_secs = 0;
     cfg
-}
-
-async fn start(cfg: Config, spool: PathBuf) -> Daemon {
-    let mut cfg = cfg;
-    cfg.spool.dir = spool.clone();
-    if let Some(parent) = spool.parent() {
-        common::mail_under(&mut cfg, parent);
-    }
-    let (queue, _) = Queue::open(&spool, 1).unwrap();
-    let live = common::live(cfg);
-    let cfg = live.cfg();
-    let listeners = pigeon::server::bind_all(&cfg).unwrap();
-    let running = pigeon::server::start(live.clone(), queue.clone(), listeners).unwrap();
-    let resolver = HickoryResolver::new(&cfg.dns.nameservers, Duration::from_secs(1), 1).unwrap();
-    let transport = Arc::new(pigeon::delivery::remote::RemoteTransport::new(
-        cfg.clone(),
-        Arc::new(resolver),
-    ));
-    let local = Arc::new(pigeon::delivery::local::LocalTransport::new(
-        live.clone(),
-        queue.clone(),
-    ));
-    let (stop, stop_rx) = watch::channel(false);
-    let (handle, task) = delivery::start(live, queue.clone(), transport, local, stop_rx);
-    Daemon {
-        addr: running.addrs[0],
-        spool,
-        queue,
-        handle,
-        stop,
-        task,
-        running,
-    }
-}
-
-impl Daemon {
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-        self.running.shutdown(Duration::from_secs(1)).await;
-        drop(self.queue);
-    }
-
-    async fn send(&self, from: &str, to: &[&str], body: &str) -> QueueId {
-        let mut c = Client::connect(self.addr).await;
-        c.reply().await;
-        c.cmd("EHLO client.test").await;
-        let r = c.mail(from, to, body).await;
-        assert!(r.starts_with("250 2.0.0"), "{r}");
-        c.cmd("QUIT").await;
-        queued_id(&r).parse().unwrap()
-    }
-
-    /// Waits until the queue holds exactly `n` messages.
-    async fn wait_queue_len(&self, n: usize, secs: u64) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-        while self.queue.len() != n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "queue has {} messages, want {n}",
-                self.queue.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }
 
 fn ip(n: u8, port: u16) -> SocketAddr {
