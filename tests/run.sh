@@ -3,7 +3,8 @@
 #
 #   build    cargo build --release --bins           (target/release/pigeon)
 #   test     cargo test --release                   (unit, dialog and integration tests)
-#   clients  tests/clients/run_clients.py           (smtplib, raw sockets, swaks, smtp-source)
+#   clients  tests/clients/run_clients.py           (smtplib, raw sockets, swaks, smtp-source,
+#                                                    Postfix and Dovecot peers)
 #   fuzz     a bounded run of every target in fuzz/ (cargo fuzz, stable toolchain)
 #
 # Usage: tests/run.sh [STAGE...]       with no argument, every stage in order.
@@ -11,8 +12,9 @@
 #   FUZZ_SECONDS   seconds of fuzzing per target (default 25)
 #   NO_INSTALL=1   never install missing tools (stages needing them fail instead)
 #
-# Missing tools are installed on first use: swaks and postfix (only for its
-# smtp-source tool; no Postfix daemon is left running) with apt-get, a C++
+# Missing tools are installed on first use: swaks, postfix (its smtp-source
+# tool and a test instance of its own), dovecot-core/-imapd/-lmtpd and
+# dnsmasq-base (no package daemon is left running) with apt-get, a C++
 # compiler for libFuzzer, and cargo-fuzz with cargo install. Installing needs
 # root; everything else runs as any user. docs/testing.md has the details.
 #
@@ -74,23 +76,31 @@ ensure_client_tools() {
     command -v openssl >/dev/null || want+=(openssl)
     # htpasswd makes the bcrypt ($2y$) hash of the migrated test user.
     command -v htpasswd >/dev/null || want+=(apache2-utils)
+    # tests/clients/dovecot.py: a Dovecot of its own (IMAP and LMTP), and
+    # dnsmasq for the MX records pigeon looks up.
+    command -v dovecot >/dev/null || want+=(dovecot-core)
+    [ -x /usr/lib/dovecot/imap ] || want+=(dovecot-imapd)
+    [ -x /usr/lib/dovecot/lmtp ] || want+=(dovecot-lmtpd)
+    command -v dnsmasq >/dev/null || want+=(dnsmasq-base)
     [ ${#want[@]} -eq 0 ] && return 0
     note "installing ${want[*]}"
     local policy_added=0 rc=0
     case " ${want[*]} " in *" postfix "*)
         # Postfix is wanted for /usr/sbin/smtp-source and for the separate
         # instance tests/clients/postfix_peer.py runs with its own config:
-        # no configuration here, and the default daemon must not start.
+        # no configuration here.
         printf '%s\n' \
             'postfix postfix/main_mailer_type select No configuration' \
             'postfix postfix/mailname string pigeon.test' | debconf-set-selections 2>/dev/null || true
-        if [ "$(id -u)" = 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
-            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-            chmod 755 /usr/sbin/policy-rc.d
-            policy_added=1
-        fi
         ;;
     esac
+    # The packages' own daemons (Postfix, Dovecot) must not start: the
+    # tests run instances of their own.
+    if [ "$(id -u)" = 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        policy_added=1
+    fi
     apt_install "${want[@]}" || rc=1
     [ "$policy_added" = 1 ] && rm -f /usr/sbin/policy-rc.d
     case " ${want[*]} " in *" postfix "*) stop_postfix ;; esac

@@ -96,16 +96,18 @@ def write_config(path, spool, trusted=None, edit=None):
 class Server:
     """One `pigeon serve` process with its own config, spool and log."""
 
-    def __init__(self, binary, workdir, name, trusted=None, edit=None):
+    def __init__(self, binary, workdir, name, trusted=None, edit=None, prefix=(), spool=None):
+        """`prefix`: a command that runs pigeon (setpriv ...); `spool`: the
+        spool directory (default: <workdir>/<name>-spool)."""
         self.binary = binary
-        self.spool = os.path.join(workdir, name + "-spool")
+        self.spool = spool or os.path.join(workdir, name + "-spool")
         self.config = os.path.join(workdir, name + ".toml")
         self.logpath = os.path.join(workdir, name + ".log")
         self.ports = write_config(self.config, self.spool, trusted, edit)
         self.port = self.ports["smtp"]
         self.log = open(self.logpath, "wb")
         self.proc = subprocess.Popen(
-            [binary, "serve", "--config", self.config],
+            [*prefix, binary, "serve", "--config", self.config],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir,
         )
         self._wait_ready()
@@ -491,6 +493,7 @@ def main():
     # tls_auth.py imports its helpers from this file: make that import find
     # this module even when it runs as __main__, so both share one Failure.
     sys.modules.setdefault("run_clients", sys.modules[__name__])
+    import dovecot
     import postfix_peer
     import tls_auth
 
@@ -553,6 +556,8 @@ def main():
         tls_auth.run_checks(run, binary, workdir)
         # Mail both ways with a real Postfix (tests/clients/postfix_peer.py).
         postfix_peer.run_checks(run, binary, workdir, keep=args.keep)
+        # Local delivery into a real Dovecot (tests/clients/dovecot.py).
+        dovecot.run_checks(run, binary, workdir)
         if srv is not None:
             def t_stop():
                 code = srv.stop(within=10)
