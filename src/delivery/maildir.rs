@@ -3,22 +3,25 @@
 //!
 //! The file gets a name no other delivery can have (time, microseconds,
 //! process id, a per-process counter and the host name), is written under
-//! `tmp/` with mode 0600, fsynced, linked into `new/` (renamed where the
-//! file system has no hard links) and `new/` is fsynced: only when
-//! [`deliver`] returns `Ok` is the message durable in the mailbox. Missing
-//! Maildirs are created with mode 0700 when allowed. Blocking: run it on the
-//! blocking pool.
+//! `tmp/` with mode 0600, fsynced, renamed into `new/` and `new/` is
+//! fsynced: only when [`deliver`] returns `Ok` is the message durable in the
+//! mailbox. Concurrent deliveries into one Maildir share their directory
+//! fsyncs (group commit: a delivery waits for a directory fsync that began
+//! after its rename). Missing Maildirs are created with mode 0700 when
+//! allowed. Blocking: run it on the blocking pool.
 //!
 //! Touches only the Maildir it is given. The message content is untrusted
 //! but only copied; the one name taken from mail (a subaddress folder) is
 //! used only if [`crate::directory::safe_folder`] accepts it and the folder
 //! already exists.
 
+use std::collections::HashMap;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why a delivery into a Maildir failed.
@@ -75,15 +78,105 @@ pub struct Delivery<'a> {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+fn pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
+static DIR_SYNC: DirSync = DirSync::new();
+
+/// Directory fsyncs shared between concurrent callers.
+struct DirSync {
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+struct SyncState {
+    /// The last ticket handed out, over all directories: tickets only grow,
+    /// so an entry made anew for a directory never confuses an old waiter.
+    last_ticket: u64,
+    rounds: Option<HashMap<PathBuf, Round>>,
+}
+
+/// Group-commit rounds of one directory.
+struct Round {
+    /// The last ticket handed out for this directory.
+    requested: u64,
+    /// Every ticket of this directory up to this one is durable.
+    synced: u64,
+    /// A fsync is in progress.
+    running: bool,
+}
+
+impl DirSync {
+    const fn new() -> DirSync {
+        DirSync {
+            state: Mutex::new(SyncState {
+                last_ticket: 0,
+                rounds: None,
+            }),
+            done: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns once `dir` has been fsynced after this call began.
+    fn sync(&self, dir: &Path) -> io::Result<()> {
+        let mut guard = self.lock();
+        guard.last_ticket += 1;
+        let ticket = guard.last_ticket;
+        let round = guard
+            .rounds
+            .get_or_insert_with(HashMap::new)
+            .entry(dir.to_path_buf())
+            .or_insert(Round {
+                requested: 0,
+                synced: 0,
+                running: false,
+            });
+        round.requested = ticket;
+        loop {
+            // An entry is removed only once every ticket it handed out is
+            // synced: no entry means this ticket is done.
+            let Some(round) = guard.rounds.as_mut().and_then(|m| m.get_mut(dir)) else {
+                return Ok(());
+            };
+            if round.synced >= ticket {
+                return Ok(());
+            }
+            if !round.running {
+                round.running = true;
+                let target = round.requested;
+                drop(guard);
+                let result = sync_dir(dir);
+                guard = self.lock();
+                if let Some(map) = guard.rounds.as_mut() {
+                    if let Some(round) = map.get_mut(dir) {
+                        round.running = false;
+                        if result.is_ok() {
+                            round.synced = round.synced.max(target);
+                        }
+                        if round.synced == round.requested {
+                            map.remove(dir);
+                        }
+                    }
+                }
+                self.done.notify_all();
+                // On failure the waiters of this round try again themselves.
+                result?;
+                continue;
+            }
+            guard = self.done.wait(guard).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// Delivers one message and returns the path of the new file.
 pub fn deliver(d: &Delivery<'_>) -> Result<PathBuf, MaildirError> {
     let mut base = d.maildir.to_path_buf();
-    if !base.join("new").is_dir() {
-        if !d.create {
-            return Err(MaildirError::Missing(base));
-        }
-        create_maildir(&base)?;
-    }
     if let Some(folder) = d.folder.filter(|f| crate::directory::safe_folder(f)) {
         let sub = base.join(format!(".{folder}"));
         if sub.join("new").is_dir() {
@@ -96,38 +189,43 @@ pub fn deliver(d: &Delivery<'_>) -> Result<PathBuf, MaildirError> {
     for _ in 0..10 {
         let name = unique_name(d.hostname, content.len());
         let tmp = tmp_dir.join(&name);
-        let file = match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-        {
+        let open = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+        };
+        let file = match open() {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            // No tmp/: the Maildir is missing (checked only now, so that a
+            // delivery to an existing one costs no extra lookup).
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !base.join("new").is_dir() => {
+                if !d.create || base != d.maildir {
+                    return Err(MaildirError::Missing(d.maildir.to_path_buf()));
+                }
+                create_maildir(&base)?;
+                match open() {
+                    Ok(f) => f,
+                    Err(e) => return Err(e.into()),
+                }
+            }
             Err(e) => return Err(e.into()),
         };
         if let Err(e) = write_synced(file, &content) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e.into());
         }
+        // The name is unique (time, pid, counter; tmp/ refused an existing
+        // one), so a rename cannot replace another message: one system
+        // call where link and unlink would be two.
         let dest = new_dir.join(&name);
-        let moved = match std::fs::hard_link(&tmp, &dest) {
-            Ok(()) => std::fs::remove_file(&tmp).or(Ok(())),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let _ = std::fs::remove_file(&tmp);
-                continue;
-            }
-            // No hard links here (some network and FUSE file systems).
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EOPNOTSUPP)) => {
-                std::fs::rename(&tmp, &dest)
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = moved {
+        if let Err(e) = std::fs::rename(&tmp, &dest) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e.into());
         }
-        sync_dir(&new_dir)?;
+        DIR_SYNC.sync(&new_dir)?;
         return Ok(dest);
     }
     Err(MaildirError::Io(io::Error::other(
@@ -186,7 +284,7 @@ fn unique_name(hostname: &str, size: usize) -> String {
         "{}.M{}P{}Q{}.{},S={}",
         now.as_secs(),
         now.subsec_micros(),
-        std::process::id(),
+        pid(),
         n,
         host,
         size
@@ -327,6 +425,36 @@ mod tests {
             deliver(&delivery(&md, b"x\r\n")),
             Err(MaildirError::Io(_))
         ));
+    }
+
+    #[test]
+    fn concurrent_deliveries_share_directory_syncs_and_all_return() {
+        let t = tempfile::tempdir().unwrap();
+        let md = t.path().join("Maildir");
+        deliver(&delivery(&md, b"first\r\n")).unwrap();
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let md = md.clone();
+                std::thread::spawn(move || {
+                    for j in 0..25 {
+                        let body = format!("message {i} {j}\r\n");
+                        deliver(&delivery(&md, body.as_bytes())).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert_eq!(
+            std::fs::read_dir(md.join("new")).unwrap().count(),
+            1 + 16 * 25
+        );
+        assert!(DIR_SYNC
+            .lock()
+            .rounds
+            .as_ref()
+            .is_none_or(|m| !m.contains_key(&md.join("new"))));
     }
 
     #[test]

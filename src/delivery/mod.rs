@@ -407,6 +407,9 @@ async fn apply(
 }
 
 async fn read(ctx: &Ctx, id: QueueId) -> Result<StoredMessage, String> {
+    if let Some(m) = ctx.queue.take_recent(id) {
+        return Ok(m);
+    }
     let q = ctx.queue.clone();
     tokio::task::spawn_blocking(move || q.read(id))
         .await

@@ -265,8 +265,52 @@ struct Inner {
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Subscriber told of every newly durable message.
     notify: store::Notify,
+    /// Messages just committed, kept in memory for their first delivery.
+    recent: Mutex<Recent>,
     /// Keeps the spool's `flock` for the life of the queue.
     _lock: File,
+}
+
+/// Bytes of message bodies kept in [`Recent`].
+const RECENT_BYTES: usize = 32 * 1024 * 1024;
+
+/// The messages committed last, as they were written, so that their first
+/// delivery attempt need not read them back from disk. Bounded by
+/// [`RECENT_BYTES`]; the oldest are forgotten first. An entry is taken
+/// (removed) by the first [`Queue::take_recent`].
+#[derive(Default)]
+pub(crate) struct Recent {
+    order: std::collections::VecDeque<QueueId>,
+    messages: std::collections::HashMap<QueueId, StoredMessage>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn insert(&mut self, m: StoredMessage) {
+        if m.body.len() > RECENT_BYTES / 8 {
+            return;
+        }
+        self.bytes += m.body.len();
+        self.order.push_back(m.id);
+        if let Some(old) = self.messages.insert(m.id, m) {
+            self.bytes -= old.body.len();
+        }
+        while self.bytes > RECENT_BYTES || self.order.len() > 100_000 {
+            let Some(id) = self.order.pop_front() else {
+                break;
+            };
+            self.take(id);
+        }
+        if self.messages.is_empty() {
+            self.order.clear();
+        }
+    }
+
+    fn take(&mut self, id: QueueId) -> Option<StoredMessage> {
+        let m = self.messages.remove(&id)?;
+        self.bytes -= m.body.len();
+        Some(m)
+    }
 }
 
 fn lock_index(m: &Mutex<BTreeSet<QueueId>>) -> std::sync::MutexGuard<'_, BTreeSet<QueueId>> {
@@ -394,6 +438,7 @@ impl Queue {
             }
         }
         lock_index(&self.inner.index).remove(&id);
+        self.forget_recent(id);
         Ok(())
     }
 
@@ -447,7 +492,30 @@ impl Queue {
 
     /// Reads one message (verified) and its status. Blocking.
     pub fn read(&self, id: QueueId) -> Result<StoredMessage, ReadError> {
+        if let Some(m) = self.take_recent(id) {
+            return Ok(m);
+        }
         read_message(&self.inner.dir, id)
+    }
+
+    /// The message as committed, if it was committed recently by this
+    /// process and not read since (its status is then "all pending": no
+    /// attempt has been recorded). Does no I/O.
+    pub fn take_recent(&self, id: QueueId) -> Option<StoredMessage> {
+        let mut r = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let m = r.take(id)?;
+        // Still in the queue (not removed meanwhile)?
+        lock_index(&self.inner.index).contains(&id).then_some(m)
+    }
+
+    fn remember_recent(&self, m: StoredMessage) {
+        let mut r = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        r.insert(m);
+    }
+
+    fn forget_recent(&self, id: QueueId) {
+        let mut r = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        r.take(id);
     }
 
     /// Directory fsyncs done by the committer since open (a metric: with

@@ -518,6 +518,7 @@ pub(crate) fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recover
             dir_syncs,
             in_flight,
             notify,
+            recent: Mutex::new(super::Recent::default()),
             _lock: lock,
         }),
     };

@@ -244,7 +244,14 @@ impl MessageWriter {
         } else {
             check_envelope(&self.env)?;
             let bytes = codec::encode_message(id, self.arrival, &self.env, &body);
-            drop(body);
+            // Kept for the first delivery attempt; forgotten if this fails.
+            q.remember_recent(super::StoredMessage {
+                id,
+                arrival: self.arrival,
+                status: super::MessageStatus::all_pending(self.env.recipients.len()),
+                envelope: self.env.clone(),
+                body,
+            });
             self.tmp_path = Some(path.clone());
             let state = Arc::clone(&self.tmp_state);
             let path = path.clone();
@@ -255,7 +262,10 @@ impl MessageWriter {
             })
         };
         // On error the temporary file is removed by Drop.
-        task.await.map_err(join_error)??;
+        if let Err(e) = task.await.map_err(join_error).and_then(|r| r) {
+            q.forget_recent(id);
+            return Err(e.into());
+        }
 
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = store::Job {
@@ -266,18 +276,25 @@ impl MessageWriter {
                 let _ = tx.send(r);
             }),
         };
-        q.submit(job)?;
+        if let Err(e) = q.submit(job) {
+            q.forget_recent(id);
+            return Err(e.into());
+        }
         drop(_in_flight);
         // From here on the committer owns the temporary file (it removes it
         // if the rename fails).
         self.tmp_path = None;
-        match rx.await {
+        let r = match rx.await {
             Ok(Ok(())) => Ok(id),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(QueueError::Io(io::Error::other(
                 "queue committer thread has stopped",
             ))),
+        };
+        if r.is_err() {
+            q.forget_recent(id);
         }
+        r
     }
 }
 
