@@ -5,10 +5,15 @@
 //! - [`proto`]: sans-IO SMTP: command and address parsers, replies, the server
 //!   session state machine and the DATA/BDAT readers. No tokio, no files, no clock. A leaf.
 //! - [`policy`]: every accept/refuse decision, as pure functions returning a reply.
+//! - [`auth`]: users and password checks; [`directory`]: which local
+//!   addresses exist and where their mail goes (users' mailboxes, aliases).
+//! - [`live`]: the reloadable snapshot of configuration, users, directory
+//!   and policy that the server and delivery share.
 //! - [`queue`]: all on-disk state: durable enqueue, recovery, per-recipient status.
 //! - [`server`]: the tokio shell: listeners, connection driver, limits, deadlines.
 //! - [`delivery`]: the scheduler over the queue and its transports (remote
-//!   SMTP via [`dns`]); DSNs; retries. [`control`] carries admin requests to it.
+//!   SMTP via [`dns`]; local: Maildir, LMTP, alias expansion); DSNs;
+//!   retries. [`control`] carries admin requests to it.
 //!
 //! Dependencies run one way: `server` → `policy`/`proto`/`queue` → `config`.
 
