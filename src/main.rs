@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use pigeon::config::{self, Config};
 use pigeon::live::{Live, Snapshot};
 use pigeon::queue::{self, QueueId};
+use pigeon::system;
 
 const DEFAULT_CONFIG: &str = "/etc/pigeon/pigeon.toml";
 
@@ -41,6 +42,13 @@ enum Cmd {
     /// Read a password (without echo, or from standard input when it is not
     /// a terminal) and print its argon2id hash for the users file.
     HashPassword,
+    /// Send a message read from standard input, as sendmail does (-t, -i,
+    /// -f, -F, recipients); also what runs when pigeon is called as
+    /// `sendmail`. Configuration: -C PATH or $PIGEON_CONFIG.
+    Sendmail {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Inspect the mail queue (reads the spool directly; safe while the server runs).
     Queue {
         #[arg(long, default_value = DEFAULT_CONFIG)]
@@ -107,6 +115,22 @@ enum QueueCmd {
 }
 
 fn main() -> ExitCode {
+    // Installed as /usr/sbin/sendmail (a link to pigeon), or `pigeon sendmail`:
+    // sendmail's own option syntax, parsed by hand.
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let prog = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    if prog == "sendmail" {
+        return ExitCode::from(pigeon::sendmail::run(&args[1..]));
+    }
+    if args.get(1).map(String::as_str) == Some("sendmail") {
+        return ExitCode::from(pigeon::sendmail::run(&args[2..]));
+    }
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::CheckConfig { config } => match load(&config).map(Snapshot::load) {
@@ -129,10 +153,11 @@ fn main() -> ExitCode {
             None => ExitCode::FAILURE,
         },
         Cmd::Serve { config } => match load(&config) {
-            Some(cfg) => serve(cfg),
+            Some(cfg) => serve(&config, cfg),
             None => ExitCode::FAILURE,
         },
         Cmd::HashPassword => hash_password(),
+        Cmd::Sendmail { args } => ExitCode::from(pigeon::sendmail::run(&args)),
         Cmd::Queue { config, spool, cmd } => {
             // Like other Unix tools, end quietly when the reader of our
             // output goes away (`pigeon queue list | head`).
@@ -201,9 +226,80 @@ fn raise_nofile_limit() {
     }
 }
 
-fn serve(cfg: Config) -> ExitCode {
-    pigeon::telemetry::init(&cfg.log);
+fn serve(path: &Path, cfg: Config) -> ExitCode {
+    let log = pigeon::telemetry::init(&cfg.log);
     raise_nofile_limit();
+    let identity = match system::plan_identity(&cfg) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(error = %e, "start-up failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(run(path, cfg, identity, log));
+    system::notify_stopping();
+    code
+}
+
+/// Start-up in this order: signal handlers; listening sockets (inherited
+/// from the service manager or bound, as root if started as root); the
+/// switch to `server.user`; then, unprivileged, users and aliases, the
+/// queue (recovered), TLS, the server, delivery, the control socket and the
+/// metrics endpoint; READY=1 last. Then wait for signals.
+async fn run(
+    path: &Path,
+    cfg: Config,
+    identity: system::Identity,
+    log: pigeon::telemetry::LogHandle,
+) -> ExitCode {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "{what}");
+        ExitCode::FAILURE
+    };
+    // Signal handlers first, so a SIGTERM that comes while starting up
+    // still means a clean stop.
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => return fail("cannot install signal handlers", &e),
+    };
+    let inherited = match system::inherited_listeners(&cfg.listeners) {
+        Ok(v) => v,
+        Err(e) => return fail("cannot take the sockets from the service manager", &e),
+    };
+    let listeners = match pigeon::server::listen(&cfg, inherited) {
+        Ok(l) => l,
+        Err(e) => return fail("start-up failed", &e),
+    };
+    let sendmail = if cfg.sendmail.socket.as_os_str().is_empty() {
+        None
+    } else {
+        match pigeon::server::bind_sendmail(&cfg.sendmail.socket) {
+            Ok(l) => Some(l),
+            Err(e) => return fail("start-up failed", &e),
+        }
+    };
+    if let system::Identity::Switch(account) = &identity {
+        if let Err(e) = system::prepare_dir(&cfg.spool.dir, account) {
+            return fail(
+                &format!("cannot create the spool {}", cfg.spool.dir.display()),
+                &e,
+            );
+        }
+        if let Err(e) = system::switch_to(account) {
+            return fail("cannot switch to server.user", &e);
+        }
+        tracing::info!(user = %account.name, uid = account.uid, gid = account.gid, "privileges dropped");
+    }
     let snap = match Snapshot::load(cfg) {
         Ok(s) => s,
         Err(errs) => {
@@ -225,8 +321,15 @@ fn serve(cfg: Config) -> ExitCode {
     let (q, rec) = match queue::Queue::open(&cfg.spool.dir, reserve) {
         Ok(x) => x,
         Err(e) => {
-            tracing::error!(spool = %cfg.spool.dir.display(), error = %e, "cannot open the queue");
-            return ExitCode::FAILURE;
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                " (the spool must belong to the user pigeon runs as)"
+            } else {
+                ""
+            };
+            return fail(
+                &format!("cannot open the queue in {}{hint}", cfg.spool.dir.display()),
+                &e,
+            );
         }
     };
     tracing::info!(
@@ -236,87 +339,226 @@ fn serve(cfg: Config) -> ExitCode {
         ms = rec.elapsed.as_millis() as u64,
         "queue recovered"
     );
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
-            return ExitCode::FAILURE;
+    let running = match pigeon::server::start(live.clone(), q.clone(), listeners, sendmail) {
+        Ok(r) => r,
+        Err(e) => return fail("start-up failed", &e),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut handle = None;
+    if cfg.delivery.enabled {
+        let resolver = match pigeon::dns::HickoryResolver::new(
+            &cfg.dns.nameservers,
+            Duration::from_secs(cfg.dns.timeout_secs),
+            cfg.dns.attempts,
+        ) {
+            Ok(r) => r,
+            Err(e) => return fail("cannot set up DNS resolution", &e),
+        };
+        let remote = Arc::new(pigeon::delivery::remote::RemoteTransport::new(
+            live.clone(),
+            Arc::new(resolver),
+        ));
+        let local = Arc::new(pigeon::delivery::local::LocalTransport::new(
+            live.clone(),
+            q.clone(),
+        ));
+        let (h, task) =
+            pigeon::delivery::start(live.clone(), q.clone(), remote, local, stop_rx.clone());
+        let sock = pigeon::control::socket_path(&cfg.spool.dir);
+        tasks.push(task);
+        let control = tokio::spawn(pigeon::control::serve(sock, h.clone(), stop_rx.clone()));
+        tasks.push(tokio::spawn(async move {
+            if let Ok(Err(e)) = control.await {
+                tracing::error!(error = %e, "control socket failed");
+            }
+        }));
+        handle = Some(h);
+    } else {
+        tracing::info!("delivery disabled: accepted mail stays queued");
+    }
+    if let Ok(addr) = cfg.metrics.listen.parse::<std::net::SocketAddr>() {
+        let h = handle.clone();
+        let listener = pigeon::metrics::serve(
+            addr,
+            move || {
+                let h = h.clone();
+                async move {
+                    match h {
+                        Some(h) => h.gauges().await,
+                        None => None,
+                    }
+                }
+            },
+            stop_rx.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = listener.await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        }));
+    }
+    if let Some(every) = system::watchdog_interval() {
+        tracing::info!(interval_ms = every.as_millis() as u64, "watchdog enabled");
+        tasks.push(tokio::spawn(system::watchdog(every)));
+    }
+    tracing::info!(hostname = %cfg.server.hostname, "pigeon started");
+    system::notify_ready(&ready_status(&running));
+    loop {
+        match signals.next().await {
+            Signal::Stop => break,
+            Signal::Reload => {
+                system::notify_reloading();
+                reload(path, &live, &running, &log);
+                system::notify_ready(&ready_status(&running));
+            }
+        }
+    }
+    system::notify_stopping();
+    tracing::info!(
+        open = running.connections(),
+        "stopping: no new connections, finishing messages in progress"
+    );
+    let _ = stop_tx.send(true);
+    running
+        .shutdown(Duration::from_secs(live.cfg().limits.shutdown_grace_secs))
+        .await;
+    for t in tasks {
+        if !t.is_finished() {
+            // The watchdog never ends by itself.
+            t.abort();
+        }
+        let _ = t.await;
+    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+fn ready_status(running: &pigeon::server::Running) -> String {
+    format!("accepting mail on {} listeners", running.addrs.len())
+}
+
+/// SIGHUP: reads the configuration file again, with its users and aliases
+/// and the certificates, and puts it in force for everything that starts
+/// from now on (sessions and deliveries in progress finish with what they
+/// began with). A file with errors changes nothing: every error is logged
+/// with its key and line.
+fn reload(
+    path: &Path,
+    live: &Live,
+    running: &pigeon::server::Running,
+    log: &pigeon::telemetry::LogHandle,
+) {
+    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+    let new = match config::load(path) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs {
+                tracing::error!(error = %e, "configuration error");
+            }
+            tracing::error!(
+                errors = errs.len(),
+                "configuration NOT reloaded; the running one stays in force"
+            );
+            return;
         }
     };
-    rt.block_on(async move {
-        // Signal handlers first, so a SIGTERM that comes while starting up
-        // still means a clean stop.
-        let mut signals = match Signals::new() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install signal handlers");
-                return ExitCode::FAILURE;
+    let old = live.cfg();
+    let restart = restart_needed(&old, &new);
+    let snap = match Snapshot::load(new) {
+        Ok(s) => s,
+        Err(errs) => {
+            for e in &errs {
+                tracing::error!(error = %e, "configuration error");
             }
-        };
-        let listeners = match pigeon::server::bind_all(&cfg) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "start-up failed");
-                return ExitCode::FAILURE;
-            }
-        };
-        let running = match pigeon::server::start(live.clone(), q.clone(), listeners) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "start-up failed");
-                return ExitCode::FAILURE;
-            }
-        };
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let delivery = if cfg.delivery.enabled {
-            let resolver = match pigeon::dns::HickoryResolver::new(
-                &cfg.dns.nameservers,
-                Duration::from_secs(cfg.dns.timeout_secs),
-                cfg.dns.attempts,
-            ) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot set up DNS resolution");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let transport = std::sync::Arc::new(pigeon::delivery::remote::RemoteTransport::new(
-                cfg.clone(),
-                std::sync::Arc::new(resolver),
-            ));
-            let local = Arc::new(pigeon::delivery::local::LocalTransport::new(
-                live.clone(),
-                q.clone(),
-            ));
-            let (handle, task) =
-                pigeon::delivery::start(live.clone(), q.clone(), transport, local, stop_rx.clone());
-            let sock = pigeon::control::socket_path(&cfg.spool.dir);
-            let control = tokio::spawn(pigeon::control::serve(sock, handle, stop_rx.clone()));
-            Some((task, control))
-        } else {
-            tracing::info!("delivery disabled: accepted mail stays queued");
-            None
-        };
-        tracing::info!(hostname = %cfg.server.hostname, "pigeon started");
-        signals.wait_for_stop(&running).await;
-        tracing::info!(
-            open = running.connections(),
-            "stopping: no new connections, finishing messages in progress"
-        );
-        let _ = stop_tx.send(true);
-        running
-            .shutdown(Duration::from_secs(cfg.limits.shutdown_grace_secs))
-            .await;
-        if let Some((task, control)) = delivery {
-            let _ = task.await;
-            let _ = control.await;
+            tracing::error!(
+                errors = errs.len(),
+                "configuration NOT reloaded; the running one stays in force"
+            );
+            return;
         }
-        tracing::info!("stopped");
-        ExitCode::SUCCESS
-    })
+    };
+    if let Err(e) = running.reload(&snap.cfg) {
+        tracing::warn!(error = %e, "TLS");
+    }
+    log.set_level(&snap.cfg.log.level);
+    for key in &restart {
+        tracing::warn!(key = %key, "changed: takes effect only after a restart");
+    }
+    tracing::info!(
+        users = snap.users.len(),
+        mailboxes = snap.directory.mailbox_count(),
+        aliases = snap.directory.alias_count(),
+        "configuration reloaded"
+    );
+    live.set(snap);
+}
+
+/// The keys whose new values a running daemon cannot take up.
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut check = |key: &str, changed: bool| {
+        if changed {
+            keys.push(key.to_string());
+        }
+    };
+    let same_listener = |a: &config::ListenerConfig, b: &config::ListenerConfig| {
+        a.bind == b.bind && a.mode == b.mode
+    };
+    check(
+        "listener",
+        old.listeners.len() != new.listeners.len()
+            || old
+                .listeners
+                .iter()
+                .zip(&new.listeners)
+                .any(|(a, b)| !same_listener(a, b)),
+    );
+    check("spool.dir", old.spool.dir != new.spool.dir);
+    check(
+        "spool.reserve_bytes",
+        old.spool.effective_reserve(&old.limits) != new.spool.effective_reserve(&new.limits),
+    );
+    check(
+        "server.user",
+        old.server.user != new.server.user
+            || old.server.group != new.server.group
+            || old.server.allow_root != new.server.allow_root,
+    );
+    check(
+        "delivery.enabled",
+        old.delivery.enabled != new.delivery.enabled,
+    );
+    check(
+        "delivery.max_in_flight",
+        old.delivery.max_in_flight != new.delivery.max_in_flight,
+    );
+    check(
+        "dns",
+        old.dns.nameservers != new.dns.nameservers
+            || old.dns.timeout_secs != new.dns.timeout_secs
+            || old.dns.attempts != new.dns.attempts,
+    );
+    check("tls", old.tls.enabled() != new.tls.enabled());
+    check(
+        "sendmail.socket",
+        old.sendmail.socket != new.sendmail.socket,
+    );
+    check("metrics.listen", old.metrics.listen != new.metrics.listen);
+    check("log.format", old.log.format != new.log.format);
+    check(
+        "auth.ip_max_failures",
+        old.auth.ip_max_failures != new.auth.ip_max_failures
+            || old.auth.ip_failure_window_secs != new.auth.ip_failure_window_secs
+            || old.auth.ip_block_secs != new.auth.ip_block_secs
+            || old.auth.exempt_loopback != new.auth.exempt_loopback,
+    );
+    keys
+}
+
+enum Signal {
+    Stop,
+    Reload,
 }
 
 struct Signals {
@@ -335,17 +577,12 @@ impl Signals {
         })
     }
 
-    /// Returns on SIGTERM or SIGINT; SIGHUP reloads the TLS certificates.
-    async fn wait_for_stop(&mut self, running: &pigeon::server::Running) {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => return,
-                _ = self.int.recv() => return,
-                _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP: reloading certificates");
-                    running.reload_certificates();
-                }
-            }
+    /// SIGTERM or SIGINT: stop; SIGHUP: reload.
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
         }
     }
 }

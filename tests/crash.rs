@@ -27,7 +27,7 @@ fn free_port() -> u16 {
 /// whose Maildir is `<dir>/mail/box`. `deliver`: delivery on.
 fn write_config(dir: &Path, port: u16, deliver: bool) -> std::path::PathBuf {
     let cfg = format!(
-        "[server]\nhostname = \"mx.test\"\n\n[[listener]]\nbind = \"127.0.0.1:{port}\"\nmode = \"smtp\"\n\n\
+        "[server]\nhostname = \"mx.test\"\nallow_root = true\n\n[sendmail]\nsocket = \"\"\n\n[[listener]]\nbind = \"127.0.0.1:{port}\"\nmode = \"smtp\"\n\n\
          [domains]\nlocal = [\"example.org\"]\n\n[spool]\ndir = \"{}\"\n\n[log]\nlevel = \"warn\"\n\n\
          [delivery]\nenabled = {deliver}\n\n\
          [[auth.user]]\nlogin = \"box\"\npassword = \"$6$x$y\"\naddresses = [\"box@example.org\"]\n\n\

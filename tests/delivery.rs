@@ -553,7 +553,7 @@ async fn relay_host_with_starttls_and_auth() {
     hcfg.spool.dir = hdir.path().join("spool");
     let (hq, _) = Queue::open(&hcfg.spool.dir, 1).unwrap();
     let hl = pigeon::server::bind_all(&hcfg).unwrap();
-    let host = pigeon::server::start(common::live(hcfg.clone()), hq, hl).unwrap();
+    let host = pigeon::server::start(common::live(hcfg.clone()), hq, hl, None).unwrap();
     let hport = host.addrs[0].port();
     // The sender, relaying everything through it.
     let dir = tempfile::tempdir().unwrap();

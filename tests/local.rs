@@ -392,3 +392,26 @@ async fn alias_with_its_own_address_keeps_a_copy_and_loops_stop() {
     assert_eq!(sink.messages().len(), 1, "not forwarded a second time");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_recipients_reaching_one_mailbox_get_one_copy() {
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon::start(config(&sink), dir.path().join("spool")).await;
+    // alice@ and her second address, and postmaster@ of two domains: all alice.
+    d.send(
+        "s@src.test",
+        &[
+            "alice@example.org",
+            "a.smith@example.org",
+            "postmaster@example.net",
+            "postmaster@mx.example.org",
+        ],
+        "Subject: once\r\n\r\nx\r\n",
+    )
+    .await;
+    d.wait_queue_len(0, 20).await;
+    let got = maildir_messages(&maildir(dir.path(), "example.org", "alice"));
+    assert_eq!(got.len(), 1, "one copy in the mailbox");
+    d.stop().await;
+}

@@ -303,7 +303,7 @@ async fn full_disk_mid_data_gives_451_and_no_partial_file() {
     cfg.spool.dir = spool.clone();
     let (queue, _) = pigeon::queue::Queue::open(&spool, 1).unwrap();
     let listeners = pigeon::server::bind_all(&cfg).unwrap();
-    let running = pigeon::server::start(common::live(cfg), queue, listeners).unwrap();
+    let running = pigeon::server::start(common::live(cfg), queue, listeners, None).unwrap();
     let mut c = Client::connect(running.addrs[0]).await;
     c.reply().await;
     c.cmd("EHLO c").await;

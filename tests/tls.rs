@@ -358,7 +358,7 @@ async fn sni_chooses_certificate_and_reload_keeps_sessions() {
     let mut cfg = tls_config();
     cfg.tls.self_signed = false;
     cfg.tls.certificates = vec![a.clone(), b.clone()];
-    let srv = start(cfg).await;
+    let srv = start(cfg.clone()).await;
     let port = addr(&srv, 2);
     let get = |sni: &'static str| async move {
         let tcp = TcpStream::connect(port).await.unwrap();
@@ -376,12 +376,12 @@ async fn sni_chooses_certificate_and_reload_keeps_sessions() {
     let mut open = get("a.test").await;
     open.reply().await;
     let a2 = write_cert(dir.path(), "a.test");
-    srv.running.as_ref().unwrap().reload_certificates();
+    srv.running.as_ref().unwrap().reload(&cfg).unwrap();
     assert_eq!(get("a.test").await.peer_cert(), der_of(&a2));
     assert!(open.cmd("NOOP").await.starts_with("250"));
     // A broken file keeps the current certificates.
     std::fs::write(&a2.cert, "not a certificate").unwrap();
-    srv.running.as_ref().unwrap().reload_certificates();
+    assert!(srv.running.as_ref().unwrap().reload(&cfg).is_err());
     let served = get("a.test").await.peer_cert();
     assert!(!served.is_empty());
     assert!(open.cmd("NOOP").await.starts_with("250"));
@@ -399,7 +399,7 @@ async fn missing_certificate_is_a_clear_startup_error() {
     cfg.spool.dir = dir.path().join("spool");
     let (q, _) = pigeon::queue::Queue::open(&cfg.spool.dir, 1).unwrap();
     let listeners = pigeon::server::bind_all(&cfg).unwrap();
-    let err = pigeon::server::start(common::live(cfg), q, listeners)
+    let err = pigeon::server::start(common::live(cfg), q, listeners, None)
         .err()
         .unwrap();
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");

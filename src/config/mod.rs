@@ -66,6 +66,37 @@ pub struct Config {
     pub dns: DnsConfig,
     /// `[local]`: delivery to mailboxes on this machine, and aliases.
     pub local: LocalConfig,
+    /// `[sendmail]`: mail from programs on this machine.
+    pub sendmail: SendmailConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// `[sendmail]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SendmailConfig {
+    /// The Unix socket `pigeon sendmail` hands messages to (mode 0666:
+    /// every local user may submit). "" = off. Default:
+    /// `/run/pigeon/sendmail.sock`.
+    pub socket: PathBuf,
+}
+
+impl Default for SendmailConfig {
+    fn default() -> SendmailConfig {
+        SendmailConfig {
+            socket: PathBuf::from("/run/pigeon/sendmail.sock"),
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Loopback address and port of the Prometheus text endpoint
+    /// (`/metrics`), e.g. "127.0.0.1:9587"; "" = off. Default: "".
+    pub listen: String,
 }
 
 impl Default for Config {
@@ -91,6 +122,8 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             dns: DnsConfig::default(),
             local: LocalConfig::default(),
+            sendmail: SendmailConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -104,12 +137,22 @@ pub struct ServerConfig {
     /// trailing dot. Default: the contents of `/etc/hostname`, or
     /// `localhost` if that file is missing or does not hold a valid name.
     pub hostname: String,
+    /// Started as root: the user to switch to once the ports are bound
+    /// (before any network input is read). "" = none. Default: "".
+    pub user: String,
+    /// The group to switch to; "" = the user's primary group. Default: "".
+    pub group: String,
+    /// Allow running as root (no `user`, or `user` is root). Default: false.
+    pub allow_root: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             hostname: system_hostname(),
+            user: String::new(),
+            group: String::new(),
+            allow_root: false,
         }
     }
 }

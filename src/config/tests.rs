@@ -61,6 +61,13 @@ fn shipped_config_lists_every_key_at_its_default() {
     local.aliases.clear();
     assert_eq!(format!("{local:?}"), format!("{:?}", d.local));
     assert_eq!(c.domains.include_hostname, d.domains.include_hostname);
+    assert_eq!((c.server.user.as_str(), c.server.group.as_str()), ("", ""));
+    assert!(
+        c.server.allow_root,
+        "the dev config may run from a checkout as root"
+    );
+    assert_eq!(c.sendmail.socket, PathBuf::from("spool/sendmail.sock"));
+    assert_eq!(c.metrics.listen, d.metrics.listen);
     assert_eq!(format!("{:?}", c.delivery), format!("{:?}", d.delivery));
     assert_eq!(format!("{:?}", c.dns), format!("{:?}", d.dns));
     assert_eq!(c.listeners[0].plaintext_auth, d.listeners[0].plaintext_auth);
@@ -77,7 +84,7 @@ fn shipped_config_lists_every_key_at_its_default() {
         }
     };
     let expected: &[(&str, &[&str])] = &[
-        ("server", &["hostname"]),
+        ("server", &["allow_root", "group", "hostname", "user"]),
         ("listener", &["bind", "mode", "plaintext_auth"]),
         ("domains", &["include_hostname", "local"]),
         ("relay", &["trusted_networks"]),
@@ -128,6 +135,8 @@ fn shipped_config_lists_every_key_at_its_default() {
             ],
         ),
         ("dns", &["attempts", "nameservers", "timeout_secs"]),
+        ("sendmail", &["socket"]),
+        ("metrics", &["listen"]),
         (
             "auth",
             &[
@@ -617,4 +626,17 @@ fn alias_errors_name_the_alias_and_line() {
     );
     let c = parse("[domains]\nlocal = [\"Example.org\"]\n[local.aliases]\n\"Info@EXAMPLE.org\" = [\"a\", \"b@X.test\"]\n").unwrap();
     assert_eq!(c.local.aliases["info@example.org"].0, ["a", "b@x.test"]);
+}
+
+#[test]
+fn server_identity_and_metrics_errors() {
+    let e = one_error("[server]\ngroup = \"mail\"\n");
+    assert_eq!(e.key, "server.group");
+    let e = one_error("[server]\nuser = \"a b\"\n");
+    assert_eq!((e.key.as_str(), e.line), ("server.user", Some(2)));
+    let e = one_error("[metrics]\nlisten = \"0.0.0.0:9587\"\n");
+    assert!(e.message.contains("not a loopback address"), "{e}");
+    let e = one_error("[metrics]\nlisten = \"localhost\"\n");
+    assert_eq!(e.key, "metrics.listen");
+    assert!(parse("[metrics]\nlisten = \"[::1]:9587\"\n").is_ok());
 }

@@ -31,6 +31,39 @@ pub(super) fn normalize_and_validate(config: &mut Config) -> Vec<ConfigError> {
 
     check_listeners(&config.listeners, &mut err);
 
+    for (key, v) in [
+        ("server.user", &config.server.user),
+        ("server.group", &config.server.group),
+    ] {
+        if v.len() > 64
+            || v.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ':')
+        {
+            err(key.into(), format!("`{v}` is not a user or group name"));
+        }
+    }
+    if !config.server.group.is_empty() && config.server.user.is_empty() {
+        err("server.group".into(), "needs server.user".into());
+    }
+    if !config.metrics.listen.is_empty() {
+        match config.metrics.listen.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => {}
+            Ok(a) => err(
+                "metrics.listen".into(),
+                format!(
+                    "`{a}` is not a loopback address; the metrics endpoint has no access control"
+                ),
+            ),
+            Err(_) => err(
+                "metrics.listen".into(),
+                format!(
+                    "`{}` is not an address and port such as \"127.0.0.1:9587\"",
+                    config.metrics.listen
+                ),
+            ),
+        }
+    }
+
     for (i, domain) in config.domains.local.iter_mut().enumerate() {
         match normalize_domain(domain) {
             Ok(name) => *domain = name,

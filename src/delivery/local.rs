@@ -37,14 +37,11 @@ const LMTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct LocalTransport {
     live: Live,
     queue: Queue,
-    /// `local.max_deliveries` as of the start.
-    limit: usize,
 }
 
 impl LocalTransport {
     pub fn new(live: Live, queue: Queue) -> LocalTransport {
-        let limit = live.cfg().local.max_deliveries;
-        LocalTransport { live, queue, limit }
+        LocalTransport { live, queue }
     }
 
     async fn run(&self, job: &Job) -> Vec<Event> {
@@ -55,6 +52,10 @@ impl LocalTransport {
         let mut events: Vec<Option<Event>> = vec![None; job.rcpts.len()];
         // LMTP recipients: (index in the job, address to give the server).
         let mut lmtp: Vec<(usize, Recipient)> = Vec::new();
+        // The first recipient of the job delivered to each mailbox address;
+        // later ones reaching the same mailbox share its outcome.
+        let mut first: std::collections::HashMap<String, usize> = Default::default();
+        let mut copies: Vec<(usize, usize)> = Vec::new();
         for (k, &i) in job.rcpts.iter().enumerate() {
             let rcpt = &msg.envelope.recipients[i];
             let dests = match snap.directory.resolve_after(&rcpt.address, &history) {
@@ -83,6 +84,15 @@ impl LocalTransport {
                 events[k] = Some(self.expand(job, rcpt, &dests).await);
                 continue;
             };
+            match first.entry(address.to_lowercase()) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    copies.push((k, *e.get()));
+                    continue;
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(k);
+                }
+            }
             match &mailbox.target {
                 MailboxTarget::Lmtp => lmtp.push((
                     k,
@@ -133,6 +143,9 @@ impl LocalTransport {
             for ((k, _), e) in lmtp.iter().zip(out) {
                 events[*k] = Some(e);
             }
+        }
+        for (k, from) in copies {
+            events[k] = events[from].clone();
         }
         events
             .into_iter()
@@ -391,6 +404,6 @@ impl super::Transport for LocalTransport {
     }
 
     fn destination_limit(&self) -> Option<usize> {
-        Some(self.limit)
+        Some(self.live.cfg().local.max_deliveries)
     }
 }

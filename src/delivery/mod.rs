@@ -41,7 +41,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone)]
 pub struct Job {
     pub msg: Arc<StoredMessage>,
-    /// Lowercased recipient domain (all of `rcpts` share it).
+    /// Lowercased recipient domain (all of `rcpts` share it); "" for the
+    /// local transport, which gets all local recipients together.
     pub domain: String,
     /// Indexes into `msg.envelope.recipients`.
     pub rcpts: Vec<usize>,
@@ -78,6 +79,7 @@ pub enum Request {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<(Request, oneshot::Sender<String>)>,
+    stats: mpsc::Sender<oneshot::Sender<crate::metrics::QueueGauges>>,
 }
 
 impl Handle {
@@ -88,6 +90,13 @@ impl Handle {
             return "delivery is not running".into();
         }
         rx.await.unwrap_or_else(|_| "delivery stopped".into())
+    }
+
+    /// How many messages are being delivered, waiting and on hold.
+    pub async fn gauges(&self) -> Option<crate::metrics::QueueGauges> {
+        let (tx, rx) = oneshot::channel();
+        self.stats.send(tx).await.ok()?;
+        rx.await.ok()
     }
 }
 
@@ -179,6 +188,7 @@ pub fn start(
     mut stop: watch::Receiver<bool>,
 ) -> (Handle, tokio::task::JoinHandle<()>) {
     let (tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<String>)>(64);
+    let (stats_tx, mut stats) = mpsc::channel::<oneshot::Sender<crate::metrics::QueueGauges>>(8);
     let max_in_flight = live.cfg().delivery.max_in_flight.max(1);
     let ctx = Arc::new(Ctx {
         global: Arc::new(Semaphore::new(max_in_flight)),
@@ -282,6 +292,19 @@ pub fn start(
                         if let Some(reply) = reply { let _ = reply.send(text); }
                     }
                 }
+                Some(reply) = stats.recv() => {
+                    let mut g = crate::metrics::QueueGauges::default();
+                    for e in entries.values() {
+                        if e.running {
+                            g.active += 1;
+                        } else if e.hold {
+                            g.held += 1;
+                        } else {
+                            g.waiting += 1;
+                        }
+                    }
+                    let _ = reply.send(g);
+                }
                 Some((r, reply)) = requests.recv() => {
                     // Requests about running messages wait for them to end.
                     let ids = request_ids(&r);
@@ -313,7 +336,13 @@ pub fn start(
             }
         }
     });
-    (Handle { tx }, task)
+    (
+        Handle {
+            tx,
+            stats: stats_tx,
+        },
+        task,
+    )
 }
 
 fn request_ids(r: &Request) -> Vec<QueueId> {
@@ -546,7 +575,12 @@ async fn send_dsn(ctx: &Arc<Ctx>, msg: &StoredMessage, report: &[DsnRecipient], 
         Err(e) => Err(e),
     };
     match result {
-        Ok(dsn_id) => info!(queue_id = %msg.id, dsn = %dsn_id, to = %to, "DSN queued"),
+        Ok(dsn_id) => {
+            crate::metrics::get()
+                .dsns
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            info!(queue_id = %msg.id, dsn = %dsn_id, to = %to, "DSN queued")
+        }
         Err(e) => warn!(queue_id = %msg.id, error = %e, "cannot queue DSN"),
     }
 }
@@ -586,16 +620,23 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
             .rsplit_once('@')
             .map(|(_, d)| d.to_ascii_lowercase())
             .unwrap_or_default();
-        by_domain.entry(domain).or_default().push(i);
+        // All local recipients go together, so that two of them reaching
+        // the same mailbox (through aliases) are delivered once.
+        let key = if snap.directory.is_local_domain(&domain) {
+            String::new()
+        } else {
+            domain
+        };
+        by_domain.entry(key).or_default().push(i);
     }
     let mut failed_now = Vec::new();
     let mut delivered_now = Vec::new();
     for (domain, idx) in by_domain {
-        let transport = if snap.directory.is_local_domain(&domain) {
-            &ctx.local
-        } else {
-            &ctx.remote
-        };
+        let is_local = domain.is_empty();
+        let transport = if is_local { &ctx.local } else { &ctx.remote };
+        let counters = &crate::metrics::get().deliveries[usize::from(is_local)];
+        let count =
+            |outcome: usize| counters[outcome].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for chunk in idx.chunks(d.max_recipients_per_transaction.max(1)) {
             let job = Job {
                 msg: msg.clone(),
@@ -641,6 +682,7 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                         seed,
                     );
                     if let Some(t) = next {
+                        count(1);
                         info!(to = %rcpt.address, status = %status, reason = %diagnostic, retry_at = t, "deferred");
                         rs.next_attempt = t;
                         rs.last_reply = format!("{status} {diagnostic}");
@@ -667,6 +709,14 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                         notify_passed_on,
                         how,
                     } => {
+                        count(0);
+                        // Queue ids are the arrival time in microseconds.
+                        let now_us = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_micros() as u64)
+                            .unwrap_or(0);
+                        crate::metrics::get()
+                            .observe_latency(now_us.saturating_sub(msg.id.0) as f64 / 1e6);
                         info!(to = %rcpt.address, relay = %remote, reply = %reply, "delivered");
                         rs.state = RcptState::Delivered;
                         rs.last_reply = reply;
@@ -694,6 +744,7 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                         diagnostic,
                         remote,
                     } => {
+                        count(2);
                         warn!(to = %rcpt.address, status = %status, reason = %diagnostic, "failed");
                         rs.state = RcptState::Failed;
                         rs.last_reply = format!("{status} {diagnostic}");

@@ -6,7 +6,7 @@
 //! retries or bounces. Untrusted bytes (remote replies, DNS answers) reach
 //! the client state machine only.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -24,6 +24,7 @@ use super::classify::Event;
 use super::{BoxFuture, Job};
 use crate::config::{Config, IpPreference as CfgIpPreference, TlsPolicy};
 use crate::dns::{DnsError, IpPreference, MxAnswer, Resolver};
+use crate::live::Live;
 use crate::proto::client::{
     ClientConfig, ClientEvent, ClientSession, OutMessage, RcptOutcome, ServerReply, SessionOutcome,
     Stage, StartTls,
@@ -250,12 +251,14 @@ enum Attempt {
 }
 
 pub struct RemoteTransport {
-    cfg: Arc<Config>,
+    /// Delivery settings are read from the live configuration per job, so
+    /// a reload applies to the next attempt.
+    live: Live,
     resolver: Arc<dyn Resolver>,
     opportunistic: (tokio_rustls::TlsConnector, Arc<RecordingVerifier>),
     required: (tokio_rustls::TlsConnector, Arc<RecordingVerifier>),
-    /// Our own names and listening addresses: mail routed to them loops.
-    own_names: HashSet<String>,
+    /// Our listening addresses (fixed until a restart): mail routed to
+    /// them, or to our host name, loops.
     own_addrs: Vec<SocketAddr>,
     /// Hosts whose TLS handshake failed, and when.
     tls_failed: Mutex<HashMap<String, Instant>>,
@@ -264,24 +267,26 @@ pub struct RemoteTransport {
 }
 
 impl RemoteTransport {
-    pub fn new(cfg: Arc<Config>, resolver: Arc<dyn Resolver>) -> RemoteTransport {
-        let mut own_names = HashSet::new();
-        own_names.insert(cfg.server.hostname.to_ascii_lowercase());
-        let own_addrs = cfg.listeners.iter().map(|l| l.bind).collect();
+    pub fn new(live: Live, resolver: Arc<dyn Resolver>) -> RemoteTransport {
+        let own_addrs = live.cfg().listeners.iter().map(|l| l.bind).collect();
         RemoteTransport {
             opportunistic: connector(false),
             required: connector(true),
-            own_names,
             own_addrs,
             tls_failed: Mutex::new(HashMap::new()),
             idle: Mutex::new(HashMap::new()),
             resolver,
-            cfg,
+            live,
         }
     }
 
+    fn cfg(&self) -> Arc<Config> {
+        self.live.cfg()
+    }
+
     fn hop(&self, domain: &str) -> Hop {
-        let d = &self.cfg.delivery;
+        let cfg = self.cfg();
+        let d = &cfg.delivery;
         if let Some(route) = d.routes.get(domain) {
             if let Some(h) = parse_hop(route, d.remote_port) {
                 return h;
@@ -299,7 +304,8 @@ impl RemoteTransport {
     }
 
     fn via_relay(&self, domain: &str) -> bool {
-        !self.cfg.delivery.routes.contains_key(domain) && !self.cfg.delivery.relay_host.is_empty()
+        let cfg = self.cfg();
+        !cfg.delivery.routes.contains_key(domain) && !cfg.delivery.relay_host.is_empty()
     }
 
     fn is_us(&self, ip: IpAddr, port: u16) -> bool {
@@ -341,7 +347,7 @@ impl RemoteTransport {
     }
 
     fn reuse_window(&self) -> Duration {
-        Duration::from_secs(self.cfg.delivery.connection_reuse_secs)
+        Duration::from_secs(self.cfg().delivery.connection_reuse_secs)
     }
 
     /// An idle connection to this destination that is still fresh.
@@ -371,7 +377,7 @@ impl RemoteTransport {
     fn put_idle(&self, key: String, c: Idle) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let v = idle.entry(key).or_default();
-        if v.len() < self.cfg.delivery.max_connections_per_destination {
+        if v.len() < self.cfg().delivery.max_connections_per_destination {
             v.push(c);
         }
     }
@@ -396,7 +402,7 @@ impl RemoteTransport {
             Ok(h) => h,
             Err(e) => return vec![e; n],
         };
-        let pref = match self.cfg.delivery.ip_preference {
+        let pref = match self.cfg().delivery.ip_preference {
             CfgIpPreference::Ipv4First => IpPreference::Ipv4First,
             CfgIpPreference::Ipv6First => IpPreference::Ipv6First,
             CfgIpPreference::Ipv4Only => IpPreference::Ipv4Only,
@@ -404,7 +410,7 @@ impl RemoteTransport {
         };
         let mut last = Event::Connect("no mail host".into());
         for host in &hosts {
-            if self.own_names.contains(host) {
+            if host.eq_ignore_ascii_case(&self.cfg().server.hostname) {
                 return vec![Event::Loop(host.clone()); n];
             }
             let ips = match host.parse::<IpAddr>() {
@@ -428,7 +434,7 @@ impl RemoteTransport {
                     return vec![Event::Loop(format!("{host} [{ip}]:{port}")); n];
                 }
                 let addr = SocketAddr::new(ip, port);
-                let connect = Duration::from_secs(self.cfg.delivery.connect_timeout_secs);
+                let connect = Duration::from_secs(self.cfg().delivery.connect_timeout_secs);
                 let tcp = match timeout(connect, TcpStream::connect(addr)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
@@ -452,10 +458,11 @@ impl RemoteTransport {
 
     /// One SMTP session with one host: the whole job, or why not.
     async fn session(&self, job: &Job, host: &str, ip: IpAddr, conn: Conn) -> Attempt {
-        let d = &self.cfg.delivery;
+        let cfg = self.cfg();
+        let d = &cfg.delivery;
         let relay = self.via_relay(&job.domain);
         let policy = if relay { d.relay_tls } else { d.starttls };
-        let mut ccfg = ClientConfig::new(self.cfg.server.hostname.clone());
+        let mut ccfg = ClientConfig::new(cfg.server.hostname.clone());
         ccfg.use_starttls = match policy {
             TlsPolicy::None => StartTls::Never,
             TlsPolicy::Required => StartTls::Required,

@@ -210,7 +210,7 @@ impl ServerReply {
         (500..600).contains(&self.code)
     }
 
-    fn is_2xx(&self) -> bool {
+    pub fn is_2xx(&self) -> bool {
         (200..300).contains(&self.code)
     }
 

@@ -165,6 +165,8 @@ pub struct ServerSession {
     /// Credentials waiting for verification (never logged).
     pending_auth: Option<Credentials>,
     starttls_pending: bool,
+    /// The local user (uid, name) of a local submission, for Received:.
+    local_user: Option<(u32, String)>,
 }
 
 impl ServerSession {
@@ -172,6 +174,7 @@ impl ServerSession {
         ServerSession {
             cfg,
             client_ip,
+            local_user: None,
             helo: None,
             esmtp: false,
             txn: None,
@@ -580,6 +583,18 @@ impl ServerSession {
         }
     }
 
+    /// The connection comes from a program on this machine (`pigeon
+    /// sendmail`) run by this user: the Received: header says so instead
+    /// of naming a client host.
+    pub fn set_local_user(&mut self, uid: u32, name: &str) {
+        let name: String = name
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(64)
+            .collect();
+        self.local_user = Some((uid, name));
+    }
+
     /// Starts content reception: queue id and our Received: header.
     fn begin_content(&mut self, host: &mut dyn Host, bdat: bool) {
         let id = host.new_queue_id();
@@ -602,11 +617,18 @@ impl ServerSession {
             Some(d) => format!("\r\n\t(using {d})"),
             None => String::new(),
         };
-        let received = format!(
-            "Received: from {helo} ({ip}){tls}\r\n\tby {} (pigeon) with {proto} id {id}{for_clause};\r\n\t{}\r\n",
-            self.cfg.hostname,
-            rfc5322_date(now)
-        );
+        let received = match &self.local_user {
+            Some((uid, name)) => format!(
+                "Received: by {} (pigeon, from userid {uid} ({name}))\r\n\tid {id}{for_clause};\r\n\t{}\r\n",
+                self.cfg.hostname,
+                rfc5322_date(now)
+            ),
+            None => format!(
+                "Received: from {helo} ({ip}){tls}\r\n\tby {} (pigeon) with {proto} id {id}{for_clause};\r\n\t{}\r\n",
+                self.cfg.hostname,
+                rfc5322_date(now)
+            ),
+        };
         self.body.extend_from_slice(received.as_bytes());
         t.queue_id = Some(id);
         t.bdat = bdat;

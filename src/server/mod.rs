@@ -6,15 +6,16 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 use crate::auth::FailureLimiter;
 use crate::config::{BareNewline, Config, ListenerConfig, ListenerMode};
@@ -40,8 +41,9 @@ struct Shared {
     tls: Option<Tls>,
     auth_limiter: FailureLimiter,
     queue: Queue,
-    /// `limits.max_connections` at start (the size of `conns`).
-    max_connections: usize,
+    /// The number of permits `conns` was made with or resized to
+    /// (`limits.max_connections`).
+    max_connections: AtomicUsize,
     conns: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -56,24 +58,45 @@ pub struct Running {
 }
 
 impl Running {
-    /// Re-reads the certificate files (SIGHUP). On error the old
-    /// certificates stay in use and the error is logged.
-    pub fn reload_certificates(&self) {
-        if let Some(t) = &self.shared.tls {
-            match t.reload() {
-                Ok(n) => info!(certificates = n, "TLS certificates reloaded"),
-                Err(e) => {
-                    warn!(error = %e, "TLS certificates NOT reloaded, keeping the current ones")
+    /// Applies what a new configuration changes in the server itself (the
+    /// rest comes with the snapshot each new connection takes): re-reads
+    /// the certificates (on error the old ones stay; the error is
+    /// returned) and resizes the connection limit.
+    pub fn reload(&self, cfg: &Config) -> Result<(), String> {
+        let want = cfg.limits.max_connections;
+        let had = self.shared.max_connections.swap(want, Ordering::SeqCst);
+        if want > had {
+            self.shared.conns.add_permits(want - had);
+        } else if want < had {
+            // Fewer permits: taken as connections close, then forgotten.
+            let sem = self.shared.conns.clone();
+            let n = (had - want) as u32;
+            tokio::spawn(async move {
+                if let Ok(p) = sem.acquire_many_owned(n).await {
+                    p.forget();
                 }
-            }
+            });
+        }
+        match &self.shared.tls {
+            Some(t) => match t.reload_from(cfg) {
+                Ok(n) => {
+                    info!(certificates = n, "TLS certificates reloaded");
+                    Ok(())
+                }
+                Err(e) => Err(format!(
+                    "TLS certificates not reloaded, keeping the current ones: {e}"
+                )),
+            },
+            None => Ok(()),
         }
     }
-}
 
-impl Running {
     /// Connections currently open.
     pub fn connections(&self) -> usize {
-        self.shared.max_connections - self.shared.conns.available_permits()
+        self.shared
+            .max_connections
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.shared.conns.available_permits())
     }
 
     /// Stops accepting, lets messages being received finish for up to
@@ -85,7 +108,7 @@ impl Running {
             let _ = t.await;
         }
         let deadline = Instant::now() + grace;
-        let max = self.shared.max_connections as u32;
+        let max = self.shared.max_connections.load(Ordering::SeqCst) as u32;
         if timeout_at(deadline, self.shared.conns.acquire_many(max))
             .await
             .is_err()
@@ -117,31 +140,174 @@ pub fn session_config(cfg: &Config, l: &ListenerConfig) -> SessionConfig {
 
 /// Binds every configured listener; an error names the address.
 pub fn bind_all(cfg: &Config) -> io::Result<Vec<TcpListener>> {
-    let mut out = Vec::new();
-    for l in &cfg.listeners {
-        let bind = || -> io::Result<TcpListener> {
-            let sock = if l.bind.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
-            sock.set_reuseaddr(true)?;
-            sock.bind(l.bind)?;
-            sock.listen(1024)
+    cfg.listeners.iter().map(bind_one).collect()
+}
+
+fn bind_one(l: &ListenerConfig) -> io::Result<TcpListener> {
+    let bind = || -> io::Result<TcpListener> {
+        let sock = if l.bind.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
         };
-        out.push(
-            bind().map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
-            })?,
+        sock.set_reuseaddr(true)?;
+        sock.bind(l.bind)?;
+        sock.listen(1024)
+    };
+    bind().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind)))
+}
+
+/// Index of a listener kind in the metrics' per-listener counters.
+fn kind_index(mode: ListenerMode) -> usize {
+    match mode {
+        ListenerMode::Smtp => 0,
+        ListenerMode::Submission => 1,
+        ListenerMode::Submissions => 2,
+    }
+}
+const LOCAL_KIND: usize = 3;
+
+/// Who is on the other end of a local submission.
+#[derive(Debug, Clone)]
+pub struct LocalUser {
+    pub uid: u32,
+    pub name: String,
+}
+
+async fn accept_local(
+    shared: Arc<Shared>,
+    listener: UnixListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    info!(path = ?listener.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string())), "listening for local submission");
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "local accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = shared.conns.clone().try_acquire_owned() else {
+            crate::metrics::get()
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let user = match stream.peer_cred() {
+            Ok(c) => LocalUser {
+                uid: c.uid(),
+                name: crate::system::user_name(c.uid())
+                    .unwrap_or_else(|| format!("uid {}", c.uid())),
+            },
+            Err(e) => {
+                warn!(error = %e, "no peer credentials on the local socket; refused");
+                continue;
+            }
+        };
+        let snap = shared.live.get();
+        let mut scfg = session_config(
+            &snap.cfg,
+            &ListenerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), ListenerMode::Smtp),
         );
+        scfg.starttls = false;
+        scfg.auth = false;
+        let scfg = Arc::new(scfg);
+        // Local programs may send anywhere, as with Postfix's sendmail.
+        let mut client = snap.policy.client(IpAddr::V4(Ipv4Addr::LOCALHOST), false);
+        client.trusted = true;
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let span =
+                info_span!("conn", local_user = %user.name, uid = user.uid, listener = "local");
+            connection(
+                &shared,
+                snap,
+                Stream::Unix(stream),
+                client,
+                scfg,
+                None,
+                stop,
+                permit,
+                Some(user),
+            )
+            .instrument(span)
+            .await;
+        });
+    }
+}
+
+/// Listening sockets for every configured listener: the ones the service
+/// manager passed in (see [`crate::system::inherited_listeners`]), or
+/// bound here. An error names the address.
+pub fn listen(
+    cfg: &Config,
+    inherited: Vec<Option<std::net::TcpListener>>,
+) -> io::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    let mut inherited = inherited.into_iter();
+    for l in &cfg.listeners {
+        match inherited.next().flatten() {
+            Some(std_listener) => out.push(TcpListener::from_std(std_listener)?),
+            None => out.push(bind_one(l)?),
+        }
     }
     Ok(out)
 }
 
+/// The local submission socket (`pigeon sendmail`): a Unix socket every
+/// local user may connect to (mode 0666). A socket left by an earlier run
+/// is replaced; a missing parent directory is created (mode 0755).
+pub fn bind_sendmail(path: &std::path::Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let wrap = |e: io::Error| io::Error::new(e.kind(), format!("sendmail socket {shown}: {e}"));
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            std::fs::create_dir_all(parent).map_err(wrap)?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
+                .map_err(wrap)?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            // Left by an earlier run, unless a daemon still answers on it.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(wrap(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another pigeon is listening on it",
+                )));
+            }
+            std::fs::remove_file(path).map_err(wrap)?
+        }
+        Ok(_) => {
+            return Err(wrap(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            )))
+        }
+        Err(_) => {}
+    }
+    let l = UnixListener::bind(path).map_err(wrap)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(wrap)?;
+    Ok(l)
+}
+
 /// Starts serving on already bound listeners (one per listener of the
-/// live configuration). Loads the TLS certificates first; an error names
-/// the file.
-pub fn start(live: Live, queue: Queue, listeners: Vec<TcpListener>) -> Result<Running, String> {
+/// live configuration), and on the local submission socket if given.
+/// Loads the TLS certificates first; an error names the file.
+pub fn start(
+    live: Live,
+    queue: Queue,
+    listeners: Vec<TcpListener>,
+    sendmail: Option<UnixListener>,
+) -> Result<Running, String> {
     let cfg = live.cfg();
     let tls = Tls::load(&cfg)?;
     let a = &cfg.auth;
@@ -155,7 +321,7 @@ pub fn start(live: Live, queue: Queue, listeners: Vec<TcpListener>) -> Result<Ru
         tls,
         auth_limiter,
         queue,
-        max_connections: cfg.limits.max_connections,
+        max_connections: AtomicUsize::new(cfg.limits.max_connections),
         conns: Arc::new(Semaphore::new(cfg.limits.max_connections)),
         per_ip: Mutex::new(HashMap::new()),
         live,
@@ -174,6 +340,9 @@ pub fn start(live: Live, queue: Queue, listeners: Vec<TcpListener>) -> Result<Ru
             lcfg.clone(),
             rx.clone(),
         )));
+    }
+    if let Some(l) = sendmail {
+        accept_tasks.push(tokio::spawn(accept_local(shared.clone(), l, rx.clone())));
     }
     // Free-space watch: MAIL is refused with 452 4.3.1 below the reserve.
     let q = shared.queue.clone();
@@ -237,6 +406,9 @@ async fn accept_loop(
         };
         let ip = canonical_ip(peer.ip());
         let Ok(permit) = shared.conns.clone().try_acquire_owned() else {
+            crate::metrics::get()
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
             info!(peer = %ip, "connection refused: global connection limit");
             tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS));
             continue;
@@ -259,6 +431,9 @@ async fn accept_loop(
             match IpSlot::take(&shared, ip, snap.cfg.limits.max_connections_per_ip) {
                 Some(s) => Some(s),
                 None => {
+                    crate::metrics::get()
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     info!(peer = %ip, "connection refused: per-IP connection limit");
                     tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS_FROM_IP));
                     continue;
@@ -269,9 +444,19 @@ async fn accept_loop(
         let stop = stop.clone();
         tokio::spawn(async move {
             let span = info_span!("conn", peer = %ip, listener = mode.as_str());
-            connection(&shared, snap, stream, client, scfg, mode, stop, permit)
-                .instrument(span)
-                .await;
+            connection(
+                &shared,
+                snap,
+                Stream::Plain(stream),
+                client,
+                scfg,
+                Some(mode),
+                stop,
+                permit,
+                None,
+            )
+            .instrument(span)
+            .await;
             drop(slot);
         });
     }
@@ -346,13 +531,22 @@ struct ConnHost<'a> {
 
 impl Host for ConnHost<'_> {
     fn check_mail(&mut self, mail: &MailFrom) -> Result<(), Reply> {
-        self.snap
+        let r = self
+            .snap
             .policy
-            .check_mail(&self.client, mail, self.shared.queue.space_ok())
+            .check_mail(&self.client, mail, self.shared.queue.space_ok());
+        if let Err(reply) = &r {
+            count_class(&crate::metrics::get().mail_refused, reply.code);
+        }
+        r
     }
 
     fn check_rcpt(&mut self, _mail: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply> {
-        self.snap.policy.check_rcpt(&self.client, rcpt)
+        let r = self.snap.policy.check_rcpt(&self.client, rcpt);
+        if let Err(reply) = &r {
+            count_class(&crate::metrics::get().rcpt_refused, reply.code);
+        }
+        r
     }
 
     fn check_message(&mut self, facts: &MessageFacts) -> Result<(), Reply> {
@@ -372,6 +566,12 @@ impl Host for ConnHost<'_> {
     }
 }
 
+fn count_class(counters: &[std::sync::atomic::AtomicU64; 2], code: u16) {
+    if let Some(i) = crate::metrics::class_index(code) {
+        counters[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -385,6 +585,9 @@ fn unix_now() -> i64 {
 struct Incoming {
     writer: Option<MessageWriter>,
     failed: Option<QueueError>,
+    /// Queue ids accepted on this connection (for its log line), at most
+    /// the last 100.
+    accepted: Vec<QueueId>,
 }
 
 impl Incoming {
@@ -412,7 +615,13 @@ impl Incoming {
         s.body().clear();
     }
 
-    async fn commit(&mut self, s: &mut ServerSession, host: &ConnHost<'_>, queue: &Queue) {
+    async fn commit(
+        &mut self,
+        s: &mut ServerSession,
+        host: &ConnHost<'_>,
+        queue: &Queue,
+        kind: usize,
+    ) {
         self.push(s, host, queue).await;
         let env = s.envelope();
         let result = match (self.failed.take(), self.writer.take()) {
@@ -427,12 +636,17 @@ impl Incoming {
         match result {
             Ok(qid) => {
                 info!(queue_id = %qid, from = %sender, nrcpt, "message accepted");
+                crate::metrics::get().messages_accepted[kind].fetch_add(1, Ordering::Relaxed);
+                if self.accepted.len() < 100 {
+                    self.accepted.push(qid);
+                }
                 s.commit_result(Ok(qid.to_string()));
             }
             Err(e) => {
                 // Any failure to make the message durable is temporary for
                 // the client: 451 4.3.0, whether the disk is full or broken.
                 let r = reply::LOCAL_ERROR;
+                count_class(&crate::metrics::get().messages_refused, r.code);
                 warn!(queue_id = %id, from = %sender, nrcpt, error = %e, reply = %r, "message not accepted");
                 s.commit_result(Err(r));
             }
@@ -440,10 +654,12 @@ impl Incoming {
     }
 }
 
-/// The connection's byte stream: plain TCP, or TLS over it.
+/// The connection's byte stream: plain TCP, TLS over it, or the local
+/// submission socket.
 enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Unix(UnixStream),
 }
 
 impl Stream {
@@ -452,6 +668,16 @@ impl Stream {
     async fn read_into(&mut self, buf: &mut Vec<u8>, chunk: usize) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => loop {
+                s.readable().await?;
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(chunk);
+                }
+                match s.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return r,
+                }
+            },
+            Stream::Unix(s) => loop {
                 s.readable().await?;
                 if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(chunk);
@@ -473,6 +699,7 @@ impl Stream {
     async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.write_all(data).await,
+            Stream::Unix(s) => s.write_all(data).await,
             Stream::Tls(s) => {
                 s.write_all(data).await?;
                 s.flush().await
@@ -484,14 +711,26 @@ impl Stream {
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn handshake(shared: &Shared, tcp: TcpStream) -> Result<(Stream, String), String> {
+async fn handshake(
+    shared: &Shared,
+    tcp: TcpStream,
+    kind: usize,
+) -> Result<(Stream, String), String> {
     let Some(tls) = &shared.tls else {
         return Err("TLS is not configured".into());
     };
+    let m = crate::metrics::get();
     match timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(tcp)).await {
-        Err(_) => Err("TLS handshake timed out".into()),
-        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+        Err(_) => {
+            m.tls_handshakes_failed[kind].fetch_add(1, Ordering::Relaxed);
+            Err("TLS handshake timed out".into())
+        }
+        Ok(Err(e)) => {
+            m.tls_handshakes_failed[kind].fetch_add(1, Ordering::Relaxed);
+            Err(format!("TLS handshake failed: {e}"))
+        }
         Ok(Ok(s)) => {
+            m.tls_handshakes_ok[kind].fetch_add(1, Ordering::Relaxed);
             let desc = tls::describe(s.get_ref().1);
             let sni = s.get_ref().1.server_name().unwrap_or("").to_string();
             info!(tls = %desc, sni = %sni, "TLS established");
@@ -529,12 +768,18 @@ async fn authenticate(shared: &Shared, s: &mut ServerSession, host: &mut ConnHos
     .flatten();
     match verified {
         Some(user) => {
+            crate::metrics::get()
+                .auth_ok
+                .fetch_add(1, Ordering::Relaxed);
             info!(login = %user.login, "authenticated");
             let l = user.login.clone();
             host.client.user = Some(user);
             s.auth_result(AuthOutcome::Success(l));
         }
         None => {
+            crate::metrics::get()
+                .auth_failed
+                .fetch_add(1, Ordering::Relaxed);
             let blocked = shared
                 .auth_limiter
                 .record_failure(ip, std::time::Instant::now());
@@ -549,36 +794,65 @@ async fn authenticate(shared: &Shared, s: &mut ServerSession, host: &mut ConnHos
     }
 }
 
+/// Counts an open connection of one kind for as long as it lives.
+struct OpenConn(usize);
+
+impl OpenConn {
+    fn new(kind: usize) -> OpenConn {
+        let m = crate::metrics::get();
+        m.connections_total[kind].fetch_add(1, Ordering::Relaxed);
+        m.connections_open[kind].fetch_add(1, Ordering::Relaxed);
+        OpenConn(kind)
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        crate::metrics::get().connections_open[self.0].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One connection, from greeting to close. `mode`: the TCP listener's
+/// (None for the local submission socket, whose peer is `local`).
 #[allow(clippy::too_many_arguments)]
 async fn connection(
     shared: &Shared,
     snap: Arc<Snapshot>,
-    tcp: TcpStream,
+    stream: Stream,
     client: Client,
     scfg: Arc<SessionConfig>,
-    mode: ListenerMode,
+    mode: Option<ListenerMode>,
     mut stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
+    local: Option<LocalUser>,
 ) {
-    let _ = tcp.set_nodelay(true);
+    let kind = mode.map(kind_index).unwrap_or(LOCAL_KIND);
+    let _open = OpenConn::new(kind);
+    if let Stream::Plain(tcp) = &stream {
+        let _ = tcp.set_nodelay(true);
+    }
     let started = Instant::now();
     info!("connect");
     let limits = snap.cfg.limits.clone();
     let session_deadline = started + Duration::from_secs(limits.session_timeout_secs);
     let mut s = ServerSession::new(scfg, client.ip);
-    let mut stream = if mode == ListenerMode::Submissions {
-        match handshake(shared, tcp).await {
-            Ok((st, desc)) => {
-                s.tls_started(desc);
-                st
-            }
-            Err(e) => {
-                info!(error = %e, "disconnect");
-                return;
+    if let Some(u) = &local {
+        s.set_local_user(u.uid, &u.name);
+    }
+    let mut stream = match (mode, stream) {
+        (Some(ListenerMode::Submissions), Stream::Plain(tcp)) => {
+            match handshake(shared, tcp, kind).await {
+                Ok((st, desc)) => {
+                    s.tls_started(desc);
+                    st
+                }
+                Err(e) => {
+                    info!(error = %e, "disconnect");
+                    return;
+                }
             }
         }
-    } else {
-        Stream::Plain(tcp)
+        (_, other) => other,
     };
     let mut host = ConnHost {
         shared,
@@ -633,11 +907,14 @@ async fn connection(
                         }
                         break;
                     }
-                    Action::Commit => incoming.commit(&mut s, &host, &shared.queue).await,
+                    Action::Commit => incoming.commit(&mut s, &host, &shared.queue, kind).await,
                     Action::Abort => {
                         let last = String::from_utf8_lossy(s.output()).lines().last().unwrap_or("").to_string();
+                        if let Ok(code) = last.get(..3).unwrap_or("").parse::<u16>() {
+                            count_class(&crate::metrics::get().messages_refused, code);
+                        }
                         info!(queue_id = %host.last_id.map(|i| i.to_string()).unwrap_or_default(), reply = %last, "message refused");
-                        incoming = Incoming::default();
+                        incoming = Incoming { accepted: std::mem::take(&mut incoming.accepted), ..Incoming::default() };
                         s.body().clear();
                     }
                     Action::Authenticate => authenticate(shared, &mut s, &mut host).await,
@@ -654,7 +931,7 @@ async fn connection(
                         let Stream::Plain(tcp) = stream else {
                             return Ok("STARTTLS inside TLS");
                         };
-                        match handshake(shared, tcp).await {
+                        match handshake(shared, tcp, kind).await {
                             Ok((st, desc)) => {
                                 stream = st;
                                 s.tls_started(desc);
@@ -677,16 +954,23 @@ async fn connection(
         }
     }
     .await;
+    let queue_ids = incoming
+        .accepted
+        .iter()
+        .map(|q| q.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     match result {
         Ok(why) => info!(
             reason = why,
+            queue_ids = %queue_ids,
             messages = s.messages_accepted(),
             errors = s.errors(),
             secs = started.elapsed().as_secs_f64(),
             "disconnect"
         ),
         Err(e) => {
-            debug!(error = %e, messages = s.messages_accepted(), errors = s.errors(), "disconnect on I/O error")
+            info!(error = %e, queue_ids = %queue_ids, messages = s.messages_accepted(), errors = s.errors(), "disconnect on I/O error")
         }
     }
 }

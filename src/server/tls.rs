@@ -57,7 +57,22 @@ impl ResolvesServerCert for CertResolver {
 pub struct Tls {
     pub acceptor: tokio_rustls::TlsAcceptor,
     resolver: Arc<CertResolver>,
-    sources: Arc<Vec<(PathBuf, PathBuf)>>,
+    sources: Arc<RwLock<Vec<(PathBuf, PathBuf)>>>,
+}
+
+/// The (certificate, key) files a configuration names: its own, or the
+/// self-signed pair (made on first use).
+fn sources(cfg: &Config) -> Result<Vec<(PathBuf, PathBuf)>, String> {
+    let mut sources: Vec<(PathBuf, PathBuf)> = cfg
+        .tls
+        .certificates
+        .iter()
+        .map(|c| (c.cert.clone(), c.key.clone()))
+        .collect();
+    if sources.is_empty() {
+        sources.push(self_signed(&cfg.spool.dir, &cfg.server.hostname)?);
+    }
+    Ok(sources)
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -71,15 +86,7 @@ impl Tls {
         if !cfg.tls.enabled() {
             return Ok(None);
         }
-        let mut sources: Vec<(PathBuf, PathBuf)> = cfg
-            .tls
-            .certificates
-            .iter()
-            .map(|c| (c.cert.clone(), c.key.clone()))
-            .collect();
-        if sources.is_empty() {
-            sources.push(self_signed(&cfg.spool.dir, &cfg.server.hostname)?);
-        }
+        let sources = sources(cfg)?;
         let set = load_set(&sources)?;
         let resolver = Arc::new(CertResolver {
             current: RwLock::new(Arc::new(set)),
@@ -92,14 +99,35 @@ impl Tls {
         Ok(Some(Tls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             resolver,
-            sources: Arc::new(sources),
+            sources: Arc::new(RwLock::new(sources)),
         }))
     }
 
     /// Re-reads the certificate files. On any error the certificates in use
     /// stay, and the error (naming the file) is returned for the log.
     pub fn reload(&self) -> Result<usize, String> {
-        let set = load_set(&self.sources)?;
+        let sources = self
+            .sources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.install(&sources)
+    }
+
+    /// Loads the certificates a (new) configuration names and puts them in
+    /// use; on any error the certificates in use stay.
+    pub fn reload_from(&self, cfg: &Config) -> Result<usize, String> {
+        if !cfg.tls.enabled() {
+            return Err("TLS can be turned off only with a restart".into());
+        }
+        let sources = sources(cfg)?;
+        let n = self.install(&sources)?;
+        *self.sources.write().unwrap_or_else(|p| p.into_inner()) = sources;
+        Ok(n)
+    }
+
+    fn install(&self, sources: &[(PathBuf, PathBuf)]) -> Result<usize, String> {
+        let set = load_set(sources)?;
         let n = set.certs.len();
         *self
             .resolver

@@ -35,10 +35,10 @@ pub async fn start(cfg: Config, spool: PathBuf) -> Daemon {
     let live = common::live(cfg);
     let cfg = live.cfg();
     let listeners = pigeon::server::bind_all(&cfg).unwrap();
-    let running = pigeon::server::start(live.clone(), queue.clone(), listeners).unwrap();
+    let running = pigeon::server::start(live.clone(), queue.clone(), listeners, None).unwrap();
     let resolver = HickoryResolver::new(&cfg.dns.nameservers, Duration::from_secs(1), 1).unwrap();
     let transport = Arc::new(pigeon::delivery::remote::RemoteTransport::new(
-        cfg.clone(),
+        live.clone(),
         Arc::new(resolver),
     ));
     let local = Arc::new(pigeon::delivery::local::LocalTransport::new(

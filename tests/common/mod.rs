@@ -91,7 +91,7 @@ pub async fn start(mut cfg: Config) -> TestServer {
     let reserve = cfg.spool.effective_reserve(&cfg.limits);
     let (queue, _) = Queue::open(&spool, reserve).unwrap();
     let listeners = pigeon::server::bind_all(&cfg).unwrap();
-    let running = pigeon::server::start(live(cfg), queue, listeners).unwrap();
+    let running = pigeon::server::start(live(cfg), queue, listeners, None).unwrap();
     TestServer {
         addr: running.addrs[0],
         spool,

@@ -1,0 +1,285 @@
+//! The daemon's place in the operating system: the service manager
+//! (systemd's `sd_notify` protocol: READY, RELOADING, STOPPING, watchdog
+//! pings), listening sockets handed over by socket activation
+//! (`LISTEN_FDS`, `LISTEN_FDNAMES`), and giving up root after the ports are
+//! bound.
+//!
+//! Touches only the process (its credentials, its environment, inherited
+//! descriptors) and the notify socket. Nothing from the network reaches it.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::FromRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+
+use crate::config::{Config, ListenerConfig};
+
+/// Tells the service manager (if any: `NOTIFY_SOCKET`) that start-up is done.
+pub fn notify_ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// A reload begins; [`notify_ready`] ends it.
+pub fn notify_reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(_) => send(&[NotifyState::Reloading]),
+    }
+}
+
+pub fn notify_stopping() {
+    send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+pub fn notify_status(status: &str) {
+    send(&[NotifyState::Status(status)]);
+}
+
+fn send(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
+/// The watchdog interval the service manager asks for (`WatchdogSec=`),
+/// halved as sd_watchdog_enabled(3) advises; None when not asked.
+pub fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0;
+    (sd_notify::watchdog_enabled(false, &mut usec) && usec > 0)
+        .then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(10)))
+}
+
+/// Pings the watchdog every `every` for as long as the runtime runs tasks.
+pub async fn watchdog(every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        send(&[NotifyState::Watchdog]);
+    }
+}
+
+/// Listening TCP sockets passed by the service manager, matched to the
+/// configured listeners: by address (the socket's local address equals
+/// `bind`), or else by name (`FileDescriptorName=` equal to the listener's
+/// mode, for the first listener of that mode still without a socket).
+/// Returns one entry per configured listener; `None` where it must bind
+/// itself. Sockets that match nothing are closed, with a warning.
+pub fn inherited_listeners(
+    listeners: &[ListenerConfig],
+) -> io::Result<Vec<Option<std::net::TcpListener>>> {
+    let mut out: Vec<Option<std::net::TcpListener>> = listeners.iter().map(|_| None).collect();
+    let fds: Vec<(i32, String)> = sd_notify::listen_fds_with_names(true)?.collect();
+    let mut unmatched = Vec::new();
+    for (fd, name) in fds {
+        // SAFETY: the service manager hands these descriptors to this
+        // process, which owns them from here on; each is wrapped once.
+        let sock = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        let Ok(addr) = sock.local_addr() else {
+            tracing::warn!(fd, name = %name, "inherited descriptor is not a TCP socket; closed");
+            continue;
+        };
+        let by_addr = listeners
+            .iter()
+            .enumerate()
+            .position(|(i, l)| out[i].is_none() && l.bind == addr);
+        let by_name = || {
+            listeners
+                .iter()
+                .enumerate()
+                .position(|(i, l)| out[i].is_none() && l.mode.as_str() == name)
+        };
+        match by_addr.or_else(by_name) {
+            Some(i) => {
+                sock.set_nonblocking(true)?;
+                tracing::info!(fd, name = %name, addr = %addr, listener = i, "using the socket from the service manager");
+                out[i] = Some(sock);
+            }
+            None => unmatched.push((fd, name, addr)),
+        }
+    }
+    for (fd, name, addr) in unmatched {
+        tracing::warn!(fd, name = %name, addr = %addr, "inherited socket matches no [[listener]]; closed");
+    }
+    Ok(out)
+}
+
+/// The user and group the daemon runs as after start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Looks a user (and optionally a group) up in the system's databases.
+pub fn lookup_account(user: &str, group: &str) -> Result<Account, String> {
+    let cuser = CString::new(user).map_err(|_| format!("bad user name {user:?}"))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: getpwnam_r writes into `pw` and `buf`, both ours and sized as
+    // given; `result` points into them only while they live.
+    let (uid, mut gid) = unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(
+            cuser.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 || result.is_null() {
+            return Err(format!("no such user: {user}"));
+        }
+        (pw.pw_uid, pw.pw_gid)
+    };
+    if !group.is_empty() {
+        let cgroup = CString::new(group).map_err(|_| format!("bad group name {group:?}"))?;
+        // SAFETY: as above, for getgrnam_r.
+        gid = unsafe {
+            let mut gr: libc::group = std::mem::zeroed();
+            let mut result: *mut libc::group = std::ptr::null_mut();
+            let rc = libc::getgrnam_r(
+                cgroup.as_ptr(),
+                &mut gr,
+                buf.as_mut_ptr() as *mut libc::c_char,
+                buf.len(),
+                &mut result,
+            );
+            if rc != 0 || result.is_null() {
+                return Err(format!("no such group: {group}"));
+            }
+            gr.gr_gid
+        };
+    }
+    Ok(Account {
+        name: user.to_string(),
+        uid,
+        gid,
+    })
+}
+
+/// The name of the user this process runs as, if it has one.
+pub fn current_user() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    user_name(unsafe { libc::geteuid() })
+}
+
+/// The login name of a user id, if the system knows it.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: getpwuid_r writes into `pw` and `buf`; pw_name points into
+    // `buf` and is copied before `buf` goes.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(
+            uid,
+            &mut pw,
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 || result.is_null() || pw.pw_name.is_null() {
+            return None;
+        }
+        Some(CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned())
+    }
+}
+
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// What start-up must do about its identity, decided from the
+/// configuration and whether it runs as root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Keep running as we are.
+    Keep,
+    /// Switch to this account once the ports are bound.
+    Switch(Account),
+}
+
+/// Root must switch to `server.user`, or be allowed to stay by
+/// `server.allow_root`; anyone else keeps its identity.
+pub fn plan_identity(cfg: &Config) -> Result<Identity, String> {
+    let s = &cfg.server;
+    if !running_as_root() {
+        if !s.user.is_empty() && current_user().as_deref() != Some(s.user.as_str()) {
+            tracing::warn!(
+                user = %s.user,
+                current = %current_user().unwrap_or_default(),
+                "not started as root: cannot switch to server.user; running as the current user"
+            );
+        }
+        return Ok(Identity::Keep);
+    }
+    if s.user.is_empty() {
+        return if s.allow_root {
+            tracing::warn!("running as root (server.allow_root = true)");
+            Ok(Identity::Keep)
+        } else {
+            Err(
+                "refusing to run as root: set server.user (for example \"pigeon\") to drop to \
+                 that user once the ports are bound, or server.allow_root = true"
+                    .into(),
+            )
+        };
+    }
+    let account = lookup_account(&s.user, &s.group)?;
+    if account.uid == 0 && !s.allow_root {
+        return Err(format!(
+            "server.user = \"{}\" is root; use an unprivileged user",
+            s.user
+        ));
+    }
+    Ok(Identity::Switch(account))
+}
+
+/// Makes `dir` (created if missing) belong to `account`, so that the daemon
+/// can still use it after switching.
+pub fn prepare_dir(dir: &Path, account: &Account) -> io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    std::os::unix::fs::chown(dir, Some(account.uid), Some(account.gid))
+}
+
+/// Switches the process (every thread) to `account`: supplementary groups,
+/// group, then user, and checks that root cannot be regained.
+pub fn switch_to(account: &Account) -> Result<(), String> {
+    let name = CString::new(account.name.as_str()).map_err(|_| "bad user name".to_string())?;
+    // SAFETY: plain credential system calls on this process; glibc's
+    // setgid/setuid apply to every thread of the process.
+    unsafe {
+        if libc::initgroups(name.as_ptr(), account.gid) != 0 {
+            return Err(format!("initgroups: {}", io::Error::last_os_error()));
+        }
+        if libc::setgid(account.gid) != 0 {
+            return Err(format!(
+                "setgid({}): {}",
+                account.gid,
+                io::Error::last_os_error()
+            ));
+        }
+        if libc::setuid(account.uid) != 0 {
+            return Err(format!(
+                "setuid({}): {}",
+                account.uid,
+                io::Error::last_os_error()
+            ));
+        }
+        if account.uid != 0 && (libc::setuid(0) == 0 || libc::geteuid() == 0) {
+            return Err("root privileges could be regained after setuid".into());
+        }
+        if libc::getuid() != account.uid || libc::getgid() != account.gid {
+            return Err("credentials did not change".into());
+        }
+    }
+    Ok(())
+}
