@@ -63,8 +63,9 @@ pub async fn watchdog(every: Duration) {
 
 /// Listening TCP sockets passed by the service manager, matched to the
 /// configured listeners: by address (the socket's local address equals
-/// `bind`), or else by name (`FileDescriptorName=` equal to the listener's
-/// mode, for the first listener of that mode still without a socket).
+/// `bind`, or both are wildcard addresses with the same port), or else by
+/// name (`FileDescriptorName=` equal to the listener's mode, for the first
+/// listener of that mode still without a socket).
 /// Returns one entry per configured listener; `None` where it must bind
 /// itself. Sockets that match nothing are closed, with a warning.
 pub fn inherited_listeners(
@@ -84,7 +85,16 @@ pub fn inherited_listeners(
         let by_addr = listeners
             .iter()
             .enumerate()
-            .position(|(i, l)| out[i].is_none() && l.bind == addr);
+            .position(|(i, l)| out[i].is_none() && l.bind == addr)
+            .or_else(|| {
+                // `ListenStream=25` is [::]:25, serving both families.
+                listeners.iter().enumerate().position(|(i, l)| {
+                    out[i].is_none()
+                        && l.bind.port() == addr.port()
+                        && l.bind.ip().is_unspecified()
+                        && addr.ip().is_unspecified()
+                })
+            });
         let by_name = || {
             listeners
                 .iter()

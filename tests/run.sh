@@ -82,6 +82,14 @@ ensure_client_tools() {
     [ -x /usr/lib/dovecot/imap ] || want+=(dovecot-imapd)
     [ -x /usr/lib/dovecot/lmtp ] || want+=(dovecot-lmtpd)
     command -v dnsmasq >/dev/null || want+=(dnsmasq-base)
+    # tests/clients/service.py: mail(1), and systemd-analyze for the units.
+    command -v s-nail >/dev/null || want+=(s-nail)
+    command -v systemd-analyze >/dev/null || want+=(systemd)
+    # ... and the reference parser of the metrics format.
+    python3 -c 'import prometheus_client' 2>/dev/null || {
+        note "installing prometheus-client (PyPI)"
+        timeout 300 python3 -m pip install -q prometheus-client || note "pip install prometheus-client failed"
+    }
     [ ${#want[@]} -eq 0 ] && return 0
     note "installing ${want[*]}"
     local policy_added=0 rc=0

@@ -495,6 +495,7 @@ def main():
     sys.modules.setdefault("run_clients", sys.modules[__name__])
     import dovecot
     import postfix_peer
+    import service
     import tls_auth
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -558,6 +559,9 @@ def main():
         postfix_peer.run_checks(run, binary, workdir, keep=args.keep)
         # Local delivery into a real Dovecot (tests/clients/dovecot.py).
         dovecot.run_checks(run, binary, workdir)
+        # The service: unit files, sendmail for local programs, metrics
+        # (tests/clients/service.py).
+        service.run_checks(run, binary, workdir)
         if srv is not None:
             def t_stop():
                 code = srv.stop(within=10)
