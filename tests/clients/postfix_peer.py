@@ -463,9 +463,9 @@ def postfix_to_pigeon(srv, pf):
     check(tls, f"Postfix did not use STARTTLS to pigeon: {session}")
 
     # user@example.org is caught by the shipped config's catch-all and
-    # delivered into dev@example.org's Maildir (relative to pigeon's
-    # working directory), with Unix line ends.
-    maildir = os.path.join(os.path.dirname(srv.config), "spool", "mail", "example.org", "dev", "Maildir", "new")
+    # delivered into dev@example.org's Maildir (under the spool here), with
+    # Unix line ends.
+    maildir = os.path.join(srv.spool, "mail", "example.org", "dev", "Maildir", "new")
     deadline = time.monotonic() + WAIT
     stored = None
     while stored is None:

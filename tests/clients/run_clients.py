@@ -67,6 +67,9 @@ def write_config(path, spool, trusted=None, edit=None):
         raise RuntimeError("config/pigeon.toml: no listener bind line")
     subs = [
         (r'(?m)^dir = ".*"$', f'dir = "{spool}"'),
+        # Each server its own sendmail socket and Maildirs, under its spool.
+        (r'(?m)^socket = ".*"$', f'socket = "{spool}/sendmail.sock"'),
+        (r'(?m)^maildir = "spool/', f'maildir = "{spool}/'),
         # Short grace so a stuck connection cannot hold the stop test long.
         (r"(?m)^shutdown_grace_secs = \d+$", "shutdown_grace_secs = 5"),
         # These tests look at what was accepted: keep it queued, and never

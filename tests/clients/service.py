@@ -30,7 +30,7 @@ WAIT = 20
 
 
 def maildir_messages(srv):
-    new = os.path.join(os.path.dirname(srv.config), "spool", "mail", "example.org", "dev", "Maildir", "new")
+    new = os.path.join(srv.spool, "mail", "example.org", "dev", "Maildir", "new")
     out = []
     for name in sorted(os.listdir(new)) if os.path.isdir(new) else []:
         with open(os.path.join(new, name), "rb") as f:
