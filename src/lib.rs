@@ -15,6 +15,10 @@
 //!   SMTP via [`dns`]; local: Maildir, LMTP, alias expansion); DSNs;
 //!   retries. [`control`] carries admin requests to it.
 //!
+//! - [`system`]: the process and the OS: systemd notify, inherited sockets,
+//!   dropping root. [`metrics`]: counters and the Prometheus endpoint.
+//!   [`sendmail`]: the sendmail command for local programs.
+//!
 //! Dependencies run one way: `server` → `policy`/`proto`/`queue` → `config`.
 
 pub mod auth;

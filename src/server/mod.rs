@@ -418,7 +418,10 @@ async fn accept_loop(
             Some((s, scfg, req)) if Arc::ptr_eq(s, &snap) => (scfg.clone(), *req),
             _ => {
                 let lcfg = listener_in(&snap, index, &started);
-                let scfg = Arc::new(session_config(&snap.cfg, &lcfg));
+                let mut scfg = session_config(&snap.cfg, &lcfg);
+                // TLS turned on by a reload takes a restart.
+                scfg.starttls &= shared.tls.is_some();
+                let scfg = Arc::new(scfg);
                 let req = lcfg.auth_required();
                 cached = Some((snap.clone(), scfg.clone(), req));
                 (scfg, req)
@@ -537,6 +540,8 @@ impl Host for ConnHost<'_> {
             .check_mail(&self.client, mail, self.shared.queue.space_ok());
         if let Err(reply) = &r {
             count_class(&crate::metrics::get().mail_refused, reply.code);
+            let from = mail.sender.as_ref().map(|m| m.address()).unwrap_or_default();
+            info!(from = %from, reply = %reply, "sender refused");
         }
         r
     }
@@ -545,6 +550,7 @@ impl Host for ConnHost<'_> {
         let r = self.snap.policy.check_rcpt(&self.client, rcpt);
         if let Err(reply) = &r {
             count_class(&crate::metrics::get().rcpt_refused, reply.code);
+            info!(to = %rcpt.rcpt.address(), reply = %reply, "recipient refused");
         }
         r
     }
