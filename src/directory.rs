@@ -527,22 +527,10 @@ pub fn load_aliases_file(
     path: &Path,
     local_domains: &[String],
 ) -> Result<BTreeMap<String, Vec<String>>, Vec<String>> {
-    use std::io::Read;
     let shown = path.display();
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_ALIASES_FILE_BYTES).read_to_string(&mut text))
-        .map_err(|e| vec![format!("cannot read aliases file {shown}: {e}")])?;
-    let table: BTreeMap<String, crate::config::AliasTargets> =
-        toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            vec![match line {
-                Some(l) => format!("{shown}: line {l}: {}", e.message().trim()),
-                None => format!("{shown}: {}", e.message().trim()),
-            }]
-        })?;
+    let (table, text): (BTreeMap<String, crate::config::AliasTargets>, _) =
+        crate::config::read_toml_file(path, "aliases file", MAX_ALIASES_FILE_BYTES)
+            .map_err(|e| vec![e])?;
     let mut out = BTreeMap::new();
     let mut errors = Vec::new();
     for (key, targets) in table {

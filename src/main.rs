@@ -452,31 +452,13 @@ fn reload(
     tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
     let new = match config::load(path) {
         Ok(c) => c,
-        Err(errs) => {
-            for e in &errs {
-                tracing::error!(error = %e, "configuration error");
-            }
-            tracing::error!(
-                errors = errs.len(),
-                "configuration NOT reloaded; the running one stays in force"
-            );
-            return;
-        }
+        Err(errs) => return refuse_reload(&errs),
     };
     let old = live.cfg();
     let restart = restart_needed(&old, &new);
     let snap = match Snapshot::load(new) {
         Ok(s) => s,
-        Err(errs) => {
-            for e in &errs {
-                tracing::error!(error = %e, "configuration error");
-            }
-            tracing::error!(
-                errors = errs.len(),
-                "configuration NOT reloaded; the running one stays in force"
-            );
-            return;
-        }
+        Err(errs) => return refuse_reload(&errs),
     };
     if let Err(e) = running.reload(&snap.cfg) {
         tracing::warn!(error = %e, "TLS");
@@ -492,6 +474,16 @@ fn reload(
         "configuration reloaded"
     );
     live.set(snap);
+}
+
+fn refuse_reload(errs: &[impl std::fmt::Display]) {
+    for e in errs {
+        tracing::error!(error = %e, "configuration error");
+    }
+    tracing::error!(
+        errors = errs.len(),
+        "configuration NOT reloaded; the running one stays in force"
+    );
 }
 
 /// The keys whose new values a running daemon cannot take up.

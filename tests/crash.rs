@@ -146,46 +146,65 @@ fn strip_received(body: &[u8]) -> &[u8] {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_loses_no_acknowledged_message() {
+/// A xorshift generator seeded from the clock: each run kills at another point.
+fn random() -> impl FnMut() -> u64 {
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64
         | 1;
-    let mut rand = move || {
+    move || {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         seed
-    };
+    }
+}
+
+/// Starts the server on `config`, has SESSIONS clients send up to
+/// `messages`, and kills it with SIGKILL after `kill_at` acknowledgements
+/// plus a random sub-millisecond delay. Returns what was acknowledged
+/// (queue id -> body) and when the kill came.
+async fn run_and_kill(
+    config: &Path,
+    port: u16,
+    messages: usize,
+    kill_at: usize,
+    rand: &mut impl FnMut() -> u64,
+) -> (HashMap<String, Vec<u8>>, Duration) {
+    let mut server = spawn_server(config);
+    wait_ready(port).await;
+    let budget = Arc::new(Mutex::new(messages));
+    let acked = Arc::new(Mutex::new(HashMap::new()));
+    let mut tasks = Vec::new();
+    for n in 0..SESSIONS {
+        tasks.push(tokio::spawn(client(port, n, budget.clone(), acked.clone())));
+    }
+    let t0 = Instant::now();
+    while acked.lock().unwrap().len() < kill_at && t0.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    tokio::time::sleep(Duration::from_micros(rand() % 1000)).await;
+    let kill_after = t0.elapsed();
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    (acked, kill_after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_message() {
+    let mut rand = random();
     for round in 0..ROUNDS {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = write_config(dir.path(), port, false);
-        let mut server = spawn_server(&config);
-        wait_ready(port).await;
-        let budget = Arc::new(Mutex::new(MESSAGES));
-        let acked = Arc::new(Mutex::new(HashMap::new()));
-        let mut tasks = Vec::new();
-        for n in 0..SESSIONS {
-            tasks.push(tokio::spawn(client(port, n, budget.clone(), acked.clone())));
-        }
-        // Kill at a random point of the stream: after a random number of
-        // acknowledgements, plus a random sub-millisecond delay.
+        // Kill at a random point of the stream.
         let kill_at = 50 + (rand() as usize) % (MESSAGES - 500);
-        let t0 = Instant::now();
-        while acked.lock().unwrap().len() < kill_at && t0.elapsed() < Duration::from_secs(60) {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        tokio::time::sleep(Duration::from_micros(rand() % 1000)).await;
-        let kill_after = t0.elapsed();
-        server.kill().unwrap(); // SIGKILL
-        server.wait().unwrap();
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
-        }
-        let acked = std::mem::take(&mut *acked.lock().unwrap());
+        let (acked, kill_after) = run_and_kill(&config, port, MESSAGES, kill_at, &mut rand).await;
         eprintln!(
             "round {round}: killed after {kill_after:?}, {} messages acknowledged",
             acked.len()
@@ -270,41 +289,13 @@ fn message_id(body: &[u8]) -> String {
 async fn kill_9_during_local_delivery_loses_nothing() {
     const ROUNDS: usize = 2;
     const MESSAGES: usize = 2_000;
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    let mut rand = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rand = random();
     for round in 0..ROUNDS {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = write_config(dir.path(), port, true);
-        let mut server = spawn_server(&config);
-        wait_ready(port).await;
-        let budget = Arc::new(Mutex::new(MESSAGES));
-        let acked = Arc::new(Mutex::new(HashMap::new()));
-        let mut tasks = Vec::new();
-        for n in 0..SESSIONS {
-            tasks.push(tokio::spawn(client(port, n, budget.clone(), acked.clone())));
-        }
         let kill_at = 200 + (rand() as usize) % (MESSAGES - 400);
-        let t0 = Instant::now();
-        while acked.lock().unwrap().len() < kill_at && t0.elapsed() < Duration::from_secs(60) {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        tokio::time::sleep(Duration::from_micros(rand() % 1000)).await;
-        server.kill().unwrap();
-        server.wait().unwrap();
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
-        }
-        let acked = std::mem::take(&mut *acked.lock().unwrap());
+        let (acked, _) = run_and_kill(&config, port, MESSAGES, kill_at, &mut rand).await;
         let maildir = dir.path().join("mail/box");
         let before = std::fs::read_dir(maildir.join("new"))
             .map(|d| d.count())

@@ -415,3 +415,75 @@ async fn two_recipients_reaching_one_mailbox_get_one_copy() {
     assert_eq!(got.len(), 1, "one copy in the mailbox");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lmtp_over_tcp() {
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), Behaviour::default()).await;
+    let server = lmtp::Lmtp::start_tcp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&sink);
+    cfg.local.lmtp = server.path.display().to_string();
+    cfg.local.delivery = pigeon::config::LocalDelivery::Lmtp;
+    let d = daemon::start(cfg, dir.path().join("spool")).await;
+    d.send(
+        "s@src.test",
+        &["bob@example.org"],
+        "Subject: tcp\r\n\r\nx\r\n",
+    )
+    .await;
+    let t = server.wait_for(1, 20).await;
+    assert_eq!(t[0].rcpts, ["bob@example.org"]);
+    d.wait_queue_len(0, 20).await;
+    assert!(sink.messages().is_empty());
+    d.stop().await;
+}
+
+/// A full mail file system is a temporary failure: the message waits and
+/// is delivered once there is room. Needs root (a small tmpfs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_mail_disk_is_retried_then_delivered() {
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap(), Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_mnt) = common::Tmpfs::mount(&dir.path().join("mail"), "256k") else {
+        eprintln!("SKIPPED: needs root to mount a tmpfs");
+        return;
+    };
+    // Bob's Maildir exists; the rest of the file system is taken.
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(maildir(dir.path(), "example.org", "bob").join(sub)).unwrap();
+    }
+    let filler = dir.path().join("mail/filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![b'x'; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    let d = daemon::start(config(&sink), dir.path().join("spool")).await;
+    let body = format!("Subject: big\r\n\r\n{}\r\n", "y".repeat(64 * 1024));
+    let id = d.send("s@src.test", &["bob@example.org"], &body).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = pigeon::queue::read_message(&d.spool, id).unwrap();
+        let st = &m.status.rcpts[0];
+        if st.attempts >= 1 {
+            assert_eq!(st.state, pigeon::queue::RcptState::Pending);
+            assert!(st.last_reply.starts_with("4.3.1 "), "{}", st.last_reply);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never attempted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(maildir_messages(&maildir(dir.path(), "example.org", "bob")).is_empty());
+    std::fs::remove_file(&filler).unwrap();
+    let got = wait_maildir(&maildir(dir.path(), "example.org", "bob"), 1, 20).await;
+    assert!(text(&got[0]).contains("Subject: big\n"));
+    assert_eq!(
+        std::fs::read_dir(maildir(dir.path(), "example.org", "bob").join("tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "the failed write left nothing in tmp/"
+    );
+    d.wait_queue_len(0, 10).await;
+    assert!(sink.messages().is_empty(), "no DSN");
+    d.stop().await;
+}

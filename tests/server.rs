@@ -276,27 +276,12 @@ async fn shutdown_lets_data_finish_then_closes() {
 /// no partial file. Needs root to mount a small tmpfs.
 #[tokio::test]
 async fn full_disk_mid_data_gives_451_and_no_partial_file() {
-    if unsafe { libc_geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to mount a tmpfs");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "mount tmpfs failed");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    let Some(_guard) = Tmpfs::mount(&mnt, "1m") else {
+        eprintln!("SKIPPED: needs root to mount a tmpfs");
+        return;
+    };
     let mut cfg = test_config();
     cfg.spool.reserve_bytes = 1;
     let spool = mnt.join("spool");
@@ -325,9 +310,4 @@ async fn full_disk_mid_data_gives_451_and_no_partial_file() {
         .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
     running.shutdown(Duration::from_secs(1)).await;
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }

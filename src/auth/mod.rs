@@ -141,19 +141,14 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password("no such user").unwrap_or_default())
 }
 
+/// Largest users file read.
+const MAX_USERS_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
 fn load_users_file(path: &Path) -> Result<Vec<UserConfig>, Vec<String>> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![format!("cannot read users file {shown}: {e}")])?;
-    let file: UsersFile = toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        vec![match line {
-            Some(l) => format!("{shown}: line {l}: {}", e.message().trim()),
-            None => format!("{shown}: {}", e.message().trim()),
-        }]
-    })?;
+    let (file, _): (UsersFile, _) =
+        crate::config::read_toml_file(path, "users file", MAX_USERS_FILE_BYTES)
+            .map_err(|e| vec![e])?;
     let mut errors = Vec::new();
     let mut users = file.user;
     for (i, u) in users.iter_mut().enumerate() {

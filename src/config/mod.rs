@@ -909,6 +909,33 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     Err(errors)
 }
 
+/// Reads a TOML file other than the configuration itself (the users file,
+/// the aliases file): at most `max` bytes, deserialized into `T`. The error
+/// names the file (`what` says which kind) and, for bad TOML, the line.
+pub fn read_toml_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    max: u64,
+) -> Result<(T, String), String> {
+    let shown = path.display();
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read {what} {shown}: {e}"))?;
+    match toml::from_str(&text) {
+        Ok(v) => Ok((v, text)),
+        Err(e) => {
+            let line = e
+                .span()
+                .map(|s| line_of_offset(&text, s.start.min(text.len())));
+            Err(match line {
+                Some(l) => format!("{shown}: line {l}: {}", e.message().trim()),
+                None => format!("{shown}: {}", e.message().trim()),
+            })
+        }
+    }
+}
+
 /// Deserializes `bind` with an error message that says what is expected.
 fn deserialize_bind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     struct BindVisitor;

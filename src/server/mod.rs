@@ -540,7 +540,11 @@ impl Host for ConnHost<'_> {
             .check_mail(&self.client, mail, self.shared.queue.space_ok());
         if let Err(reply) = &r {
             count_class(&crate::metrics::get().mail_refused, reply.code);
-            let from = mail.sender.as_ref().map(|m| m.address()).unwrap_or_default();
+            let from = mail
+                .sender
+                .as_ref()
+                .map(|m| m.address())
+                .unwrap_or_default();
             info!(from = %from, reply = %reply, "sender refused");
         }
         r
@@ -672,27 +676,24 @@ impl Stream {
     /// Waits for data and appends it to `buf`. A plain connection holds no
     /// buffer while it waits, so idle sessions cost little memory.
     async fn read_into(&mut self, buf: &mut Vec<u8>, chunk: usize) -> io::Result<usize> {
+        // Waits for readiness before growing the buffer.
+        macro_rules! read_when_ready {
+            ($s:expr) => {
+                loop {
+                    $s.readable().await?;
+                    if buf.capacity() - buf.len() < 1024 {
+                        buf.reserve(chunk);
+                    }
+                    match $s.try_read_buf(buf) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        r => return r,
+                    }
+                }
+            };
+        }
         match self {
-            Stream::Plain(s) => loop {
-                s.readable().await?;
-                if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(chunk);
-                }
-                match s.try_read_buf(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    r => return r,
-                }
-            },
-            Stream::Unix(s) => loop {
-                s.readable().await?;
-                if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(chunk);
-                }
-                match s.try_read_buf(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    r => return r,
-                }
-            },
+            Stream::Plain(s) => read_when_ready!(s),
+            Stream::Unix(s) => read_when_ready!(s),
             Stream::Tls(s) => {
                 if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(chunk);

@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 
-from run_clients import Failure, Server, check, free_port
+from run_clients import check, Failure, free_port, Server, substitute
 
 NOBODY = 65534
 WAIT = 20
@@ -335,11 +335,7 @@ def pigeon_edit(base, dns_port, sink_port, dovecot):
             (r'(?m)^lmtp = ".*"$', f'lmtp = "{dovecot.lmtp}"'),
             (r"(?m)^\[local\]$", users + "[local]"),
         ]
-        for pat, rep in subs:
-            text, n = re.subn(pat, lambda _m, rep=rep: rep, text, count=1)
-            if n != 1:
-                raise RuntimeError(f"config/pigeon.toml: no line matches {pat!r}")
-        return text
+        return substitute(text, subs)
     return edit
 
 

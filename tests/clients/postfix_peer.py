@@ -52,7 +52,7 @@ import subprocess
 import tempfile
 import time
 
-from run_clients import IO_TIMEOUT, Failure, Server, check, free_port
+from run_clients import check, Failure, free_port, IO_TIMEOUT, Server, substitute
 
 POSTFIX = "/usr/sbin/postfix"
 DAEMON_DIR = "/usr/lib/postfix/sbin"
@@ -506,11 +506,7 @@ def delivery_edit(postfix_port, starttls, dns_port):
             (r"(?m)^\[delivery\.routes\]$", f'[delivery.routes]\n"peer.test" = "[127.0.0.1]:{postfix_port}"'),
             (r"(?m)^nameservers = \[.*\]$", f'nameservers = ["127.0.0.1:{dns_port}"]'),
         ]
-        for pat, rep in subs:
-            text, n = re.subn(pat, lambda _m, rep=rep: rep, text, count=1)
-            if n != 1:
-                raise RuntimeError(f"config/pigeon.toml: no line matches {pat!r}")
-        return text
+        return substitute(text, subs)
     return edit
 
 

@@ -55,6 +55,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def substitute(text, subs):
+    """Replaces the first match of each (pattern, replacement) in the
+    config text; a pattern that matches nothing is an error (the shipped
+    config changed)."""
+    for pat, rep in subs:
+        text, n = re.subn(pat, lambda _m, rep=rep: rep, text, count=1)
+        if n != 1:
+            raise RuntimeError(f"config/pigeon.toml: no line matches {pat!r}")
+    return text
+
+
 def write_config(path, spool, trusted=None, edit=None):
     """Writes the shipped config with every listener moved to a free loopback
     port, our spool and (optionally) other trusted networks; `edit`, if given,
@@ -78,10 +89,7 @@ def write_config(path, spool, trusted=None, edit=None):
     ]
     if trusted is not None:
         subs.append((r"(?m)^trusted_networks = \[.*\]$", "trusted_networks = " + json.dumps(trusted)))
-    for pat, rep in subs:
-        text, n = re.subn(pat, lambda _m, rep=rep: rep, text, count=1)
-        if n != 1:
-            raise RuntimeError(f"config/pigeon.toml: no line matches {pat!r}")
+    text = substitute(text, subs)
     if edit is not None:
         text = edit(text)
     with open(path, "w", encoding="utf-8") as f:

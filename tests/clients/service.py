@@ -24,7 +24,7 @@ import subprocess
 import time
 import urllib.request
 
-from run_clients import ROOT, Failure, Server, check, free_port
+from run_clients import check, Failure, free_port, ROOT, Server, substitute
 
 WAIT = 20
 
@@ -159,11 +159,7 @@ def service_edit(metrics_port):
             (r"(?m)^enabled = false$", "enabled = true"),
             (r'(?m)^listen = ""$', f'listen = "127.0.0.1:{metrics_port}"'),
         ]
-        for pat, rep in subs:
-            text, n = re.subn(pat, lambda _m, rep=rep: rep, text, count=1)
-            if n != 1:
-                raise RuntimeError(f"config/pigeon.toml: no line matches {pat!r}")
-        return text
+        return substitute(text, subs)
     return edit
 
 

@@ -29,7 +29,7 @@ import ssl
 import subprocess
 import warnings
 
-from run_clients import IO_TIMEOUT, Failure, Server, check, one_message
+from run_clients import check, Failure, IO_TIMEOUT, one_message, Server, substitute
 
 # Every user's password, and a wrong one.
 PASSWORDS = {
@@ -130,11 +130,7 @@ def users_edit(binary):
             # The users go at the end of the [auth] section.
             (r"(?m)^\[log\]$", tables + "[log]"),
         ]
-        for pat, rep in subs:
-            text, n = re.subn(pat, lambda _m, rep=rep: rep, text, count=1)
-            if n != 1:
-                raise RuntimeError(f"config/pigeon.toml: no line matches {pat!r}")
-        return text
+        return substitute(text, subs)
 
     return edit, {"sha": sha_how, "bc": bc_how}
 

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener};
 
 #[derive(Debug, Clone)]
 pub struct LmtpTxn {
@@ -28,6 +28,7 @@ struct Script {
 }
 
 pub struct Lmtp {
+    /// Where it listens, as `local.lmtp` wants it: a socket path or host:port.
     pub path: PathBuf,
     script: Arc<Mutex<Script>>,
     received: Arc<Mutex<Vec<LmtpTxn>>>,
@@ -42,21 +43,40 @@ impl Drop for Lmtp {
 }
 
 impl Lmtp {
+    /// On a Unix socket.
     pub async fn start() -> Lmtp {
+        Lmtp::start_on(false).await
+    }
+
+    /// On 127.0.0.1:<free port>.
+    pub async fn start_tcp() -> Lmtp {
+        Lmtp::start_on(true).await
+    }
+
+    async fn start_on(tcp: bool) -> Lmtp {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("lmtp.sock");
-        let listener = UnixListener::bind(&path).unwrap();
         let script = Arc::new(Mutex::new(Script::default()));
         let received = Arc::new(Mutex::new(Vec::new()));
         let (s, r) = (script.clone(), received.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    return;
-                };
-                tokio::spawn(serve(conn, s.clone(), r.clone()));
-            }
-        });
+        let (path, task) = if tcp {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let task = tokio::spawn(async move {
+                while let Ok((conn, _)) = listener.accept().await {
+                    tokio::spawn(serve(conn, s.clone(), r.clone()));
+                }
+            });
+            (PathBuf::from(addr.to_string()), task)
+        } else {
+            let path = dir.path().join("lmtp.sock");
+            let listener = UnixListener::bind(&path).unwrap();
+            let task = tokio::spawn(async move {
+                while let Ok((conn, _)) = listener.accept().await {
+                    tokio::spawn(serve(conn, s.clone(), r.clone()));
+                }
+            });
+            (path, task)
+        };
         Lmtp {
             path,
             script,
@@ -112,12 +132,12 @@ fn path_of(line: &str) -> String {
     line[start..end].to_string()
 }
 
-async fn serve(
-    conn: tokio::net::UnixStream,
+async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
+    conn: S,
     script: Arc<Mutex<Script>>,
     received: Arc<Mutex<Vec<LmtpTxn>>>,
 ) {
-    let (r, mut w) = conn.into_split();
+    let (r, mut w) = tokio::io::split(conn);
     let mut r = BufReader::new(r);
     if w.write_all(b"220 lmtp.test LMTP ready\r\n").await.is_err() {
         return;
