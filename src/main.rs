@@ -375,6 +375,7 @@ async fn run(
         }));
         handle = Some(h);
     } else {
+        q.keep_recent(false);
         tracing::info!("delivery disabled: accepted mail stays queued");
     }
     if let Ok(addr) = cfg.metrics.listen.parse::<std::net::SocketAddr>() {

@@ -267,6 +267,8 @@ struct Inner {
     notify: store::Notify,
     /// Messages just committed, kept in memory for their first delivery.
     recent: Mutex<Recent>,
+    /// Whether to keep them (off when nothing delivers).
+    keep_recent: AtomicBool,
     /// Keeps the spool's `flock` for the life of the queue.
     _lock: File,
 }
@@ -508,7 +510,20 @@ impl Queue {
         lock_index(&self.inner.index).contains(&id).then_some(m)
     }
 
+    /// Whether committed messages are kept in memory for their first
+    /// delivery attempt (on by default; off when delivery is disabled, so
+    /// that nothing holds memory for a reader that never comes).
+    pub fn keep_recent(&self, on: bool) {
+        self.inner.keep_recent.store(on, Ordering::Relaxed);
+        if !on {
+            *self.inner.recent.lock().unwrap_or_else(|p| p.into_inner()) = Recent::default();
+        }
+    }
+
     fn remember_recent(&self, m: StoredMessage) {
+        if !self.inner.keep_recent.load(Ordering::Relaxed) {
+            return;
+        }
         let mut r = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
         r.insert(m);
     }

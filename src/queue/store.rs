@@ -519,6 +519,7 @@ pub(crate) fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recover
             in_flight,
             notify,
             recent: Mutex::new(super::Recent::default()),
+            keep_recent: AtomicBool::new(true),
             _lock: lock,
         }),
     };

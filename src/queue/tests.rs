@@ -629,3 +629,24 @@ async fn cancelled_writes_leave_nothing_behind() {
     assert!(names(&tmp.path().join("tmp")).is_empty());
     assert!(names(&tmp.path().join("queue")).is_empty());
 }
+
+#[tokio::test]
+async fn first_read_of_a_new_message_comes_from_memory_and_equals_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, _) = Queue::open(tmp.path(), 0).unwrap();
+    let body = body_bytes(10_000, 7);
+    let id = store(&q, envelope(2), &body, 4096).await;
+    let from_disk = read_message(tmp.path(), id).unwrap();
+    let first = q.take_recent(id).expect("kept for the first attempt");
+    assert_eq!(first, from_disk, "what is kept is what was written");
+    assert!(q.take_recent(id).is_none(), "taken once");
+    assert_eq!(q.read(id).unwrap(), from_disk, "later reads use the file");
+    // Removed before its first attempt: not served from memory.
+    let id2 = store(&q, envelope(1), b"x\r\n", 1).await;
+    q.remove(id2).unwrap();
+    assert!(q.take_recent(id2).is_none());
+    // Off (delivery disabled): nothing kept.
+    q.keep_recent(false);
+    let id3 = store(&q, envelope(1), b"y\r\n", 1).await;
+    assert!(q.take_recent(id3).is_none());
+}
