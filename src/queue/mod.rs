@@ -15,6 +15,8 @@
 //! - `queue/<ID>`: one message, written once, never modified.
 //! - `queue/<ID>.st`: per-recipient delivery status, replaced atomically.
 //! - `corrupt/`: files that failed verification; kept for the operator.
+//! - `free/`: emptied files of delivered messages, reused for new ones
+//!   (see `store::Pool`); never read.
 //!
 //! The byte formats are in `codec.rs` and documented in `docs/queue.md`.
 //!
@@ -269,6 +271,8 @@ struct Inner {
     recent: Mutex<Recent>,
     /// Whether to keep them (off when nothing delivers).
     keep_recent: AtomicBool,
+    /// Emptied files of delivered messages, to be reused (`free/`).
+    pool: Mutex<store::Pool>,
     /// Keeps the spool's `flock` for the life of the queue.
     _lock: File,
 }
@@ -432,13 +436,14 @@ impl Queue {
     pub fn remove(&self, id: QueueId) -> io::Result<()> {
         let msg = self.inner.queue_dir.join(id.to_string());
         let st = self.inner.queue_dir.join(format!("{id}.st"));
-        for path in [msg, st] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+        // The message file goes to the pool of reusable files (or away).
+        match store::Pool::put(self, &msg) {
+            Ok(true) => {}
+            Ok(false) => store::remove_quietly(&msg)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
+        store::remove_quietly(&st)?;
         lock_index(&self.inner.index).remove(&id);
         self.forget_recent(id);
         Ok(())

@@ -650,3 +650,44 @@ async fn first_read_of_a_new_message_comes_from_memory_and_equals_the_file() {
     let id3 = store(&q, envelope(1), b"y\r\n", 1).await;
     assert!(q.take_recent(id3).is_none());
 }
+
+#[tokio::test]
+async fn delivered_files_are_emptied_and_reused() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, _) = Queue::open(tmp.path(), 0).unwrap();
+    let id = store(&q, envelope(1), &body_bytes(5000, 1), 5000).await;
+    let inode = std::fs::metadata(tmp.path().join("queue").join(id.to_string()))
+        .unwrap()
+        .ino();
+    q.remove(id).unwrap();
+    let free = names(&tmp.path().join("free"));
+    assert_eq!(free.len(), 1, "{free:?}");
+    let pooled = tmp.path().join("free").join(free.iter().next().unwrap());
+    assert_eq!(std::fs::metadata(&pooled).unwrap().len(), 0, "emptied");
+    // The next message is written into that same inode.
+    let body = body_bytes(300, 2);
+    let id2 = store(&q, envelope(2), &body, 300).await;
+    let path2 = tmp.path().join("queue").join(id2.to_string());
+    assert_eq!(std::fs::metadata(&path2).unwrap().ino(), inode);
+    assert!(names(&tmp.path().join("free")).is_empty());
+    let m = read_message(tmp.path(), id2).unwrap();
+    assert_eq!(m.body, body, "nothing of the old content");
+    assert_eq!(
+        std::fs::metadata(&path2).unwrap().len() as usize,
+        encode_message(id2, 1_700_000_000, &envelope(2), &body).len()
+    );
+    // Pooled files survive a restart and are not messages.
+    q.remove(id2).unwrap();
+    drop(q);
+    let (q, rec) = Queue::open(tmp.path(), 0).unwrap();
+    assert_eq!((rec.loaded, rec.corrupt), (0, 0));
+    assert_eq!(names(&tmp.path().join("free")).len(), 1);
+    let id3 = store(&q, envelope(1), b"z\r\n", 1).await;
+    assert_eq!(
+        std::fs::metadata(tmp.path().join("queue").join(id3.to_string()))
+            .unwrap()
+            .ino(),
+        inode
+    );
+}

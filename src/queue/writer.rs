@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::codec::{self, CHUNK};
 use super::id::QueueId;
-use super::store::{self, create_new_file, remove_quietly};
+use super::store::{self, remove_quietly};
 use super::{Queue, QueueError, MEMORY_LIMIT};
 use crate::proto::Envelope;
 
@@ -79,9 +79,10 @@ impl TmpState {
     const ABANDONED: u8 = 2;
 }
 
-/// Creates `path` for a writer, unless the writer has been dropped already.
-fn create_for(path: &std::path::Path, state: &AtomicU8) -> io::Result<File> {
-    let file = create_new_file(path)?;
+/// Creates `path` for a writer (reusing a pooled file when there is one),
+/// unless the writer has been dropped already.
+fn create_for(q: &Queue, path: &std::path::Path, state: &AtomicU8) -> io::Result<File> {
+    let file = store::Pool::take(q, path)?;
     if state
         .compare_exchange(
             TmpState::NONE,
@@ -182,8 +183,9 @@ impl MessageWriter {
         self.spilled = true;
         self.broken = true; // until the task reports success
         let state = Arc::clone(&self.tmp_state);
+        let q = self.queue.clone();
         let task = tokio::task::spawn_blocking(move || -> io::Result<Spill> {
-            let file = create_for(&path, &state)?;
+            let file = create_for(&q, &path, &state)?;
             let mut spill = Spill {
                 file,
                 crc: crc32fast::Hasher::new(),
@@ -255,8 +257,9 @@ impl MessageWriter {
             self.tmp_path = Some(path.clone());
             let state = Arc::clone(&self.tmp_state);
             let path = path.clone();
+            let q2 = q.clone();
             tokio::task::spawn_blocking(move || -> io::Result<()> {
-                let mut file = create_for(&path, &state)?;
+                let mut file = create_for(&q2, &path, &state)?;
                 file.write_all(&bytes)?;
                 file.sync_all()
             })
