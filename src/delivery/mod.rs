@@ -306,6 +306,12 @@ pub fn start(
                     let _ = reply.send(g);
                 }
                 Some((r, reply)) = requests.recv() => {
+                    // Messages announced but not yet taken in: a request
+                    // may name one just accepted.
+                    while let Ok(id) = fresh.try_recv() {
+                        entries.entry(id).or_insert(Entry { due: 0, ..Entry::default() });
+                        heap.push(Reverse((0, id)));
+                    }
                     // Requests about running messages wait for them to end.
                     let ids = request_ids(&r);
                     let busy: Vec<QueueId> = ids.iter().copied().filter(|id| entries.get(id).is_some_and(|e| e.running)).collect();

@@ -31,7 +31,22 @@ pub async fn start(cfg: Config, spool: PathBuf) -> Daemon {
     if let Some(parent) = spool.parent() {
         common::mail_under(&mut cfg, parent);
     }
-    let (queue, _) = Queue::open(&spool, 1).unwrap();
+    // A daemon stopped just before (a restart test) may still be letting go
+    // of the spool: its aborted delivery tasks drop their handles on the
+    // queue as the runtime gets to them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let queue = loop {
+        match Queue::open(&spool, 1) {
+            Ok((q, _)) => break q,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("open {}: {e}", spool.display()),
+        }
+    };
     let live = common::live(cfg);
     let cfg = live.cfg();
     let listeners = pigeon::server::bind_all(&cfg).unwrap();
