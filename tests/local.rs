@@ -119,6 +119,27 @@ fn header<'a>(stored: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// Waits for the first attempt at the message's first recipient, and checks
+/// that it was deferred with this status.
+async fn assert_deferred(spool: &Path, id: pigeon::queue::QueueId, status: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = pigeon::queue::read_message(spool, id).unwrap();
+        let st = &m.status.rcpts[0];
+        if st.attempts >= 1 {
+            assert_eq!(st.state, pigeon::queue::RcptState::Pending);
+            assert!(
+                st.last_reply.starts_with(&format!("{status} ")),
+                "{}",
+                st.last_reply
+            );
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never attempted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn session(addr: std::net::SocketAddr) -> Client {
     let mut c = Client::connect(addr).await;
     c.reply().await;
@@ -335,18 +356,7 @@ async fn missing_maildir_bounces_and_a_broken_one_is_retried() {
             "Subject: later\r\n\r\nx\r\n",
         )
         .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = pigeon::queue::read_message(&d.spool, id).unwrap();
-        let st = &m.status.rcpts[0];
-        if st.attempts >= 1 {
-            assert_eq!(st.state, pigeon::queue::RcptState::Pending);
-            assert!(st.last_reply.starts_with("4.3.0 "), "{}", st.last_reply);
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never attempted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_deferred(&d.spool, id, "4.3.0").await;
     std::fs::remove_file(&blocker).unwrap();
     let got = wait_maildir(&maildir(dir.path(), "example.org", "bob"), 1, 20).await;
     assert!(text(&got[0]).contains("Subject: later\n"));
@@ -460,18 +470,7 @@ async fn full_mail_disk_is_retried_then_delivered() {
     let d = daemon::start(config(&sink), dir.path().join("spool")).await;
     let body = format!("Subject: big\r\n\r\n{}\r\n", "y".repeat(64 * 1024));
     let id = d.send("s@src.test", &["bob@example.org"], &body).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = pigeon::queue::read_message(&d.spool, id).unwrap();
-        let st = &m.status.rcpts[0];
-        if st.attempts >= 1 {
-            assert_eq!(st.state, pigeon::queue::RcptState::Pending);
-            assert!(st.last_reply.starts_with("4.3.1 "), "{}", st.last_reply);
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never attempted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_deferred(&d.spool, id, "4.3.1").await;
     assert!(maildir_messages(&maildir(dir.path(), "example.org", "bob")).is_empty());
     std::fs::remove_file(&filler).unwrap();
     let got = wait_maildir(&maildir(dir.path(), "example.org", "bob"), 1, 20).await;
