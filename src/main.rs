@@ -299,6 +299,13 @@ async fn run(
             return fail("cannot switch to server.user", &e);
         }
         tracing::info!(user = %account.name, uid = account.uid, gid = account.gid, "privileges dropped");
+        if let Err(e) = std::fs::File::open(path) {
+            tracing::warn!(
+                config = %path.display(),
+                error = %e,
+                "the configuration is not readable by server.user: reloads (SIGHUP) will fail"
+            );
+        }
     }
     let snap = match Snapshot::load(cfg) {
         Ok(s) => s,

@@ -5,8 +5,9 @@
 //! of the delivery manager at each scrape.
 //!
 //! Untrusted bytes: HTTP requests from whoever can reach the loopback
-//! address; only the request line is read (capped, with a deadline) and
-//! anything but `GET /metrics` gets an error status.
+//! address; only the request line is read (capped, with a deadline, at
+//! most 4 requests at once) and anything but `GET /metrics` gets an error
+//! status.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -286,12 +287,13 @@ pub async fn serve<F, Fut>(
 ) -> std::io::Result<()>
 where
     F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Option<QueueGauges>> + Send,
+    Fut: std::future::Future<Output = Option<QueueGauges>> + Send + 'static,
 {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(addr = %addr, "metrics endpoint listening");
     let queue = std::sync::Arc::new(queue);
-    // One scrape at a time is plenty; more wait in the backlog.
+    // A few scrapes at once; a client that sends nothing holds only its own.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
     loop {
         let (mut s, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -305,9 +307,14 @@ where
             _ = stop.changed() => return Ok(()),
         };
         let queue = queue.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(10), async move {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        tokio::spawn(tokio::time::timeout(Duration::from_secs(10), async move {
+            let _slot = slot;
             let mut buf = Vec::with_capacity(1024);
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n")
+            {
                 if buf.len() >= MAX_REQUEST {
                     break;
                 }
@@ -322,12 +329,20 @@ where
             let mut parts = line.split_ascii_whitespace();
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let (status, body, ctype) = if method != "GET" {
-                ("405 Method Not Allowed", "only GET\n".to_string(), "text/plain")
+                (
+                    "405 Method Not Allowed",
+                    "only GET\n".to_string(),
+                    "text/plain",
+                )
             } else if path != "/metrics" {
                 ("404 Not Found", "see /metrics\n".to_string(), "text/plain")
             } else {
                 let q = queue().await;
-                ("200 OK", render(get(), q), "text/plain; version=0.0.4; charset=utf-8")
+                (
+                    "200 OK",
+                    render(get(), q),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
             };
             let head = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -336,8 +351,7 @@ where
             let _ = s.write_all(head.as_bytes()).await;
             let _ = s.write_all(body.as_bytes()).await;
             let _ = s.shutdown().await;
-        })
-        .await;
+        }));
     }
 }
 

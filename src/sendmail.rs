@@ -501,6 +501,16 @@ fn reply_text(r: &crate::proto::client::ServerReply) -> String {
     }
 }
 
+/// The mail name of this machine when the configuration cannot be read:
+/// `/etc/mailname` (Debian's file for it), else the host name.
+fn mail_domain() -> String {
+    std::fs::read_to_string("/etc/mailname")
+        .ok()
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace) && !s.contains('/'))
+        .unwrap_or_else(|| crate::config::ServerConfig::default().hostname)
+}
+
 /// The whole command: returns the exit code, having printed any error.
 pub fn run(args: &[String]) -> u8 {
     let fail = |code: u8, msg: &str| {
@@ -542,7 +552,7 @@ pub fn run(args: &[String]) -> u8 {
         ),
         None => (
             PathBuf::from(DEFAULT_SOCKET),
-            crate::config::ServerConfig::default().hostname,
+            mail_domain(),
             DEFAULT_MAX_SIZE,
         ),
     };

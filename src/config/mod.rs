@@ -920,8 +920,13 @@ pub fn read_toml_file<T: serde::de::DeserializeOwned>(
     let shown = path.display();
     let mut text = String::new();
     std::fs::File::open(path)
-        .and_then(|f| f.take(max).read_to_string(&mut text))
+        .and_then(|f| f.take(max + 1).read_to_string(&mut text))
         .map_err(|e| format!("cannot read {what} {shown}: {e}"))?;
+    if text.len() as u64 > max {
+        return Err(format!(
+            "cannot read {what} {shown}: larger than {max} bytes"
+        ));
+    }
     match toml::from_str(&text) {
         Ok(v) => Ok((v, text)),
         Err(e) => {

@@ -98,12 +98,16 @@ struct SyncState {
     rounds: Option<HashMap<PathBuf, Round>>,
 }
 
-/// Group-commit rounds of one directory.
+/// Group-commit rounds of one directory (kept for the life of the
+/// process: one small entry per Maildir delivered to).
 struct Round {
     /// The last ticket handed out for this directory.
     requested: u64,
     /// Every ticket of this directory up to this one is durable.
     synced: u64,
+    /// Tickets up to this one were covered by a fsync that failed (and by
+    /// no later one that succeeded).
+    failed: u64,
     /// A fsync is in progress.
     running: bool,
 }
@@ -123,29 +127,35 @@ impl DirSync {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Returns once `dir` has been fsynced after this call began.
+    /// Returns once `dir` has been fsynced after this call began, or the
+    /// error of the fsync that was to cover this call.
     fn sync(&self, dir: &Path) -> io::Result<()> {
         let mut guard = self.lock();
         guard.last_ticket += 1;
         let ticket = guard.last_ticket;
-        let round = guard
+        guard
             .rounds
             .get_or_insert_with(HashMap::new)
             .entry(dir.to_path_buf())
             .or_insert(Round {
                 requested: 0,
                 synced: 0,
+                failed: 0,
                 running: false,
-            });
-        round.requested = ticket;
+            })
+            .requested = ticket;
         loop {
-            // An entry is removed only once every ticket it handed out is
-            // synced: no entry means this ticket is done.
             let Some(round) = guard.rounds.as_mut().and_then(|m| m.get_mut(dir)) else {
-                return Ok(());
+                return Err(io::Error::other("directory sync state lost"));
             };
             if round.synced >= ticket {
                 return Ok(());
+            }
+            if round.failed >= ticket {
+                return Err(io::Error::other(format!(
+                    "fsync of {} failed",
+                    dir.display()
+                )));
             }
             if !round.running {
                 round.running = true;
@@ -153,19 +163,14 @@ impl DirSync {
                 drop(guard);
                 let result = sync_dir(dir);
                 guard = self.lock();
-                if let Some(map) = guard.rounds.as_mut() {
-                    if let Some(round) = map.get_mut(dir) {
-                        round.running = false;
-                        if result.is_ok() {
-                            round.synced = round.synced.max(target);
-                        }
-                        if round.synced == round.requested {
-                            map.remove(dir);
-                        }
+                if let Some(round) = guard.rounds.as_mut().and_then(|m| m.get_mut(dir)) {
+                    round.running = false;
+                    match &result {
+                        Ok(()) => round.synced = round.synced.max(target),
+                        Err(_) => round.failed = round.failed.max(target),
                     }
                 }
                 self.done.notify_all();
-                // On failure the waiters of this round try again themselves.
                 result?;
                 continue;
             }
@@ -450,11 +455,9 @@ mod tests {
             std::fs::read_dir(md.join("new")).unwrap().count(),
             1 + 16 * 25
         );
-        assert!(DIR_SYNC
-            .lock()
-            .rounds
-            .as_ref()
-            .is_none_or(|m| !m.contains_key(&md.join("new"))));
+        let g = DIR_SYNC.lock();
+        let r = &g.rounds.as_ref().unwrap()[&md.join("new")];
+        assert!(!r.running && r.synced == r.requested && r.failed == 0);
     }
 
     #[test]

@@ -15,8 +15,8 @@
 //! - `queue/<ID>`: one message, written once, never modified.
 //! - `queue/<ID>.st`: per-recipient delivery status, replaced atomically.
 //! - `corrupt/`: files that failed verification; kept for the operator.
-//! - `free/`: emptied files of delivered messages, reused for new ones
-//!   (see `store::Pool`); never read.
+//! - `free/`: files of delivered messages, reused (truncated) for new
+//!   ones (see `store::Pool`); never read.
 //!
 //! The byte formats are in `codec.rs` and documented in `docs/queue.md`.
 //!

@@ -35,27 +35,39 @@ pub(crate) fn create_new_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Emptied message files kept for reuse, at most.
+/// Files of delivered messages kept for reuse, at most.
 pub(crate) const POOL_MAX: usize = 4096;
+/// Larger files are unlinked rather than kept: the pool holds at most
+/// `POOL_MAX` x this many bytes until its files are reused.
+const POOL_FILE_MAX: u64 = 64 * 1024;
 
-/// Files of delivered messages, emptied and kept in `free/` to be written
-/// again: a new message reuses an inode instead of allocating one, and a
-/// delivered one frees none. On ext4 without a journal every inode freed in
-/// the last minute is skipped by the allocator at a high CPU cost, so
+/// Files of delivered messages, kept in `free/` to be written again: a new
+/// message reuses an inode instead of allocating one, and a delivered one
+/// frees none. On ext4 without a journal every inode freed in the last
+/// minute is skipped by the allocator at a high CPU cost, so
 /// unlink-and-create at thousands of messages per second costs more than
-/// the writes themselves. Files in `free/` hold nothing (truncated when
-/// they go there) and are never read; a crash may leave a file there with
-/// old content, which the next reuse truncates.
+/// the writes themselves. Files in `free/` are never read. A file is reused
+/// (truncated, then written) only while `free/` is its one name: after a
+/// crash a name there may still point at a file that became a queued
+/// message, and such a name is dropped, never truncated.
 #[derive(Default)]
 pub(crate) struct Pool {
     names: Vec<std::path::PathBuf>,
     next: u64,
 }
 
+fn single_link(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1)
+}
+
 impl Pool {
-    /// Moves `from` (a message file) into `free/`, emptied; false when the
-    /// pool is full (the caller unlinks it instead).
+    /// Moves `from` (a delivered message's file) into `free/`; false when
+    /// it is not kept (pool full, or a large file): the caller unlinks it.
     pub(crate) fn put(q: &Queue, from: &Path) -> io::Result<bool> {
+        if fs::symlink_metadata(from)?.len() > POOL_FILE_MAX {
+            return Ok(false);
+        }
         let dst = {
             let mut p = q.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
             if p.names.len() >= POOL_MAX {
@@ -65,9 +77,6 @@ impl Pool {
             q.inner.dir.join("free").join(p.next.to_string())
         };
         fs::rename(from, &dst)?;
-        // Emptied after the rename: a crash in between leaves content in
-        // free/ (harmless), never an empty file in queue/ (corrupt).
-        OpenOptions::new().write(true).open(&dst)?.set_len(0)?;
         q.inner
             .pool
             .lock()
@@ -77,27 +86,36 @@ impl Pool {
         Ok(true)
     }
 
-    /// A private file at `path` (which must not exist): a pooled one
-    /// renamed there and truncated, or a new one.
+    /// A private, empty file at `path` (which must not exist): a pooled
+    /// one renamed there and truncated, or a new one.
     pub(crate) fn take(q: &Queue, path: &Path) -> io::Result<File> {
-        let pooled = q
-            .inner
-            .pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .names
-            .pop();
-        if let Some(free) = pooled {
-            if rename_noreplace(&free, path).is_ok() {
-                match OpenOptions::new().write(true).truncate(true).open(path) {
-                    Ok(f) => return Ok(f),
-                    Err(_) => {
-                        let _ = fs::remove_file(path);
-                    }
+        loop {
+            let pooled = q
+                .inner
+                .pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .names
+                .pop();
+            let Some(free) = pooled else {
+                return create_new_file(path);
+            };
+            if !single_link(&free) {
+                // Also linked elsewhere (see above): only this name goes.
+                let _ = fs::remove_file(&free);
+                continue;
+            }
+            if rename_noreplace(&free, path).is_err() {
+                return create_new_file(path);
+            }
+            match OpenOptions::new().write(true).truncate(true).open(path) {
+                Ok(f) => return Ok(f),
+                Err(_) => {
+                    let _ = fs::remove_file(path);
+                    return create_new_file(path);
                 }
             }
         }
-        create_new_file(path)
     }
 }
 
@@ -127,23 +145,28 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-/// Files already in `free/` at start-up, for the pool; beyond the pool's
-/// size they are removed.
+/// Files already in `free/` at start-up, for the pool. Names that are not
+/// a plain file with one link, and those beyond the pool's size, are
+/// removed; one that cannot be is logged and left alone.
 fn load_pool(free_dir: &Path) -> io::Result<Pool> {
     let mut pool = Pool::default();
     for entry in fs::read_dir(free_dir)? {
         let entry = entry?;
         let path = entry.path();
-        match entry
+        let n = entry
             .file_name()
             .to_str()
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            Some(n) if pool.names.len() < POOL_MAX => {
+            .and_then(|n| n.parse::<u64>().ok());
+        match n {
+            Some(n) if pool.names.len() < POOL_MAX && single_link(&path) => {
                 pool.next = pool.next.max(n);
                 pool.names.push(path);
             }
-            _ => remove_quietly(&path)?,
+            _ => {
+                if let Err(e) = remove_quietly(&path) {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove from free/");
+                }
+            }
         }
     }
     Ok(pool)

@@ -174,11 +174,16 @@ pub struct LocalUser {
     pub name: String,
 }
 
+/// Most local submissions at once: local programs cannot take all of
+/// `limits.max_connections` from the network.
+const MAX_LOCAL_CONNECTIONS: usize = 100;
+
 async fn accept_local(
     shared: Arc<Shared>,
     listener: UnixListener,
     mut stop: watch::Receiver<bool>,
 ) {
+    let local_slots = Arc::new(Semaphore::new(MAX_LOCAL_CONNECTIONS));
     info!(path = ?listener.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string())), "listening for local submission");
     loop {
         let accepted = tokio::select! {
@@ -193,10 +198,14 @@ async fn accept_local(
                 continue;
             }
         };
-        let Ok(permit) = shared.conns.clone().try_acquire_owned() else {
+        let (Ok(permit), Ok(local_slot)) = (
+            shared.conns.clone().try_acquire_owned(),
+            local_slots.clone().try_acquire_owned(),
+        ) else {
             crate::metrics::get()
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
+            info!("local submission refused: too many at once");
             continue;
         };
         let user = match stream.peer_cred() {
@@ -239,6 +248,7 @@ async fn accept_local(
             )
             .instrument(span)
             .await;
+            drop(local_slot);
         });
     }
 }
