@@ -146,6 +146,19 @@ fn strip_received(body: &[u8]) -> &[u8] {
     }
 }
 
+/// `pigeon queue list --json` on the spool of `config`.
+fn queue_list(config: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_pigeon"))
+        .args(["queue", "--config"])
+        .arg(config)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    list.as_array().unwrap().clone()
+}
+
 /// A xorshift generator seeded from the clock: each run kills at another point.
 fn random() -> impl FnMut() -> u64 {
     let mut seed = std::time::SystemTime::now()
@@ -213,17 +226,7 @@ async fn kill_9_loses_no_acknowledged_message() {
         // Restart on the same spool: recovery must succeed and keep everything.
         let mut server = spawn_server(&config);
         wait_ready(port).await;
-        let out = Command::new(env!("CARGO_BIN_EXE_pigeon"))
-            .args(["queue", "--config"])
-            .arg(&config)
-            .args(["list", "--json"])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let listed: std::collections::HashSet<String> = list
-            .as_array()
-            .unwrap()
+        let listed: std::collections::HashSet<String> = queue_list(&config)
             .iter()
             .map(|m| m["id"].as_str().unwrap().to_string())
             .collect();
@@ -305,14 +308,7 @@ async fn kill_9_during_local_delivery_loses_nothing() {
         wait_ready(port).await;
         let t0 = Instant::now();
         loop {
-            let out = Command::new(env!("CARGO_BIN_EXE_pigeon"))
-                .args(["queue", "--config"])
-                .arg(&config)
-                .args(["list", "--json"])
-                .output()
-                .unwrap();
-            let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            if list.as_array().unwrap().is_empty() {
+            if queue_list(&config).is_empty() {
                 break;
             }
             assert!(
