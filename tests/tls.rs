@@ -259,6 +259,77 @@ async fn starttls_injection_is_never_executed() {
     assert!(srv.queued().is_empty());
 }
 
+/// A man in the middle on port 25 injects a transaction with a BDAT chunk
+/// (small, and large enough that the server has already started writing
+/// it to the queue) in front of the client's STARTTLS. The server refuses
+/// STARTTLS while the transaction is open, and after a clean STARTTLS the
+/// message sent inside TLS carries nothing of before it.
+#[tokio::test]
+async fn starttls_during_a_transaction_carries_nothing_into_tls() {
+    let srv = start(tls_config()).await;
+    let big = format!("X-Injected: evil\r\n{}\r\n", "a".repeat(70_000));
+    for chunk in ["X-Injected: evil\r\n".to_string(), big] {
+        let mut c = Client::connect(addr(&srv, 0)).await;
+        c.reply().await;
+        c.cmd("EHLO client").await;
+        assert!(c.cmd("MAIL FROM:<x@y.test>").await.starts_with("250"));
+        assert!(c.cmd("RCPT TO:<bob@example.org>").await.starts_with("250"));
+        c.send(&format!("BDAT {}\r\n{chunk}", chunk.len())).await;
+        assert!(c.reply().await.starts_with("250"));
+        assert_eq!(
+            c.cmd("STARTTLS").await,
+            "503 5.5.1 Error: STARTTLS not allowed during a mail transaction"
+        );
+        assert!(c.cmd("RSET").await.starts_with("250"));
+        c.send("STARTTLS\r\n").await;
+        assert_eq!(c.reply().await, "220 2.0.0 Ready to start TLS");
+        let tcp = c.r.into_inner().reunite(c.w).unwrap();
+        let mut t = tls_over(tcp, "mx.test", ALL).await.unwrap();
+        assert!(t.cmd("EHLO client").await.starts_with("250"));
+        assert!(t.cmd("MAIL FROM:<a@b.test>").await.starts_with("250"));
+        assert!(t
+            .cmd("RCPT TO:<alice@example.org>")
+            .await
+            .starts_with("250"));
+        let body = "Subject: inside TLS\r\n\r\nhello\r\n";
+        t.send(&format!("BDAT {} LAST\r\n{body}", body.len())).await;
+        let r = t.reply().await;
+        assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+        let id = r.rsplit(' ').next().unwrap().to_string();
+        let bytes = std::fs::read(srv.spool.join("queue").join(&id)).unwrap();
+        let m = pigeon::queue::decode_message(&bytes).unwrap();
+        let text = String::from_utf8_lossy(&m.body);
+        assert!(!text.contains("X-Injected"), "{text}");
+        assert_eq!(text.matches("Received:").count(), 1, "{text}");
+        assert!(text.ends_with(body), "{text}");
+        assert_eq!(m.envelope.sender, "a@b.test");
+        let rcpts: Vec<_> = m
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        assert_eq!(rcpts, ["alice@example.org"]);
+        t.cmd("QUIT").await;
+    }
+    // One message per round, and nothing left over from the injected ones.
+    assert_eq!(srv.queued().len(), 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let tmp = std::fs::read_dir(srv.spool.join("tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if tmp == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{tmp} files left in tmp/"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn brute_force_limits() {
     let mut cfg = tls_config();
@@ -342,7 +413,11 @@ fn write_cert(dir: &std::path::Path, name: &str) -> CertificateConfig {
     let key = dir.join(format!("{name}.key"));
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    CertificateConfig { cert, key }
+    CertificateConfig {
+        cert,
+        key,
+        ocsp: Default::default(),
+    }
 }
 
 fn der_of(c: &CertificateConfig) -> Vec<u8> {
@@ -394,6 +469,7 @@ async fn missing_certificate_is_a_clear_startup_error() {
     cfg.tls.certificates = vec![CertificateConfig {
         cert: "/nonexistent/cert.pem".into(),
         key: "/nonexistent/key.pem".into(),
+        ocsp: Default::default(),
     }];
     let dir = tempfile::tempdir().unwrap();
     cfg.spool.dir = dir.path().join("spool");

@@ -5,6 +5,7 @@
 //! file. Passwords are never logged or kept beyond a check.
 
 pub mod limiter;
+pub mod verifier;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,7 +13,12 @@ use std::sync::Arc;
 
 use crate::config::{check_user, AuthConfig, UserConfig, UserDelivery};
 
-pub use limiter::FailureLimiter;
+pub use limiter::{Admission, FailureLimiter};
+pub use verifier::{Busy, Verifier};
+
+/// Longest password checked; a longer one fails at once, so no one can
+/// make a single check expensive (sha512-crypt's cost grows with length).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
 
 /// One user who may authenticate.
 #[derive(Clone)]
@@ -124,6 +130,9 @@ impl UserDb {
     /// the async reactor. An unknown login costs the same as a wrong
     /// password, so timing does not tell which logins exist.
     pub fn verify(&self, login: &str, password: &str) -> Option<Arc<User>> {
+        if password.len() > MAX_PASSWORD_BYTES {
+            return None;
+        }
         match self.users.get(login) {
             Some(u) => verify_hash(&u.hash, password).then(|| u.clone()),
             None => {

@@ -98,6 +98,20 @@ fn max_prefix(addr: IpAddr) -> u8 {
     }
 }
 
+/// The key under which a client is counted by per-client limits: an IPv4
+/// address (IPv4-mapped IPv6 included) as it is, an IPv6 address reduced
+/// to its network of `v6_prefix` bits, since one site, and so one
+/// attacker, usually holds a whole /64.
+pub fn client_network(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(mask_v6(v6, v6_prefix)),
+        },
+    }
+}
+
 fn mask_v4(a: Ipv4Addr, prefix: u8) -> Ipv4Addr {
     let bits = u32::from(a);
     let mask = if prefix == 0 {

@@ -20,7 +20,7 @@ pub(crate) mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use cidr::{Cidr, ParseCidrError};
+pub use cidr::{client_network, Cidr, ParseCidrError};
 pub use validate::{check_alias, check_user};
 
 use serde::Deserialize;
@@ -361,12 +361,25 @@ pub struct Limits {
     /// A message carrying more `Received:` headers than this is refused
     /// with 554 5.4.6 (mail loop). Default 50; at least 1.
     pub max_received_headers: u32,
-    /// Most simultaneous connections, over all listeners. Default 5000;
-    /// 1 to 1000000.
+    /// Most simultaneous connections on the `smtp` listeners (and local
+    /// submissions). Default 5000; 1 to 1000000.
     pub max_connections: usize,
-    /// Most simultaneous connections from one IP address; 0 means no limit.
-    /// Clients in `relay.trusted_networks` are exempt. Default 50.
+    /// Most simultaneous connections on the `submission` and `submissions`
+    /// listeners: a pool of their own, so that a flood on port 25 cannot
+    /// lock users out. Default 1000; 1 to 1000000.
+    pub max_submission_connections: usize,
+    /// Most simultaneous connections from one client network (an IPv4
+    /// address, or an IPv6 network of `ipv6_prefix` bits); 0 means no
+    /// limit. Clients in `relay.trusted_networks` are exempt. Default 50.
     pub max_connections_per_ip: usize,
+    /// IPv6 clients are counted together per network of this many bits
+    /// (one site usually has a whole /64), for the per-client connection
+    /// limit and the failed-AUTH limit. Default 64; 32 to 128.
+    pub ipv6_prefix: u8,
+    /// NOOP, RSET, VRFY and HELP commands tolerated in a row without an
+    /// accepted message before the server answers 421 and closes (as
+    /// Postfix's smtpd_junk_command_limit); 0 means no limit. Default 100.
+    pub max_junk_commands: u32,
     /// Seconds to wait for the next command. Default 300, the RFC 5321
     /// §4.5.3.2.7 minimum; lower values are accepted. Timeouts range from 1
     /// to 604800 (one week).
@@ -391,7 +404,10 @@ impl Default for Limits {
             max_errors: 10,
             max_received_headers: 50,
             max_connections: 5000,
+            max_submission_connections: 1000,
             max_connections_per_ip: 50,
+            ipv6_prefix: 64,
+            max_junk_commands: 100,
             command_timeout_secs: 300,
             data_timeout_secs: 600,
             session_timeout_secs: 3600,
@@ -500,6 +516,10 @@ pub struct CertificateConfig {
     pub cert: PathBuf,
     /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// DER file with an OCSP response for the certificate, stapled to
+    /// handshakes (re-read on reload). Default: none.
+    #[serde(default)]
+    pub ocsp: PathBuf,
 }
 
 /// `[auth]`
@@ -533,6 +553,13 @@ pub struct AuthConfig {
     pub ip_block_secs: u64,
     /// Exempt loopback clients from the per-address limit. Default: false.
     pub exempt_loopback: bool,
+    /// Password checks run at once (each argon2id check takes about 19 MiB
+    /// and a core for a moment); 0 means one per CPU. An attempt that
+    /// finds them all busy waits up to `verification_wait_ms`, then gets
+    /// 454 4.7.0. Default: 0.
+    pub max_parallel_verifications: usize,
+    /// Default: 2000.
+    pub verification_wait_ms: u64,
 }
 
 impl Default for AuthConfig {
@@ -548,6 +575,8 @@ impl Default for AuthConfig {
             ip_failure_window_secs: 600,
             ip_block_secs: 900,
             exempt_loopback: false,
+            max_parallel_verifications: 0,
+            verification_wait_ms: 2000,
         }
     }
 }

@@ -105,6 +105,13 @@ pub(super) fn normalize_and_validate(config: &mut Config) -> Vec<ConfigError> {
         "",
     );
     at_least("max_connections", l.max_connections as u64, 1, "");
+    at_least(
+        "max_submission_connections",
+        l.max_submission_connections as u64,
+        1,
+        "",
+    );
+    at_least("ipv6_prefix", u64::from(l.ipv6_prefix), 32, "");
     at_least("command_timeout_secs", l.command_timeout_secs, 1, "");
     at_least("data_timeout_secs", l.data_timeout_secs, 1, "");
     at_least("session_timeout_secs", l.session_timeout_secs, 1, "");
@@ -128,6 +135,13 @@ pub(super) fn normalize_and_validate(config: &mut Config) -> Vec<ConfigError> {
         MAX_CONNECTIONS_CEILING as u64,
         "",
     );
+    at_most(
+        "max_submission_connections",
+        l.max_submission_connections as u64,
+        MAX_CONNECTIONS_CEILING as u64,
+        "",
+    );
+    at_most("ipv6_prefix", u64::from(l.ipv6_prefix), 128, "");
     for (key, value) in [
         ("command_timeout_secs", l.command_timeout_secs),
         ("data_timeout_secs", l.data_timeout_secs),

@@ -1383,6 +1383,7 @@ fn loopback(msgs: &[(OutMessage, Vec<u8>)], chunking: bool) -> (Vec<TransactionR
         auth: false,
         plaintext_auth: false,
         max_auth_failures: 3,
+        max_junk_commands: 100,
     };
     let mut server = ServerSession::new(Arc::new(scfg), IpAddr::V4(Ipv4Addr::LOCALHOST));
     let mut host = FakeHost(0);

@@ -175,6 +175,21 @@ pub const LOCAL_ERROR: Reply = Reply::new(
 
 pub const STARTTLS_READY: Reply = Reply::new(220, "2.0.0", "Ready to start TLS");
 pub const TLS_ALREADY_ACTIVE: Reply = Reply::new(503, "5.5.1", "Error: TLS already active");
+pub const STARTTLS_IN_TRANSACTION: Reply = Reply::new(
+    503,
+    "5.5.1",
+    "Error: STARTTLS not allowed during a mail transaction",
+);
+pub const TOO_MANY_JUNK_COMMANDS: Reply = Reply::new(
+    421,
+    "4.7.0",
+    "Error: too many commands without progress, closing connection",
+);
+pub const AUTH_BUSY: Reply = Reply::new(
+    454,
+    "4.7.0",
+    "Error: temporary authentication failure, try again later",
+);
 pub const AUTH_OK: Reply = Reply::new(235, "2.7.0", "Authentication successful");
 pub const AUTH_FAILED: Reply = Reply::new(535, "5.7.8", "Error: authentication failed");
 pub const AUTH_NEEDS_TLS: Reply = Reply::new(

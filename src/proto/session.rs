@@ -40,6 +40,9 @@ pub struct SessionConfig {
     pub plaintext_auth: bool,
     /// Failed AUTH attempts tolerated on one connection before 421 and close.
     pub max_auth_failures: u32,
+    /// NOOP, RSET, VRFY and HELP commands tolerated without an accepted
+    /// message in between before 421 and close (0: no limit).
+    pub max_junk_commands: u32,
 }
 
 /// Facts about a complete message that policy may want to check.
@@ -57,6 +60,9 @@ pub enum AuthOutcome {
     Failure,
     /// The client's address is blocked after too many failures.
     Blocked,
+    /// No check could be run now (every password-check slot is taken):
+    /// 454 4.7.0, not counted as a failure.
+    Busy,
 }
 
 /// What the session needs from its environment.
@@ -165,6 +171,8 @@ pub struct ServerSession {
     /// Credentials waiting for verification (never logged).
     pending_auth: Option<Credentials>,
     starttls_pending: bool,
+    /// NOOP/RSET/VRFY/HELP commands since the last accepted message.
+    junk: u32,
     /// The local user (uid, name) of a local submission, for Received:.
     local_user: Option<(u32, String)>,
 }
@@ -191,19 +199,31 @@ impl ServerSession {
             auth_failures: 0,
             pending_auth: None,
             starttls_pending: false,
+            junk: 0,
         }
     }
 
     /// TLS is now active (implicit TLS before the greeting, or after a
     /// STARTTLS handshake). The session starts over: the client must send
     /// EHLO again (RFC 3207 §4.2).
+    ///
+    /// RFC 3207 §4.2: the server discards all knowledge obtained from the
+    /// client before TLS. STARTTLS is refused while a transaction is open,
+    /// so there is normally nothing to drop; the reset is complete anyway,
+    /// and the driver must drop its own per-message state (queue writer,
+    /// failure flag, authenticated user) at the same time.
     pub fn tls_started(&mut self, description: String) {
-        self.reset_txn();
+        self.txn = None;
+        self.body.clear();
         self.pending_abort = false;
+        self.pending_auth = None;
+        self.skipping_line = false;
+        self.starttls_pending = false;
         self.tls = Some(description);
         self.helo = None;
         self.esmtp = false;
         self.auth_user = None;
+        self.junk = 0;
         self.phase = Phase::Command;
     }
 
@@ -241,6 +261,7 @@ impl ServerSession {
                 reply::AUTH_IP_BLOCKED.write_to(&mut self.out);
                 self.closed = true;
             }
+            AuthOutcome::Busy => self.reply(reply::AUTH_BUSY),
         }
     }
 
@@ -336,6 +357,7 @@ impl ServerSession {
         match result {
             Ok(id) => {
                 self.messages += 1;
+                self.junk = 0;
                 let r = Reply::owned(250, "2.0.0", format!("Ok: queued as {id}"));
                 self.reply(r);
             }
@@ -693,11 +715,11 @@ impl ServerSession {
             Command::Bdat { size, last } => self.bdat(size, last, host),
             Command::Rset => {
                 self.reset_txn();
-                self.reply(reply::OK);
+                self.junk_reply(reply::OK);
             }
-            Command::Noop => self.reply(reply::OK),
-            Command::Vrfy => self.reply(reply::VRFY_CANNOT),
-            Command::Help => self.reply(reply::HELP),
+            Command::Noop => self.junk_reply(reply::OK),
+            Command::Vrfy => self.junk_reply(reply::VRFY_CANNOT),
+            Command::Help => self.junk_reply(reply::HELP),
             Command::Quit => {
                 self.reset_txn();
                 self.reply(reply::BYE);
@@ -708,6 +730,11 @@ impl ServerSession {
                     self.reply(reply::NOT_IMPLEMENTED);
                 } else if self.tls.is_some() {
                     self.reply(reply::TLS_ALREADY_ACTIVE);
+                } else if self.txn.is_some() {
+                    // RFC 3207 §4.2 lets the server discard an open
+                    // transaction; refusing is simpler to get right: no
+                    // envelope or content of before TLS can reach inside it.
+                    self.reply(reply::STARTTLS_IN_TRANSACTION);
                 } else {
                     self.reply(reply::STARTTLS_READY);
                     self.starttls_pending = true;
@@ -716,6 +743,19 @@ impl ServerSession {
             Command::Auth(args) => self.auth(&args),
             Command::Expn => self.reply(reply::NOT_IMPLEMENTED),
         }
+    }
+
+    /// Replies to a command that makes no progress (as Postfix's
+    /// smtpd_junk_command_limit): past the limit, 421 and close, so a
+    /// client cannot hold a connection slot with NOOPs alone.
+    fn junk_reply(&mut self, r: Reply) {
+        self.junk = self.junk.saturating_add(1);
+        if self.cfg.max_junk_commands > 0 && self.junk > self.cfg.max_junk_commands {
+            reply::TOO_MANY_JUNK_COMMANDS.write_to(&mut self.out);
+            self.closed = true;
+            return;
+        }
+        self.reply(r);
     }
 
     fn auth_offered(&self) -> bool {

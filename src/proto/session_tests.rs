@@ -53,6 +53,7 @@ fn cfg() -> SessionConfig {
         auth: false,
         plaintext_auth: false,
         max_auth_failures: 3,
+        max_junk_commands: 100,
     }
 }
 
@@ -495,6 +496,139 @@ fn starttls_discards_injected_commands_and_resets() {
         .unwrap();
     assert!(!after.contains("STARTTLS"), "{after}");
     assert!(after.contains("250-AUTH PLAIN LOGIN"));
+}
+
+/// A man in the middle injects a transaction and a BDAT chunk before the
+/// client's STARTTLS; the client's own transaction then runs inside TLS.
+/// Nothing injected may reach the message committed inside TLS.
+#[test]
+fn starttls_in_an_open_transaction_is_refused_and_nothing_crosses_into_tls() {
+    let injected: &[u8] =
+        b"EHLO c\r\nMAIL FROM:<x@y.test>\r\nRCPT TO:<bob@local.test>\r\nBDAT 18\r\nX-Injected: evil\r\nSTARTTLS\r\n";
+    let r = run_with(
+        tls_cfg(),
+        &[
+            injected,
+            b"RSET\r\nSTARTTLS\r\n",
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice@local.test>\r\nBDAT 8 LAST\r\nSubj: x\n",
+        ],
+    );
+    assert!(
+        r.out
+            .contains("503 5.5.1 Error: STARTTLS not allowed during a mail transaction"),
+        "{}",
+        r.out
+    );
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "250", "250", "250", "503", "250", "220", "250", "250", "250", "250"]
+    );
+    assert_eq!(r.msgs.len(), 1);
+    let (_, sender, rcpts, body) = &r.msgs[0];
+    assert_eq!(sender, "a@b.test");
+    assert_eq!(rcpts, &["alice@local.test"]);
+    let text = String::from_utf8_lossy(body);
+    assert!(!text.contains("X-Injected"), "{text}");
+    assert_eq!(text.matches("Received:").count(), 1, "{text}");
+    assert!(text.contains("ESMTPS"), "{text}");
+    // Refused after MAIL alone too, and after DATA's content has begun
+    // the STARTTLS line is only message content.
+    let r = run_with(
+        tls_cfg(),
+        &[b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nSTARTTLS\r\n"],
+    );
+    assert!(
+        r.out
+            .ends_with("503 5.5.1 Error: STARTTLS not allowed during a mail transaction\r\n"),
+        "{}",
+        r.out
+    );
+}
+
+/// Whatever state the session is in, the start of TLS leaves nothing of
+/// before it: no envelope, no content, no authenticated user.
+#[test]
+fn tls_started_forgets_everything() {
+    let mut c = tls_cfg();
+    c.plaintext_auth = true;
+    let mut s = ServerSession::new(Arc::new(c), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    let mut host = FakeHost {
+        next_id: 0,
+        relay_ok: true,
+        space_ok: true,
+    };
+    let input = b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHB3\r\n";
+    let (n, a) = s.feed(input, &mut host);
+    assert_eq!(a, Action::Authenticate);
+    s.auth_result(AuthOutcome::Success("alice".into()));
+    let rest = b"MAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 100\r\nX-A: 1\r\n";
+    let (_, a) = s.feed(
+        &input[n..]
+            .iter()
+            .chain(rest.iter())
+            .copied()
+            .collect::<Vec<u8>>(),
+        &mut host,
+    );
+    assert_eq!(a, Action::NeedInput);
+    assert!(!s.body().is_empty());
+    assert!(s.envelope().is_some());
+    assert_eq!(s.auth_user(), Some("alice"));
+    s.tls_started("TLSv1.3 with cipher TEST".into());
+    assert!(s.body().is_empty());
+    assert!(s.envelope().is_none());
+    assert!(s.auth_user().is_none());
+    assert!(!s.has_open_message());
+    // The session starts over: MAIL before EHLO is out of sequence.
+    s.output().clear();
+    let (_, a) = s.feed(b"MAIL FROM:<a@b.test>\r\n", &mut host);
+    assert_eq!(a, Action::NeedInput);
+    assert!(
+        String::from_utf8_lossy(s.output()).starts_with("503 5.5.1 Error: send HELO/EHLO first")
+    );
+}
+
+#[test]
+fn junk_commands_without_progress_close_the_session() {
+    let mut c = cfg();
+    c.max_junk_commands = 5;
+    let r = run_with(
+        c.clone(),
+        &[b"EHLO c\r\nNOOP\r\nRSET\r\nVRFY x\r\nHELP\r\nNOOP\r\nNOOP\r\nNOOP\r\n"],
+    );
+    assert!(r.closed);
+    assert!(
+        r.out.ends_with(
+            "421 4.7.0 Error: too many commands without progress, closing connection\r\n"
+        ),
+        "{}",
+        r.out
+    );
+    assert_eq!(r.out.matches("421").count(), 1);
+    // An accepted message is progress: the count starts over.
+    let r = run_with(c, &[b"EHLO c\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nQUIT\r\n"]);
+    assert!(!r.out.contains("421"), "{}", r.out);
+    assert_eq!(r.msgs.len(), 1);
+}
+
+#[test]
+fn auth_busy_is_temporary_and_not_a_failure() {
+    let mut s = ServerSession::new(Arc::new(tls_cfg()), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    let mut host = FakeHost {
+        next_id: 0,
+        relay_ok: true,
+        space_ok: true,
+    };
+    s.tls_started("TLSv1.3 with cipher TEST".into());
+    for _ in 0..5 {
+        let (_, a) = s.feed(b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHB3\r\n", &mut host);
+        assert_eq!(a, Action::Authenticate);
+        s.auth_result(AuthOutcome::Busy);
+        s.feed(b"", &mut host);
+    }
+    let out = String::from_utf8_lossy(s.output()).into_owned();
+    assert_eq!(out.matches("454 4.7.0").count(), 5, "{out}");
+    assert!(!s.is_closed());
 }
 
 #[test]

@@ -17,7 +17,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::auth::FailureLimiter;
+use crate::auth::{Admission, Busy, FailureLimiter, Verifier};
+use crate::config::client_network;
 use crate::config::{BareNewline, Config, ListenerConfig, ListenerMode};
 use crate::live::{Live, Snapshot};
 use crate::policy::Client;
@@ -25,6 +26,7 @@ use crate::proto::command::{MailFrom, RcptTo};
 use crate::proto::reply::{self, Reply};
 use crate::proto::{Action, AuthOutcome, Host, MessageFacts, ServerSession, SessionConfig};
 use crate::queue::{MessageWriter, Queue, QueueError, QueueId};
+use crate::telemetry::clean;
 
 pub mod tls;
 use tls::Tls;
@@ -33,6 +35,48 @@ use tls::Tls;
 /// writer (which itself spills to disk past its own threshold).
 const BODY_FLUSH: usize = 64 * 1024;
 
+/// A pool of connection slots, resizable by a reload.
+struct Pool {
+    /// The number of permits `sem` was made with or resized to.
+    max: AtomicUsize,
+    sem: Arc<Semaphore>,
+}
+
+impl Pool {
+    fn new(n: usize) -> Pool {
+        Pool {
+            max: AtomicUsize::new(n),
+            sem: Arc::new(Semaphore::new(n)),
+        }
+    }
+
+    fn resize(&self, want: usize) {
+        let had = self.max.swap(want, Ordering::SeqCst);
+        if want > had {
+            self.sem.add_permits(want - had);
+        } else if want < had {
+            // Fewer permits: taken as connections close, then forgotten.
+            let sem = self.sem.clone();
+            let n = (had - want) as u32;
+            tokio::spawn(async move {
+                if let Ok(p) = sem.acquire_many_owned(n).await {
+                    p.forget();
+                }
+            });
+        }
+    }
+
+    fn in_use(&self) -> usize {
+        self.max
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.sem.available_permits())
+    }
+}
+
+/// Most refusals ("421 too many connections") being written at once;
+/// past it, a refused connection is closed without a word.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+
 /// Everything connections share.
 struct Shared {
     /// Configuration, users, directory and policy; a connection keeps the
@@ -40,12 +84,20 @@ struct Shared {
     live: Live,
     tls: Option<Tls>,
     auth_limiter: FailureLimiter,
+    /// Password checks, on threads of their own.
+    verifier: Verifier,
     queue: Queue,
-    /// The number of permits `conns` was made with or resized to
+    /// Slots for the smtp listeners and local submissions
     /// (`limits.max_connections`).
-    max_connections: AtomicUsize,
-    conns: Arc<Semaphore>,
+    smtp_pool: Pool,
+    /// Slots for the submission listeners
+    /// (`limits.max_submission_connections`).
+    submission_pool: Pool,
+    /// Open connections per client network (IPv6 by prefix).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Prefix length IPv6 clients are grouped by (fixed at start).
+    ipv6_prefix: u8,
+    refusals: Arc<Semaphore>,
 }
 
 /// A started server.
@@ -63,20 +115,10 @@ impl Running {
     /// the certificates (on error the old ones stay; the error is
     /// returned) and resizes the connection limit.
     pub fn reload(&self, cfg: &Config) -> Result<(), String> {
-        let want = cfg.limits.max_connections;
-        let had = self.shared.max_connections.swap(want, Ordering::SeqCst);
-        if want > had {
-            self.shared.conns.add_permits(want - had);
-        } else if want < had {
-            // Fewer permits: taken as connections close, then forgotten.
-            let sem = self.shared.conns.clone();
-            let n = (had - want) as u32;
-            tokio::spawn(async move {
-                if let Ok(p) = sem.acquire_many_owned(n).await {
-                    p.forget();
-                }
-            });
-        }
+        self.shared.smtp_pool.resize(cfg.limits.max_connections);
+        self.shared
+            .submission_pool
+            .resize(cfg.limits.max_submission_connections);
         match &self.shared.tls {
             Some(t) => match t.reload_from(cfg) {
                 Ok(n) => {
@@ -93,10 +135,7 @@ impl Running {
 
     /// Connections currently open.
     pub fn connections(&self) -> usize {
-        self.shared
-            .max_connections
-            .load(Ordering::SeqCst)
-            .saturating_sub(self.shared.conns.available_permits())
+        self.shared.smtp_pool.in_use() + self.shared.submission_pool.in_use()
     }
 
     /// Stops accepting, lets messages being received finish for up to
@@ -108,11 +147,13 @@ impl Running {
             let _ = t.await;
         }
         let deadline = Instant::now() + grace;
-        let max = self.shared.max_connections.load(Ordering::SeqCst) as u32;
-        if timeout_at(deadline, self.shared.conns.acquire_many(max))
-            .await
-            .is_err()
-        {
+        let all_closed = async {
+            for pool in [&self.shared.smtp_pool, &self.shared.submission_pool] {
+                let max = pool.max.load(Ordering::SeqCst) as u32;
+                let _ = pool.sem.acquire_many(max).await;
+            }
+        };
+        if timeout_at(deadline, all_closed).await.is_err() {
             warn!(
                 open = self.connections(),
                 "grace period over, closing remaining connections"
@@ -134,6 +175,7 @@ pub fn session_config(cfg: &Config, l: &ListenerConfig) -> SessionConfig {
         max_recipients: cfg.limits.max_recipients,
         max_errors: cfg.limits.max_errors,
         max_received_headers: cfg.limits.max_received_headers,
+        max_junk_commands: cfg.limits.max_junk_commands,
         reject_bare_newline: cfg.smtp.bare_newline == BareNewline::Reject,
     }
 }
@@ -199,7 +241,7 @@ async fn accept_local(
             }
         };
         let (Ok(permit), Ok(local_slot)) = (
-            shared.conns.clone().try_acquire_owned(),
+            shared.smtp_pool.sem.clone().try_acquire_owned(),
             local_slots.clone().try_acquire_owned(),
         ) else {
             crate::metrics::get()
@@ -326,14 +368,20 @@ pub fn start(
         Duration::from_secs(a.ip_failure_window_secs),
         Duration::from_secs(a.ip_block_secs),
         a.exempt_loopback,
+        cfg.limits.ipv6_prefix,
     );
+    let verifier = Verifier::new(a.max_parallel_verifications)
+        .map_err(|e| format!("cannot start the password-check threads: {e}"))?;
     let shared = Arc::new(Shared {
         tls,
         auth_limiter,
+        verifier,
         queue,
-        max_connections: AtomicUsize::new(cfg.limits.max_connections),
-        conns: Arc::new(Semaphore::new(cfg.limits.max_connections)),
+        smtp_pool: Pool::new(cfg.limits.max_connections),
+        submission_pool: Pool::new(cfg.limits.max_submission_connections),
         per_ip: Mutex::new(HashMap::new()),
+        ipv6_prefix: cfg.limits.ipv6_prefix,
+        refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
         live,
     });
     let (tx, rx) = watch::channel(false);
@@ -415,12 +463,16 @@ async fn accept_loop(
             }
         };
         let ip = canonical_ip(peer.ip());
-        let Ok(permit) = shared.conns.clone().try_acquire_owned() else {
+        let pool = match mode {
+            ListenerMode::Smtp => &shared.smtp_pool,
+            ListenerMode::Submission | ListenerMode::Submissions => &shared.submission_pool,
+        };
+        let Ok(permit) = pool.sem.clone().try_acquire_owned() else {
             crate::metrics::get()
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
-            info!(peer = %ip, "connection refused: global connection limit");
-            tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS));
+            info!(peer = %ip, "connection refused: connection limit of the listener's pool");
+            refuse(&shared, stream, reply::TOO_MANY_CONNECTIONS, mode);
             continue;
         };
         let snap = shared.live.get();
@@ -448,7 +500,7 @@ async fn accept_loop(
                         .connections_refused
                         .fetch_add(1, Ordering::Relaxed);
                     info!(peer = %ip, "connection refused: per-IP connection limit");
-                    tokio::spawn(refuse(stream, reply::TOO_MANY_CONNECTIONS_FROM_IP));
+                    refuse(&shared, stream, reply::TOO_MANY_CONNECTIONS_FROM_IP, mode);
                     continue;
                 }
             }
@@ -475,9 +527,26 @@ async fn accept_loop(
     }
 }
 
-async fn refuse(mut stream: TcpStream, r: Reply) {
-    let _ = timeout(Duration::from_secs(5), stream.write_all(&r.to_wire())).await;
-    let _ = stream.shutdown().await;
+/// Answers a connection that has no slot with `r` and closes it, in a
+/// task of its own; at most [`MAX_REFUSALS_IN_FLIGHT`] such tasks live at
+/// once (each for at most 5 s), beyond that the connection is just closed.
+/// On the implicit-TLS listener nothing is written: the client expects a
+/// TLS handshake, not an SMTP reply.
+fn refuse(shared: &Shared, mut stream: TcpStream, r: Reply, mode: ListenerMode) {
+    if mode == ListenerMode::Submissions {
+        return;
+    }
+    let Ok(permit) = shared.refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = timeout(Duration::from_secs(5), async {
+            let _ = stream.write_all(&r.to_wire()).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+        drop(permit);
+    });
 }
 
 /// IPv4-mapped IPv6 peers are treated as the IPv4 address they are.
@@ -505,6 +574,7 @@ impl IpSlot {
                 counted: false,
             });
         }
+        let ip = client_network(ip, shared.ipv6_prefix);
         let mut map = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= limit {
@@ -555,7 +625,7 @@ impl Host for ConnHost<'_> {
                 .as_ref()
                 .map(|m| m.address())
                 .unwrap_or_default();
-            info!(from = %from, reply = %reply, "sender refused");
+            info!(from = %clean(&from), reply = %reply, "sender refused");
         }
         r
     }
@@ -564,7 +634,7 @@ impl Host for ConnHost<'_> {
         let r = self.snap.policy.check_rcpt(&self.client, rcpt);
         if let Err(reply) = &r {
             count_class(&crate::metrics::get().rcpt_refused, reply.code);
-            info!(to = %rcpt.rcpt.address(), reply = %reply, "recipient refused");
+            info!(to = %clean(&rcpt.rcpt.address()), reply = %reply, "recipient refused");
         }
         r
     }
@@ -655,7 +725,7 @@ impl Incoming {
         let id = host.last_id.map(|i| i.to_string()).unwrap_or_default();
         match result {
             Ok(qid) => {
-                info!(queue_id = %qid, from = %sender, nrcpt, "message accepted");
+                info!(queue_id = %qid, from = %clean(&sender), nrcpt, "message accepted");
                 crate::metrics::get().messages_accepted[kind].fetch_add(1, Ordering::Relaxed);
                 if self.accepted.len() < 100 {
                     self.accepted.push(qid);
@@ -667,7 +737,7 @@ impl Incoming {
                 // the client: 451 4.3.0, whether the disk is full or broken.
                 let r = reply::LOCAL_ERROR;
                 count_class(&crate::metrics::get().messages_refused, r.code);
-                warn!(queue_id = %id, from = %sender, nrcpt, error = %e, reply = %r, "message not accepted");
+                warn!(queue_id = %id, from = %clean(&sender), nrcpt, error = %e, reply = %r, "message not accepted");
                 s.commit_result(Err(r));
             }
         }
@@ -750,45 +820,65 @@ async fn handshake(
             m.tls_handshakes_ok[kind].fetch_add(1, Ordering::Relaxed);
             let desc = tls::describe(s.get_ref().1);
             let sni = s.get_ref().1.server_name().unwrap_or("").to_string();
-            info!(tls = %desc, sni = %sni, "TLS established");
+            info!(tls = %desc, sni = %clean(&sni), "TLS established");
             Ok((Stream::Tls(Box::new(s)), desc))
         }
     }
 }
 
 /// Checks the credentials the session holds and tells it the outcome.
+/// The attempt is counted against the client's network before the check
+/// starts, and the check runs on the password-check pool, never on the
+/// blocking pool that writes the queue.
 async fn authenticate(shared: &Shared, s: &mut ServerSession, host: &mut ConnHost<'_>) {
     let Some(creds) = s.credentials().cloned() else {
         s.auth_result(AuthOutcome::Failure);
         return;
     };
     let ip = host.client.ip;
-    if shared
-        .auth_limiter
-        .is_blocked(ip, std::time::Instant::now())
-    {
-        warn!(login = %creds.login, "authentication refused: address blocked after too many failures");
+    let login = clean(&creds.login).into_owned();
+    let admission = shared.auth_limiter.begin(ip, std::time::Instant::now());
+    if admission == Admission::Blocked {
+        warn!(login = %login, "authentication refused: address blocked after too many failures");
         s.auth_result(AuthOutcome::Blocked);
         return;
     }
     let snap = host.snap.clone();
     let delay = host.snap.cfg.auth.failure_delay_ms;
-    let login = creds.login.clone();
-    let verified = tokio::task::spawn_blocking(move || {
-        if !creds.authzid.is_empty() && creds.authzid != creds.login {
-            return None;
+    let wait = Duration::from_millis(host.snap.cfg.auth.verification_wait_ms);
+    let checked = shared
+        .verifier
+        .run(wait, move || {
+            if !creds.authzid.is_empty() && creds.authzid != creds.login {
+                return None;
+            }
+            snap.users.verify(&creds.login, &creds.password)
+        })
+        .await;
+    let verified = match checked {
+        Ok(v) => v,
+        Err(busy) => {
+            // Not the client's fault: the attempt is not held against it.
+            shared
+                .auth_limiter
+                .finish(ip, admission, true, std::time::Instant::now());
+            warn!(login = %login, reason = ?busy, "authentication deferred: every password-check slot is busy");
+            s.auth_result(if busy == Busy::Closed {
+                AuthOutcome::Failure
+            } else {
+                AuthOutcome::Busy
+            });
+            return;
         }
-        snap.users.verify(&creds.login, &creds.password)
-    })
-    .await
-    .ok()
-    .flatten();
+    };
+    let now = std::time::Instant::now();
     match verified {
         Some(user) => {
+            shared.auth_limiter.finish(ip, admission, true, now);
             crate::metrics::get()
                 .auth_ok
                 .fetch_add(1, Ordering::Relaxed);
-            info!(login = %user.login, "authenticated");
+            info!(login = %clean(&user.login), "authenticated");
             let l = user.login.clone();
             host.client.user = Some(user);
             s.auth_result(AuthOutcome::Success(l));
@@ -797,9 +887,7 @@ async fn authenticate(shared: &Shared, s: &mut ServerSession, host: &mut ConnHos
             crate::metrics::get()
                 .auth_failed
                 .fetch_add(1, Ordering::Relaxed);
-            let blocked = shared
-                .auth_limiter
-                .record_failure(ip, std::time::Instant::now());
+            let blocked = shared.auth_limiter.finish(ip, admission, false, now);
             warn!(login = %login, blocked, "authentication failed");
             tokio::time::sleep(Duration::from_millis(delay)).await;
             s.auth_result(if blocked {
@@ -937,7 +1025,10 @@ async fn connection(
                     Action::Authenticate => authenticate(shared, &mut s, &mut host).await,
                     Action::StartTls => {
                         let out = std::mem::take(s.output());
-                        stream.write_all(&out).await?;
+                        match timeout(Duration::from_secs(limits.command_timeout_secs), stream.write_all(&out)).await {
+                            Ok(r) => r?,
+                            Err(_) => return Ok("write timeout"),
+                        }
                         // Anything the client sent after STARTTLS, before the
                         // handshake, is dropped unread (CVE-2011-0411 class).
                         if buf.len() > start {
@@ -951,6 +1042,11 @@ async fn connection(
                         match handshake(shared, tcp, kind).await {
                             Ok((st, desc)) => {
                                 stream = st;
+                                // RFC 3207 §4.2: nothing learnt before TLS
+                                // survives it, here or in the session.
+                                incoming = Incoming { accepted: std::mem::take(&mut incoming.accepted), ..Incoming::default() };
+                                host.client.user = None;
+                                host.last_id = None;
                                 s.tls_started(desc);
                             }
                             Err(e) => {

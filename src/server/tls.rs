@@ -1,8 +1,10 @@
 //! TLS for the server: certificates from PEM files (several, chosen by
 //! SNI), an optional self-signed certificate generated on first start and
 //! kept in the spool, the rustls configuration (TLS 1.2 and 1.3 only, ring
-//! provider), and reloading certificates without dropping connections.
-//! Reads the certificate files and writes only `<spool>/tls/`.
+//! provider, the server's cipher-suite order preferred), optional OCSP
+//! responses to staple (RFC 6066 §8), and reloading certificates without
+//! dropping connections. Reads the certificate and OCSP files and writes
+//! only `<spool>/tls/`. The SNI name the client sends is untrusted.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -11,15 +13,36 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::Config;
+
+/// One loaded certificate and the DNS names it is chosen for.
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    /// Lowercase names from the certificate (`*.example.org` allowed),
+    /// parsed once at load time rather than at every handshake.
+    names: Vec<String>,
+}
+
+impl Loaded {
+    fn serves(&self, sni: &str) -> bool {
+        self.names.iter().any(|n| match n.strip_prefix("*.") {
+            // A wildcard covers exactly one leftmost label (RFC 6125 §6.4.3).
+            Some(rest) => sni
+                .split_once('.')
+                .is_some_and(|(label, tail)| !label.is_empty() && tail == rest),
+            None => n == sni,
+        })
+    }
+}
 
 /// The certificates in use; replaced whole on reload.
 #[derive(Debug)]
 struct CertSet {
     /// In configuration order; the first is the default.
-    certs: Vec<Arc<CertifiedKey>>,
+    certs: Vec<Loaded>,
 }
 
 #[derive(Debug)]
@@ -35,20 +58,12 @@ impl ResolvesServerCert for CertResolver {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let Some(sni) = hello.server_name() {
-            if let Ok(name) = ServerName::try_from(sni) {
-                for ck in &set.certs {
-                    let matches = ck
-                        .cert
-                        .first()
-                        .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
-                        .is_some_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok());
-                    if matches {
-                        return Some(ck.clone());
-                    }
-                }
+            let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(l) = set.certs.iter().find(|l| l.serves(&sni)) {
+                return Some(l.key.clone());
             }
         }
-        set.certs.first().cloned()
+        set.certs.first().map(|l| l.key.clone())
     }
 }
 
@@ -57,20 +72,38 @@ impl ResolvesServerCert for CertResolver {
 pub struct Tls {
     pub acceptor: tokio_rustls::TlsAcceptor,
     resolver: Arc<CertResolver>,
-    sources: Arc<RwLock<Vec<(PathBuf, PathBuf)>>>,
+    sources: Arc<RwLock<Vec<Source>>>,
 }
 
-/// The (certificate, key) files a configuration names: its own, or the
-/// self-signed pair (made on first use).
-fn sources(cfg: &Config) -> Result<Vec<(PathBuf, PathBuf)>, String> {
-    let mut sources: Vec<(PathBuf, PathBuf)> = cfg
+/// The files of one certificate: chain, key, and an optional DER OCSP
+/// response to staple.
+#[derive(Debug, Clone)]
+struct Source {
+    cert: PathBuf,
+    key: PathBuf,
+    ocsp: Option<PathBuf>,
+}
+
+/// The files a configuration names: its own, or the self-signed pair
+/// (made on first use).
+fn sources(cfg: &Config) -> Result<Vec<Source>, String> {
+    let mut sources: Vec<Source> = cfg
         .tls
         .certificates
         .iter()
-        .map(|c| (c.cert.clone(), c.key.clone()))
+        .map(|c| Source {
+            cert: c.cert.clone(),
+            key: c.key.clone(),
+            ocsp: (!c.ocsp.as_os_str().is_empty()).then(|| c.ocsp.clone()),
+        })
         .collect();
     if sources.is_empty() {
-        sources.push(self_signed(&cfg.spool.dir, &cfg.server.hostname)?);
+        let (cert, key) = self_signed(&cfg.spool.dir, &cfg.server.hostname)?;
+        sources.push(Source {
+            cert,
+            key,
+            ocsp: None,
+        });
     }
     Ok(sources)
 }
@@ -91,11 +124,14 @@ impl Tls {
         let resolver = Arc::new(CertResolver {
             current: RwLock::new(Arc::new(set)),
         });
-        let config = rustls::ServerConfig::builder_with_provider(provider())
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| format!("TLS setup: {e}"))?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
+        // The provider lists its suites strongest first (AES-256-GCM,
+        // then ChaCha20, then AES-128): that order, not the client's.
+        config.ignore_client_order = true;
         Ok(Some(Tls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             resolver,
@@ -126,7 +162,7 @@ impl Tls {
         Ok(n)
     }
 
-    fn install(&self, sources: &[(PathBuf, PathBuf)]) -> Result<usize, String> {
+    fn install(&self, sources: &[Source]) -> Result<usize, String> {
         let set = load_set(sources)?;
         let n = set.certs.len();
         *self
@@ -138,13 +174,58 @@ impl Tls {
     }
 }
 
-fn load_set(sources: &[(PathBuf, PathBuf)]) -> Result<CertSet, String> {
+/// Largest OCSP response file read.
+const MAX_OCSP_BYTES: u64 = 64 * 1024;
+
+fn load_set(sources: &[Source]) -> Result<CertSet, String> {
     let provider = provider();
     let mut certs = Vec::new();
-    for (cert, key) in sources {
-        certs.push(Arc::new(load_pair(cert, key, &provider)?));
+    for src in sources {
+        let mut key = load_pair(&src.cert, &src.key, &provider)?;
+        if let Some(path) = &src.ocsp {
+            key.ocsp = Some(read_ocsp(path)?);
+        }
+        let names = key
+            .cert
+            .first()
+            .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+            .map(|ee| {
+                ee.valid_dns_names()
+                    .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                    .collect()
+            })
+            .unwrap_or_default();
+        certs.push(Loaded {
+            key: Arc::new(key),
+            names,
+        });
     }
     Ok(CertSet { certs })
+}
+
+/// A DER OCSP response (as `openssl ocsp -respout` writes it), stapled
+/// as it is; the operator's job (cron) keeps it fresh, and a reload picks
+/// up the new file.
+fn read_ocsp(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let shown = path.display();
+    let f = std::fs::File::open(path).map_err(|e| format!("OCSP response file {shown}: {e}"))?;
+    let mut der = Vec::new();
+    f.take(MAX_OCSP_BYTES + 1)
+        .read_to_end(&mut der)
+        .map_err(|e| format!("OCSP response file {shown}: {e}"))?;
+    if der.len() as u64 > MAX_OCSP_BYTES {
+        return Err(format!(
+            "OCSP response file {shown}: larger than {MAX_OCSP_BYTES} bytes"
+        ));
+    }
+    // An OCSPResponse is a DER SEQUENCE (RFC 6960 §4.2.1).
+    if der.first() != Some(&0x30) {
+        return Err(format!(
+            "OCSP response file {shown}: not a DER OCSP response"
+        ));
+    }
+    Ok(der)
 }
 
 fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
