@@ -437,6 +437,7 @@ impl Queue {
         let msg = self.inner.queue_dir.join(id.to_string());
         let st = self.inner.queue_dir.join(format!("{id}.st"));
         // The message file goes to the pool of reusable files (or away).
+        store::Pool::forget_queued(self, id);
         match store::Pool::put(self, &msg) {
             Ok(true) => {}
             Ok(false) => store::remove_quietly(&msg)?,

@@ -690,6 +690,19 @@ async fn delivered_files_are_emptied_and_reused() {
     );
 }
 
+#[test]
+fn a_name_sharing_a_queued_inode_is_set_aside_whatever_its_link_count() {
+    use super::store::{name_fate, NameFate};
+    let queued: std::collections::HashSet<u64> = [42, 7].into();
+    let shared = |i: u64| queued.contains(&i);
+    // The case a crash without fsck leaves: the count says one name, but
+    // the inode is a queued message's.
+    assert_eq!(name_fate(42, 1, shared), NameFate::SetAside);
+    assert_eq!(name_fate(7, 2, shared), NameFate::SetAside);
+    assert_eq!(name_fate(43, 1, shared), NameFate::Reuse);
+    assert_eq!(name_fate(43, 2, shared), NameFate::Unlink);
+}
+
 #[tokio::test]
 async fn a_pooled_name_still_linked_to_a_message_is_never_reused() {
     // After a crash on a file system without a journal, a name in free/
@@ -705,7 +718,12 @@ async fn a_pooled_name_still_linked_to_a_message_is_never_reused() {
     assert_eq!(rec.loaded, 1);
     assert!(
         names(&tmp.path().join("free")).is_empty(),
-        "the extra name is dropped"
+        "the extra name leaves the pool"
+    );
+    assert!(
+        names(&tmp.path().join("corrupt")).contains("free-7"),
+        "and is moved aside, never unlinked: {:?}",
+        names(&tmp.path().join("corrupt"))
     );
     let _ = store(&q, envelope(1), b"new\r\n", 1).await;
     assert_eq!(
@@ -713,8 +731,54 @@ async fn a_pooled_name_still_linked_to_a_message_is_never_reused() {
         body,
         "the queued message is intact"
     );
+    // Once delivered, that inode still has its other name: it is neither
+    // pooled (truncated later) nor unlinked.
+    q.remove(id).unwrap();
+    assert!(names(&tmp.path().join("free")).is_empty());
+    assert!(names(&tmp.path().join("corrupt")).contains(&format!("delivered-{id}")));
     // Large files are not kept.
     let big = store(&q, envelope(1), &body_bytes(100_000, 4), 100_000).await;
     q.remove(big).unwrap();
     assert!(names(&tmp.path().join("free")).is_empty());
+}
+
+#[tokio::test]
+async fn a_stale_tmp_name_of_a_queued_message_is_not_unlinked_at_recovery() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, _) = Queue::open(tmp.path(), 0).unwrap();
+    let body = body_bytes(1500, 5);
+    let id = store(&q, envelope(1), &body, 1500).await;
+    drop(q);
+    // The tmp/ name the message was written under, as a crash before the
+    // directory block reached the disk leaves it.
+    let msg = tmp.path().join("queue").join(id.to_string());
+    let stale = tmp.path().join("tmp").join(id.to_string());
+    std::fs::hard_link(&msg, &stale).unwrap();
+    let (q, rec) = Queue::open(tmp.path(), 0).unwrap();
+    assert_eq!((rec.loaded, rec.corrupt, rec.tmp_removed), (1, 0, 1));
+    assert!(names(&tmp.path().join("tmp")).is_empty());
+    let aside = tmp.path().join("corrupt").join(format!("tmp-{id}"));
+    assert_eq!(
+        std::fs::metadata(&aside).unwrap().ino(),
+        std::fs::metadata(&msg).unwrap().ino(),
+        "moved aside with its inode, not unlinked"
+    );
+    assert_eq!(q.read(id).unwrap().body, body);
+}
+
+#[tokio::test]
+async fn a_pool_name_found_on_a_queued_inode_while_running_is_set_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, _) = Queue::open(tmp.path(), 0).unwrap();
+    let body = body_bytes(800, 6);
+    let id = store(&q, envelope(1), &body, 800).await;
+    let free = tmp.path().join("free").join("99");
+    std::fs::hard_link(tmp.path().join("queue").join(id.to_string()), &free).unwrap();
+    super::store::Pool::plant(&q, free);
+    let body2 = body_bytes(900, 7);
+    let id2 = store(&q, envelope(1), &body2, 900).await;
+    assert_eq!(read_message(tmp.path(), id).unwrap().body, body);
+    assert_eq!(read_message(tmp.path(), id2).unwrap().body, body2);
+    assert!(names(&tmp.path().join("corrupt")).contains("free-99"));
 }
