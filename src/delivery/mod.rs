@@ -567,7 +567,7 @@ async fn send_dsn(ctx: &Arc<Ctx>, msg: &StoredMessage, report: &[DsnRecipient], 
         }],
         ret: None,
         envid: None,
-        body_type: BodyType::EightBitMime,
+        body_type: dsn_body_type(&bytes),
         smtputf8: !to.is_ascii(),
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         helo: host.clone(),
@@ -588,6 +588,17 @@ async fn send_dsn(ctx: &Arc<Ctx>, msg: &StoredMessage, report: &[DsnRecipient], 
             info!(queue_id = %msg.id, dsn = %dsn_id, to = %to, "DSN queued")
         }
         Err(e) => warn!(queue_id = %msg.id, error = %e, "cannot queue DSN"),
+    }
+}
+
+/// The BODY type a DSN is queued with: 7BIT when every byte is ASCII (so a
+/// next hop without 8BITMIME takes it), else 8BITMIME (RFC 6152; the rule
+/// is stated in `dsn.rs`).
+fn dsn_body_type(dsn: &[u8]) -> BodyType {
+    if dsn.is_ascii() {
+        BodyType::SevenBit
+    } else {
+        BodyType::EightBitMime
     }
 }
 
@@ -842,5 +853,52 @@ fn status_of<'a>(last: &'a str, default: &'a str) -> &'a str {
         code
     } else {
         default
+    }
+}
+
+#[cfg(test)]
+mod dsn_body_type_tests {
+    use super::*;
+
+    #[test]
+    fn an_ascii_dsn_is_queued_as_7bit() {
+        assert_eq!(
+            dsn_body_type(b"From: x\r\n\r\nplain\r\n"),
+            BodyType::SevenBit
+        );
+        assert_eq!(
+            dsn_body_type("Subject: caf\u{e9}\r\n".as_bytes()),
+            BodyType::EightBitMime
+        );
+    }
+
+    #[test]
+    fn a_built_dsn_about_an_ascii_message_is_7bit() {
+        let r = dsn_rcpt(
+            &Recipient {
+                address: "bob@example.net".into(),
+                orcpt: None,
+                notify: Notify::default(),
+            },
+            DsnAction::Failed,
+            "5.1.1",
+            None,
+            Some("550 no such user".into()),
+            Some(1_700_000_000),
+        );
+        let input = dsn::DsnInput {
+            reporting_mta: "mx.example.org",
+            queue_id: "0000000000001",
+            arrival: 1_700_000_000,
+            envid: None,
+            original_sender: "alice@example.org",
+            recipients: &[r],
+            original: b"Subject: hi\r\n\r\nhello\r\n",
+            ret: None,
+            now: 1_700_000_100,
+            message_id: "<1@mx.example.org>",
+            max_original_bytes: 10 * 1024 * 1024,
+        };
+        assert_eq!(dsn_body_type(&dsn::build_dsn(&input)), BodyType::SevenBit);
     }
 }
