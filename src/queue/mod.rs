@@ -503,7 +503,26 @@ impl Queue {
         if let Some(m) = self.take_recent(id) {
             return Ok(m);
         }
-        read_message(&self.inner.dir, id)
+        match read_message(&self.inner.dir, id) {
+            Err(ReadError::Corrupt(why)) => {
+                // A damaged status file alone does not lose the message:
+                // every recipient is pending again (duplicates, never
+                // loss) and only the status file goes to corrupt/.
+                let bytes = std::fs::read(self.inner.queue_dir.join(id.to_string()))?;
+                let m = decode_message(&bytes)?;
+                if m.id != id {
+                    return Err(ReadError::Corrupt(why));
+                }
+                store::quarantine(
+                    &self.inner.queue_dir,
+                    &self.inner.dir.join("corrupt"),
+                    std::ffi::OsStr::new(&format!("{id}.st")),
+                    &format!("{why}; message kept with every recipient pending"),
+                );
+                Ok(m)
+            }
+            r => r,
+        }
     }
 
     /// The message as committed, if it was committed recently by this

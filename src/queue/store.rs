@@ -582,7 +582,7 @@ fn clean_tmp(spool: &Path, tmp: &Path, shared: &HashSet<u64>) -> io::Result<(usi
 }
 
 /// Moves `queue/<name>` to `corrupt/`, choosing a free name there.
-fn quarantine(queue_dir: &Path, corrupt_dir: &Path, name: &OsStr, why: &str) {
+pub(crate) fn quarantine(queue_dir: &Path, corrupt_dir: &Path, name: &OsStr, why: &str) {
     let from = queue_dir.join(name);
     let mut to = corrupt_dir.join(name);
     let mut n = 1;
@@ -605,6 +605,10 @@ fn quarantine(queue_dir: &Path, corrupt_dir: &Path, name: &OsStr, why: &str) {
 
 enum Verdict {
     Good,
+    /// The message is sound, its status file is not: the message stays
+    /// with every recipient pending (duplicates, never loss), the status
+    /// file goes to `corrupt/`.
+    BadStatus(String),
     Vanished,
     Corrupt(String),
 }
@@ -642,16 +646,16 @@ fn verify(queue_dir: &Path, id: QueueId, has_status: bool, buf: &mut Vec<u8>) ->
             Ok(Some(())) => match codec::decode_status_bytes(buf) {
                 Ok(st) if st.rcpts.len() == d.envelope.recipients.len() => {}
                 Ok(st) => {
-                    return Verdict::Corrupt(format!(
+                    return Verdict::BadStatus(format!(
                         "status file has {} recipients, envelope has {}",
                         st.rcpts.len(),
                         d.envelope.recipients.len()
                     ))
                 }
-                Err(why) => return Verdict::Corrupt(format!("status file: {why}")),
+                Err(why) => return Verdict::BadStatus(format!("status file: {why}")),
             },
             Ok(None) => {}
-            Err(e) => return Verdict::Corrupt(format!("status file unreadable: {e}")),
+            Err(e) => return Verdict::BadStatus(format!("status file unreadable: {e}")),
         }
     }
     Verdict::Good
@@ -767,6 +771,20 @@ pub(crate) fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recover
     for (id, verdict) in verify_all(&queue_dir, &messages, &statuses) {
         match verdict {
             Verdict::Good => {
+                index.insert(id);
+                if let Ok(Some((ino, _))) = file_ino(&queue_dir.join(id.to_string())) {
+                    pool.queued.insert(id, ino);
+                    *pool.queued_inodes.entry(ino).or_insert(0) += 1;
+                }
+            }
+            Verdict::BadStatus(why) => {
+                quarantine(
+                    &queue_dir,
+                    &corrupt_dir,
+                    OsStr::new(&format!("{id}.st")),
+                    &format!("{why}; message kept with every recipient pending"),
+                );
+                statuses.remove(&id);
                 index.insert(id);
                 if let Ok(Some((ino, _))) = file_ino(&queue_dir.join(id.to_string())) {
                     pool.queued.insert(id, ino);

@@ -243,8 +243,8 @@ async fn open_recovers_quarantines_and_cleans() {
     let misnamed = QueueId(999);
     fs::write(qd.join(misnamed.to_string()), &real).unwrap();
     bad_ids.push(misnamed);
-    // A status file whose recipient count does not match: the message and
-    // its status both go to corrupt/.
+    // A status file whose recipient count does not match: only the status
+    // file goes to corrupt/; the message stays, every recipient pending.
     let st = encode_status(&MessageStatus::all_pending(5));
     fs::write(qd.join(format!("{}.st", good[2])), &st).unwrap();
     // An orphan status file is removed.
@@ -256,18 +256,27 @@ async fn open_recovers_quarantines_and_cleans() {
 
     let (q, rec) = Queue::open(dir, 0).unwrap();
     assert_eq!(rec.tmp_removed, 2);
-    assert_eq!(rec.loaded, 2);
-    assert_eq!(rec.corrupt, bad_ids.len() + 2); // + README + good[2]
-    assert_eq!(q.ids(), vec![good[0], good[1]]);
+    assert_eq!(rec.loaded, 3);
+    assert_eq!(rec.corrupt, bad_ids.len() + 1); // + README
+    assert_eq!(q.ids(), vec![good[0], good[1], good[2]]);
+    assert_eq!(
+        q.read(good[2]).unwrap().status,
+        MessageStatus::all_pending(2)
+    );
     assert!(names(&dir.join("tmp")).is_empty());
-    let expect_queue: BTreeSet<String> = [good[0].to_string(), good[1].to_string()].into();
+    let expect_queue: BTreeSet<String> = [
+        good[0].to_string(),
+        good[1].to_string(),
+        good[2].to_string(),
+    ]
+    .into();
     assert_eq!(names(&qd), expect_queue);
     let corrupt = names(&dir.join("corrupt"));
     for id in &bad_ids {
         assert!(corrupt.contains(&id.to_string()), "{id} quarantined");
     }
     assert!(corrupt.contains("README"));
-    assert!(corrupt.contains(&good[2].to_string()));
+    assert!(!corrupt.contains(&good[2].to_string()));
     assert!(corrupt.contains(&format!("{}.st", good[2])));
     for id in &good[..2] {
         assert_eq!(read_message(dir, *id).unwrap().envelope, envelope(2));
@@ -781,4 +790,19 @@ async fn a_pool_name_found_on_a_queued_inode_while_running_is_set_aside() {
     assert_eq!(read_message(tmp.path(), id).unwrap().body, body);
     assert_eq!(read_message(tmp.path(), id2).unwrap().body, body2);
     assert!(names(&tmp.path().join("corrupt")).contains("free-99"));
+}
+
+#[tokio::test]
+async fn a_damaged_status_file_found_while_running_sets_only_itself_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, _) = Queue::open(tmp.path(), 0).unwrap();
+    let id = store(&q, envelope(2), b"x\r\n", 3).await;
+    let _ = q.take_recent(id);
+    let st = tmp.path().join("queue").join(format!("{id}.st"));
+    fs::write(&st, b"PGNS\x01garbage").unwrap();
+    let m = q.read(id).unwrap();
+    assert_eq!(m.status, MessageStatus::all_pending(2));
+    assert!(!st.exists());
+    assert!(names(&tmp.path().join("corrupt")).contains(&format!("{id}.st")));
+    assert_eq!(q.ids(), vec![id]);
 }
