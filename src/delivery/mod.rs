@@ -452,6 +452,26 @@ async fn read(ctx: &Ctx, id: QueueId) -> Result<StoredMessage, String> {
         .map_err(|e| e.to_string())
 }
 
+enum Unreadable {
+    /// The file failed verification.
+    Corrupt(String),
+    /// Gone, or an I/O error that may pass.
+    Other(String),
+}
+
+async fn read_checked(ctx: &Ctx, id: QueueId) -> Result<StoredMessage, Unreadable> {
+    if let Some(m) = ctx.queue.take_recent(id) {
+        return Ok(m);
+    }
+    let q = ctx.queue.clone();
+    match tokio::task::spawn_blocking(move || q.read(id)).await {
+        Ok(Ok(m)) => Ok(m),
+        Ok(Err(crate::queue::ReadError::Corrupt(why))) => Err(Unreadable::Corrupt(why)),
+        Ok(Err(e)) => Err(Unreadable::Other(e.to_string())),
+        Err(e) => Err(Unreadable::Other(e.to_string())),
+    }
+}
+
 async fn write_status(ctx: &Ctx, id: QueueId, st: MessageStatus) -> Result<(), String> {
     let q = ctx.queue.clone();
     tokio::task::spawn_blocking(move || q.update_status(id, &st))
@@ -606,9 +626,16 @@ fn dsn_body_type(dsn: &[u8]) -> BodyType {
 /// due, record the outcomes, send the DSNs they call for, and say when to
 /// come back.
 async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
-    let msg = match read(ctx, id).await {
+    let msg = match read_checked(ctx, id).await {
         Ok(m) => Arc::new(m),
-        Err(e) => {
+        Err(Unreadable::Corrupt(why)) => {
+            // Found damaged while running: set aside like at start-up,
+            // never retried forever.
+            let q = ctx.queue.clone();
+            let _ = tokio::task::spawn_blocking(move || q.quarantine(id, &why)).await;
+            return Next::Done;
+        }
+        Err(Unreadable::Other(e)) => {
             // Gone (deleted) or unreadable: nothing to deliver now.
             warn!(error = %e, "cannot read queued message");
             return if ctx.queue.ids().contains(&id) {

@@ -450,6 +450,28 @@ impl Queue {
         Ok(())
     }
 
+    /// Moves a message found corrupt while running (and its status file)
+    /// to `corrupt/`, as start-up does, and forgets it; logged at error
+    /// level. Blocks.
+    pub fn quarantine(&self, id: QueueId, why: &str) {
+        let corrupt = self.inner.dir.join("corrupt");
+        store::Pool::forget_queued(self, id);
+        store::quarantine(
+            &self.inner.queue_dir,
+            &corrupt,
+            std::ffi::OsStr::new(&id.to_string()),
+            why,
+        );
+        store::quarantine(
+            &self.inner.queue_dir,
+            &corrupt,
+            std::ffi::OsStr::new(&format!("{id}.st")),
+            "status of a corrupt message",
+        );
+        lock_index(&self.inner.index).remove(&id);
+        self.forget_recent(id);
+    }
+
     /// Number of messages in `queue/`.
     pub fn len(&self) -> usize {
         lock_index(&self.inner.index).len()

@@ -806,3 +806,23 @@ async fn a_damaged_status_file_found_while_running_sets_only_itself_aside() {
     assert!(names(&tmp.path().join("corrupt")).contains(&format!("{id}.st")));
     assert_eq!(q.ids(), vec![id]);
 }
+
+#[tokio::test]
+async fn quarantine_while_running_moves_the_message_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, _) = Queue::open(tmp.path(), 0).unwrap();
+    let id = store(&q, envelope(1), b"x\r\n", 3).await;
+    let path = tmp.path().join("queue").join(id.to_string());
+    let mut b = fs::read(&path).unwrap();
+    let n = b.len();
+    b[n - 1] ^= 1;
+    fs::write(&path, &b).unwrap();
+    let _ = q.take_recent(id);
+    let Err(ReadError::Corrupt(why)) = q.read(id) else {
+        panic!("corruption not detected")
+    };
+    q.quarantine(id, &why);
+    assert!(q.ids().is_empty());
+    assert!(!path.exists());
+    assert!(names(&tmp.path().join("corrupt")).contains(&id.to_string()));
+}
