@@ -256,7 +256,10 @@ pub fn prepare_dir(dir: &Path, account: &Account) -> io::Result<()> {
     if dir.exists() {
         return Ok(());
     }
-    std::fs::create_dir_all(dir)?;
+    // Private to the daemon: created 0700 (whatever the umask), as are
+    // any missing parents.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)?;
     std::os::unix::fs::chown(dir, Some(account.uid), Some(account.gid))
 }
 
@@ -292,4 +295,26 @@ pub fn switch_to(account: &Account) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod prepare_dir_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_new_spool_directory_is_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("spool");
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let me = Account {
+            name: "me".into(),
+            uid,
+            gid,
+        };
+        prepare_dir(&dir, &me).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
 }

@@ -452,6 +452,26 @@ async fn read(ctx: &Ctx, id: QueueId) -> Result<StoredMessage, String> {
         .map_err(|e| e.to_string())
 }
 
+enum Unreadable {
+    /// The file failed verification.
+    Corrupt(String),
+    /// Gone, or an I/O error that may pass.
+    Other(String),
+}
+
+async fn read_checked(ctx: &Ctx, id: QueueId) -> Result<StoredMessage, Unreadable> {
+    if let Some(m) = ctx.queue.take_recent(id) {
+        return Ok(m);
+    }
+    let q = ctx.queue.clone();
+    match tokio::task::spawn_blocking(move || q.read(id)).await {
+        Ok(Ok(m)) => Ok(m),
+        Ok(Err(crate::queue::ReadError::Corrupt(why))) => Err(Unreadable::Corrupt(why)),
+        Ok(Err(e)) => Err(Unreadable::Other(e.to_string())),
+        Err(e) => Err(Unreadable::Other(e.to_string())),
+    }
+}
+
 async fn write_status(ctx: &Ctx, id: QueueId, st: MessageStatus) -> Result<(), String> {
     let q = ctx.queue.clone();
     tokio::task::spawn_blocking(move || q.update_status(id, &st))
@@ -567,7 +587,7 @@ async fn send_dsn(ctx: &Arc<Ctx>, msg: &StoredMessage, report: &[DsnRecipient], 
         }],
         ret: None,
         envid: None,
-        body_type: BodyType::EightBitMime,
+        body_type: dsn_body_type(&bytes),
         smtputf8: !to.is_ascii(),
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         helo: host.clone(),
@@ -591,13 +611,31 @@ async fn send_dsn(ctx: &Arc<Ctx>, msg: &StoredMessage, report: &[DsnRecipient], 
     }
 }
 
+/// The BODY type a DSN is queued with: 7BIT when every byte is ASCII (so a
+/// next hop without 8BITMIME takes it), else 8BITMIME (RFC 6152; the rule
+/// is stated in `dsn.rs`).
+fn dsn_body_type(dsn: &[u8]) -> BodyType {
+    if dsn.is_ascii() {
+        BodyType::SevenBit
+    } else {
+        BodyType::EightBitMime
+    }
+}
+
 /// One pass over one message: deliver every pending recipient that is
 /// due, record the outcomes, send the DSNs they call for, and say when to
 /// come back.
 async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
-    let msg = match read(ctx, id).await {
+    let msg = match read_checked(ctx, id).await {
         Ok(m) => Arc::new(m),
-        Err(e) => {
+        Err(Unreadable::Corrupt(why)) => {
+            // Found damaged while running: set aside like at start-up,
+            // never retried forever.
+            let q = ctx.queue.clone();
+            let _ = tokio::task::spawn_blocking(move || q.quarantine(id, &why)).await;
+            return Next::Done;
+        }
+        Err(Unreadable::Other(e)) => {
             // Gone (deleted) or unreadable: nothing to deliver now.
             warn!(error = %e, "cannot read queued message");
             return if ctx.queue.ids().contains(&id) {
@@ -842,5 +880,52 @@ fn status_of<'a>(last: &'a str, default: &'a str) -> &'a str {
         code
     } else {
         default
+    }
+}
+
+#[cfg(test)]
+mod dsn_body_type_tests {
+    use super::*;
+
+    #[test]
+    fn an_ascii_dsn_is_queued_as_7bit() {
+        assert_eq!(
+            dsn_body_type(b"From: x\r\n\r\nplain\r\n"),
+            BodyType::SevenBit
+        );
+        assert_eq!(
+            dsn_body_type("Subject: caf\u{e9}\r\n".as_bytes()),
+            BodyType::EightBitMime
+        );
+    }
+
+    #[test]
+    fn a_built_dsn_about_an_ascii_message_is_7bit() {
+        let r = dsn_rcpt(
+            &Recipient {
+                address: "bob@example.net".into(),
+                orcpt: None,
+                notify: Notify::default(),
+            },
+            DsnAction::Failed,
+            "5.1.1",
+            None,
+            Some("550 no such user".into()),
+            Some(1_700_000_000),
+        );
+        let input = dsn::DsnInput {
+            reporting_mta: "mx.example.org",
+            queue_id: "0000000000001",
+            arrival: 1_700_000_000,
+            envid: None,
+            original_sender: "alice@example.org",
+            recipients: &[r],
+            original: b"Subject: hi\r\n\r\nhello\r\n",
+            ret: None,
+            now: 1_700_000_100,
+            message_id: "<1@mx.example.org>",
+            max_original_bytes: 10 * 1024 * 1024,
+        };
+        assert_eq!(dsn_body_type(&dsn::build_dsn(&input)), BodyType::SevenBit);
     }
 }

@@ -437,6 +437,7 @@ impl Queue {
         let msg = self.inner.queue_dir.join(id.to_string());
         let st = self.inner.queue_dir.join(format!("{id}.st"));
         // The message file goes to the pool of reusable files (or away).
+        store::Pool::forget_queued(self, id);
         match store::Pool::put(self, &msg) {
             Ok(true) => {}
             Ok(false) => store::remove_quietly(&msg)?,
@@ -447,6 +448,28 @@ impl Queue {
         lock_index(&self.inner.index).remove(&id);
         self.forget_recent(id);
         Ok(())
+    }
+
+    /// Moves a message found corrupt while running (and its status file)
+    /// to `corrupt/`, as start-up does, and forgets it; logged at error
+    /// level. Blocks.
+    pub fn quarantine(&self, id: QueueId, why: &str) {
+        let corrupt = self.inner.dir.join("corrupt");
+        store::Pool::forget_queued(self, id);
+        store::quarantine(
+            &self.inner.queue_dir,
+            &corrupt,
+            std::ffi::OsStr::new(&id.to_string()),
+            why,
+        );
+        store::quarantine(
+            &self.inner.queue_dir,
+            &corrupt,
+            std::ffi::OsStr::new(&format!("{id}.st")),
+            "status of a corrupt message",
+        );
+        lock_index(&self.inner.index).remove(&id);
+        self.forget_recent(id);
     }
 
     /// Number of messages in `queue/`.
@@ -502,7 +525,26 @@ impl Queue {
         if let Some(m) = self.take_recent(id) {
             return Ok(m);
         }
-        read_message(&self.inner.dir, id)
+        match read_message(&self.inner.dir, id) {
+            Err(ReadError::Corrupt(why)) => {
+                // A damaged status file alone does not lose the message:
+                // every recipient is pending again (duplicates, never
+                // loss) and only the status file goes to corrupt/.
+                let bytes = std::fs::read(self.inner.queue_dir.join(id.to_string()))?;
+                let m = decode_message(&bytes)?;
+                if m.id != id {
+                    return Err(ReadError::Corrupt(why));
+                }
+                store::quarantine(
+                    &self.inner.queue_dir,
+                    &self.inner.dir.join("corrupt"),
+                    std::ffi::OsStr::new(&format!("{id}.st")),
+                    &format!("{why}; message kept with every recipient pending"),
+                );
+                Ok(m)
+            }
+            r => r,
+        }
     }
 
     /// The message as committed, if it was committed recently by this

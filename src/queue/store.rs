@@ -3,7 +3,7 @@
 //! Touches only the spool directory. Files read here are untrusted: each is
 //! verified with the codec and quarantined in `corrupt/` on failure.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -46,30 +46,127 @@ const POOL_FILE_MAX: u64 = 64 * 1024;
 /// frees none. On ext4 without a journal every inode freed in the last
 /// minute is skipped by the allocator at a high CPU cost, so
 /// unlink-and-create at thousands of messages per second costs more than
-/// the writes themselves. Files in `free/` are never read. A file is reused
-/// (truncated, then written) only while `free/` is its one name: after a
-/// crash a name there may still point at a file that became a queued
-/// message, and such a name is dropped, never truncated.
+/// the writes themselves. Files in `free/` are never read.
+///
+/// The link count alone cannot prove that a pooled name is the file's only
+/// name: `rename` does not change it, and after a crash on ext4 without a
+/// journal (and without fsck) a stale `free/` or `tmp/` name can share its
+/// inode with a `queue/` entry while the on-disk count still says 1. So
+/// reuse and removal are decided by [`name_fate`] on the inode number: a
+/// name whose inode is also that of a queued message (or of any other name
+/// in the spool) is never truncated and never unlinked (unlinking it would
+/// free the queued message's inode); it is moved to `corrupt/`, which keeps
+/// every link the file system counts, and logged for the operator to run
+/// `e2fsck`.
 #[derive(Default)]
 pub(crate) struct Pool {
     names: Vec<std::path::PathBuf>,
     next: u64,
-}
-
-fn single_link(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1)
+    /// Inode of every queued message file (kept from open and commit to
+    /// removal).
+    queued: HashMap<QueueId, u64>,
+    /// How many queued messages use each inode (one, on a sound file system).
+    queued_inodes: HashMap<u64, usize>,
+    /// Inodes found with more than one name at start-up: never pooled.
+    pinned: HashSet<u64>,
 }
 
 impl Pool {
-    /// Moves `from` (a delivered message's file) into `free/`; false when
-    /// it is not kept (pool full, or a large file): the caller unlinks it.
+    fn shared(&self, ino: u64) -> bool {
+        self.queued_inodes.contains_key(&ino) || self.pinned.contains(&ino)
+    }
+}
+
+/// What may be done with a name in `free/` or `tmp/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NameFate {
+    /// The file's only name: it may be reused (`free/`) or unlinked (`tmp/`).
+    Reuse,
+    /// Linked elsewhere too, outside what the queue knows (the link count
+    /// says so): only this name is unlinked, which frees nothing.
+    Unlink,
+    /// Its inode is also a queued message's (or another spool name's):
+    /// never truncated, never unlinked; moved to `corrupt/`.
+    SetAside,
+}
+
+/// Decides a name's fate from its inode number, its link count and whether
+/// that inode is known to carry another name in the spool. The inode test
+/// comes first: after a crash without fsck the link count may be 1 while
+/// two names share the inode.
+pub(crate) fn name_fate(ino: u64, nlink: u64, shared: impl Fn(u64) -> bool) -> NameFate {
+    if shared(ino) {
+        NameFate::SetAside
+    } else if nlink == 1 {
+        NameFate::Reuse
+    } else {
+        NameFate::Unlink
+    }
+}
+
+/// Inode number and link count of a plain file (not following symlinks).
+fn file_ino(path: &Path) -> io::Result<Option<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(path)?;
+    Ok(m.is_file().then(|| (m.ino(), m.nlink())))
+}
+
+impl Pool {
+    /// Puts a name into the pool as it is (tests only).
+    #[cfg(test)]
+    pub(crate) fn plant(q: &Queue, name: PathBuf) {
+        q.inner
+            .pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .names
+            .push(name);
+    }
+
+    /// Notes the inode of a message file that is about to enter `queue/`.
+    pub(crate) fn note_queued(q: &Queue, id: QueueId, ino: u64) {
+        let mut p = q.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = p.queued.insert(id, ino) {
+            p.forget_inode(old);
+        }
+        *p.queued_inodes.entry(ino).or_insert(0) += 1;
+    }
+
+    /// Forgets the inode of a message that is leaving `queue/`.
+    pub(crate) fn forget_queued(q: &Queue, id: QueueId) {
+        let mut p = q.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ino) = p.queued.remove(&id) {
+            p.forget_inode(ino);
+        }
+    }
+
+    fn forget_inode(&mut self, ino: u64) {
+        if let Some(n) = self.queued_inodes.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                self.queued_inodes.remove(&ino);
+            }
+        }
+    }
+
+    /// Moves `from` (a delivered message's file, already forgotten with
+    /// [`forget_queued`](Pool::forget_queued)) into `free/`; false when it
+    /// is not kept (pool full, or a large file): the caller unlinks it.
     pub(crate) fn put(q: &Queue, from: &Path) -> io::Result<bool> {
-        if fs::symlink_metadata(from)?.len() > POOL_FILE_MAX {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::symlink_metadata(from)?;
+        if m.len() > POOL_FILE_MAX {
             return Ok(false);
         }
         let dst = {
             let mut p = q.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if p.shared(m.ino()) {
+                drop(p);
+                // Another name still points at this inode: unlinking would
+                // free it under that name, and pooling would truncate it.
+                set_aside(q.inner.dir.as_path(), from, "delivered");
+                return Ok(true);
+            }
             if p.names.len() >= POOL_MAX {
                 return Ok(false);
             }
@@ -90,20 +187,30 @@ impl Pool {
     /// one renamed there and truncated, or a new one.
     pub(crate) fn take(q: &Queue, path: &Path) -> io::Result<File> {
         loop {
-            let pooled = q
-                .inner
-                .pool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .names
-                .pop();
-            let Some(free) = pooled else {
+            let pooled = {
+                let mut p = q.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+                p.names.pop().map(|free| {
+                    let fate = match file_ino(&free) {
+                        Ok(Some((ino, nlink))) => name_fate(ino, nlink, |i| p.shared(i)),
+                        // Gone, or not a plain file: only the name goes.
+                        _ => NameFate::Unlink,
+                    };
+                    (free, fate)
+                })
+            };
+            let Some((free, fate)) = pooled else {
                 return create_new_file(path);
             };
-            if !single_link(&free) {
-                // Also linked elsewhere (see above): only this name goes.
-                let _ = fs::remove_file(&free);
-                continue;
+            match fate {
+                NameFate::Reuse => {}
+                NameFate::Unlink => {
+                    let _ = fs::remove_file(&free);
+                    continue;
+                }
+                NameFate::SetAside => {
+                    set_aside(q.inner.dir.as_path(), &free, "free");
+                    continue;
+                }
             }
             if rename_noreplace(&free, path).is_err() {
                 return create_new_file(path);
@@ -116,6 +223,39 @@ impl Pool {
                 }
             }
         }
+    }
+}
+
+/// Moves a name whose inode another spool name shares into `corrupt/` as
+/// `<prefix>-<name>` (a rename keeps the link count the file system has;
+/// an unlink could free the inode under the other name).
+fn set_aside(spool: &Path, from: &Path, prefix: &str) {
+    let Some(name) = from.file_name() else {
+        return;
+    };
+    let mut base = std::ffi::OsString::from(format!("{prefix}-"));
+    base.push(name);
+    let corrupt = spool.join("corrupt");
+    let mut to = corrupt.join(&base);
+    let mut n = 1;
+    while to.symlink_metadata().is_ok() {
+        let mut alt = base.clone();
+        alt.push(format!(".{n}"));
+        to = corrupt.join(alt);
+        n += 1;
+    }
+    match fs::rename(from, &to) {
+        Ok(()) => tracing::error!(
+            file = %from.display(),
+            moved_to = %to.display(),
+            "file shares its inode with another name in the spool (a crash on a file system without a journal); kept in corrupt/, never reused or unlinked; run e2fsck on the spool file system"
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::error!(
+            file = %from.display(),
+            error = %e,
+            "file shares its inode with another name in the spool and cannot be moved to corrupt/; left in place"
+        ),
     }
 }
 
@@ -145,10 +285,12 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-/// Files already in `free/` at start-up, for the pool. Names that are not
-/// a plain file with one link, and those beyond the pool's size, are
-/// removed; one that cannot be is logged and left alone.
-fn load_pool(free_dir: &Path) -> io::Result<Pool> {
+/// Files already in `free/` at start-up, for the pool. `shared` holds
+/// the inodes that carry more than one name in the spool: such names are
+/// set aside (see [`Pool`]). Other names that are not a plain file with one
+/// link, and those beyond the pool's size, are removed; one that cannot be
+/// is logged and left alone.
+fn load_pool(spool: &Path, free_dir: &Path, shared: &HashSet<u64>) -> io::Result<Pool> {
     let mut pool = Pool::default();
     for entry in fs::read_dir(free_dir)? {
         let entry = entry?;
@@ -157,11 +299,16 @@ fn load_pool(free_dir: &Path) -> io::Result<Pool> {
             .file_name()
             .to_str()
             .and_then(|n| n.parse::<u64>().ok());
-        match n {
-            Some(n) if pool.names.len() < POOL_MAX && single_link(&path) => {
-                pool.next = pool.next.max(n);
-                pool.names.push(path);
-            }
+        if let Some(n) = n {
+            pool.next = pool.next.max(n);
+        }
+        let fate = match file_ino(&path) {
+            Ok(Some((ino, nlink))) => name_fate(ino, nlink, |i| shared.contains(&i)),
+            _ => NameFate::Unlink,
+        };
+        match (fate, n) {
+            (NameFate::SetAside, _) => set_aside(spool, &path, "free"),
+            (NameFate::Reuse, Some(_)) if pool.names.len() < POOL_MAX => pool.names.push(path),
             _ => {
                 if let Err(e) = remove_quietly(&path) {
                     tracing::warn!(file = %path.display(), error = %e, "cannot remove from free/");
@@ -169,7 +316,26 @@ fn load_pool(free_dir: &Path) -> io::Result<Pool> {
             }
         }
     }
+    pool.pinned = shared.clone();
     Ok(pool)
+}
+
+/// Inode numbers that carry more than one name across `dirs` (names that
+/// are not plain files are not counted).
+fn shared_inodes(dirs: &[&Path]) -> io::Result<HashSet<u64>> {
+    let mut count: HashMap<u64, u32> = HashMap::new();
+    for dir in dirs {
+        for entry in fs::read_dir(dir)? {
+            if let Ok(Some((ino, _))) = file_ino(&entry?.path()) {
+                *count.entry(ino).or_insert(0) += 1;
+            }
+        }
+    }
+    Ok(count
+        .into_iter()
+        .filter(|&(_, n)| n > 1)
+        .map(|(ino, _)| ino)
+        .collect())
 }
 
 /// Removes a file, treating "already gone" as success.
@@ -380,8 +546,10 @@ fn take_lock(dir: &Path) -> io::Result<File> {
 }
 
 /// Removes every file in `tmp/`; returns how many, and the largest id seen
-/// in their names.
-fn clean_tmp(tmp: &Path) -> io::Result<(usize, u64)> {
+/// in their names. A name whose inode is in `shared` (also a queued
+/// message's, after a crash without fsck) is set aside instead: unlinking it
+/// would free the inode of an acknowledged message.
+fn clean_tmp(spool: &Path, tmp: &Path, shared: &HashSet<u64>) -> io::Result<(usize, u64)> {
     let mut removed = 0;
     let mut max_id = 0;
     for entry in fs::read_dir(tmp)? {
@@ -399,14 +567,22 @@ fn clean_tmp(tmp: &Path) -> io::Result<(usize, u64)> {
         {
             max_id = max_id.max(id.0);
         }
-        remove_quietly(&path)?;
+        let fate = match file_ino(&path) {
+            Ok(Some((ino, nlink))) => name_fate(ino, nlink, |i| shared.contains(&i)),
+            _ => NameFate::Unlink,
+        };
+        if fate == NameFate::SetAside {
+            set_aside(spool, &path, "tmp");
+        } else {
+            remove_quietly(&path)?;
+        }
         removed += 1;
     }
     Ok((removed, max_id))
 }
 
 /// Moves `queue/<name>` to `corrupt/`, choosing a free name there.
-fn quarantine(queue_dir: &Path, corrupt_dir: &Path, name: &OsStr, why: &str) {
+pub(crate) fn quarantine(queue_dir: &Path, corrupt_dir: &Path, name: &OsStr, why: &str) {
     let from = queue_dir.join(name);
     let mut to = corrupt_dir.join(name);
     let mut n = 1;
@@ -429,6 +605,10 @@ fn quarantine(queue_dir: &Path, corrupt_dir: &Path, name: &OsStr, why: &str) {
 
 enum Verdict {
     Good,
+    /// The message is sound, its status file is not: the message stays
+    /// with every recipient pending (duplicates, never loss), the status
+    /// file goes to `corrupt/`.
+    BadStatus(String),
     Vanished,
     Corrupt(String),
 }
@@ -466,16 +646,16 @@ fn verify(queue_dir: &Path, id: QueueId, has_status: bool, buf: &mut Vec<u8>) ->
             Ok(Some(())) => match codec::decode_status_bytes(buf) {
                 Ok(st) if st.rcpts.len() == d.envelope.recipients.len() => {}
                 Ok(st) => {
-                    return Verdict::Corrupt(format!(
+                    return Verdict::BadStatus(format!(
                         "status file has {} recipients, envelope has {}",
                         st.rcpts.len(),
                         d.envelope.recipients.len()
                     ))
                 }
-                Err(why) => return Verdict::Corrupt(format!("status file: {why}")),
+                Err(why) => return Verdict::BadStatus(format!("status file: {why}")),
             },
             Ok(None) => {}
-            Err(e) => return Verdict::Corrupt(format!("status file unreadable: {e}")),
+            Err(e) => return Verdict::BadStatus(format!("status file unreadable: {e}")),
         }
     }
     Verdict::Good
@@ -548,8 +728,11 @@ pub(crate) fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recover
         make_dir(d)?;
     }
     let lock = take_lock(dir)?;
-    let pool = load_pool(&free_dir)?;
-    let (tmp_removed, mut max_id) = clean_tmp(&tmp_dir)?;
+    // Inodes with two names in the spool: only a crash on a file system
+    // whose link counts cannot be trusted leaves them (see `Pool`).
+    let shared = shared_inodes(&[&queue_dir, &tmp_dir, &free_dir, &corrupt_dir])?;
+    let mut pool = load_pool(dir, &free_dir, &shared)?;
+    let (tmp_removed, mut max_id) = clean_tmp(dir, &tmp_dir, &shared)?;
 
     let mut messages = Vec::new();
     let mut statuses = HashSet::new();
@@ -589,6 +772,24 @@ pub(crate) fn open(dir: &Path, reserve_bytes: u64) -> io::Result<(Queue, Recover
         match verdict {
             Verdict::Good => {
                 index.insert(id);
+                if let Ok(Some((ino, _))) = file_ino(&queue_dir.join(id.to_string())) {
+                    pool.queued.insert(id, ino);
+                    *pool.queued_inodes.entry(ino).or_insert(0) += 1;
+                }
+            }
+            Verdict::BadStatus(why) => {
+                quarantine(
+                    &queue_dir,
+                    &corrupt_dir,
+                    OsStr::new(&format!("{id}.st")),
+                    &format!("{why}; message kept with every recipient pending"),
+                );
+                statuses.remove(&id);
+                index.insert(id);
+                if let Ok(Some((ino, _))) = file_ino(&queue_dir.join(id.to_string())) {
+                    pool.queued.insert(id, ino);
+                    *pool.queued_inodes.entry(ino).or_insert(0) += 1;
+                }
             }
             Verdict::Vanished => {}
             Verdict::Corrupt(why) => {

@@ -243,8 +243,8 @@ async fn open_recovers_quarantines_and_cleans() {
     let misnamed = QueueId(999);
     fs::write(qd.join(misnamed.to_string()), &real).unwrap();
     bad_ids.push(misnamed);
-    // A status file whose recipient count does not match: the message and
-    // its status both go to corrupt/.
+    // A status file whose recipient count does not match: only the status
+    // file goes to corrupt/; the message stays, every recipient pending.
     let st = encode_status(&MessageStatus::all_pending(5));
     fs::write(qd.join(format!("{}.st", good[2])), &st).unwrap();
     // An orphan status file is removed.
@@ -256,18 +256,27 @@ async fn open_recovers_quarantines_and_cleans() {
 
     let (q, rec) = Queue::open(dir, 0).unwrap();
     assert_eq!(rec.tmp_removed, 2);
-    assert_eq!(rec.loaded, 2);
-    assert_eq!(rec.corrupt, bad_ids.len() + 2); // + README + good[2]
-    assert_eq!(q.ids(), vec![good[0], good[1]]);
+    assert_eq!(rec.loaded, 3);
+    assert_eq!(rec.corrupt, bad_ids.len() + 1); // + README
+    assert_eq!(q.ids(), vec![good[0], good[1], good[2]]);
+    assert_eq!(
+        q.read(good[2]).unwrap().status,
+        MessageStatus::all_pending(2)
+    );
     assert!(names(&dir.join("tmp")).is_empty());
-    let expect_queue: BTreeSet<String> = [good[0].to_string(), good[1].to_string()].into();
+    let expect_queue: BTreeSet<String> = [
+        good[0].to_string(),
+        good[1].to_string(),
+        good[2].to_string(),
+    ]
+    .into();
     assert_eq!(names(&qd), expect_queue);
     let corrupt = names(&dir.join("corrupt"));
     for id in &bad_ids {
         assert!(corrupt.contains(&id.to_string()), "{id} quarantined");
     }
     assert!(corrupt.contains("README"));
-    assert!(corrupt.contains(&good[2].to_string()));
+    assert!(!corrupt.contains(&good[2].to_string()));
     assert!(corrupt.contains(&format!("{}.st", good[2])));
     for id in &good[..2] {
         assert_eq!(read_message(dir, *id).unwrap().envelope, envelope(2));
@@ -690,6 +699,19 @@ async fn delivered_files_are_emptied_and_reused() {
     );
 }
 
+#[test]
+fn a_name_sharing_a_queued_inode_is_set_aside_whatever_its_link_count() {
+    use super::store::{name_fate, NameFate};
+    let queued: std::collections::HashSet<u64> = [42, 7].into();
+    let shared = |i: u64| queued.contains(&i);
+    // The case a crash without fsck leaves: the count says one name, but
+    // the inode is a queued message's.
+    assert_eq!(name_fate(42, 1, shared), NameFate::SetAside);
+    assert_eq!(name_fate(7, 2, shared), NameFate::SetAside);
+    assert_eq!(name_fate(43, 1, shared), NameFate::Reuse);
+    assert_eq!(name_fate(43, 2, shared), NameFate::Unlink);
+}
+
 #[tokio::test]
 async fn a_pooled_name_still_linked_to_a_message_is_never_reused() {
     // After a crash on a file system without a journal, a name in free/
@@ -705,7 +727,12 @@ async fn a_pooled_name_still_linked_to_a_message_is_never_reused() {
     assert_eq!(rec.loaded, 1);
     assert!(
         names(&tmp.path().join("free")).is_empty(),
-        "the extra name is dropped"
+        "the extra name leaves the pool"
+    );
+    assert!(
+        names(&tmp.path().join("corrupt")).contains("free-7"),
+        "and is moved aside, never unlinked: {:?}",
+        names(&tmp.path().join("corrupt"))
     );
     let _ = store(&q, envelope(1), b"new\r\n", 1).await;
     assert_eq!(
@@ -713,8 +740,89 @@ async fn a_pooled_name_still_linked_to_a_message_is_never_reused() {
         body,
         "the queued message is intact"
     );
+    // Once delivered, that inode still has its other name: it is neither
+    // pooled (truncated later) nor unlinked.
+    q.remove(id).unwrap();
+    assert!(names(&tmp.path().join("free")).is_empty());
+    assert!(names(&tmp.path().join("corrupt")).contains(&format!("delivered-{id}")));
     // Large files are not kept.
     let big = store(&q, envelope(1), &body_bytes(100_000, 4), 100_000).await;
     q.remove(big).unwrap();
     assert!(names(&tmp.path().join("free")).is_empty());
+}
+
+#[tokio::test]
+async fn a_stale_tmp_name_of_a_queued_message_is_not_unlinked_at_recovery() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, _) = Queue::open(tmp.path(), 0).unwrap();
+    let body = body_bytes(1500, 5);
+    let id = store(&q, envelope(1), &body, 1500).await;
+    drop(q);
+    // The tmp/ name the message was written under, as a crash before the
+    // directory block reached the disk leaves it.
+    let msg = tmp.path().join("queue").join(id.to_string());
+    let stale = tmp.path().join("tmp").join(id.to_string());
+    std::fs::hard_link(&msg, &stale).unwrap();
+    let (q, rec) = Queue::open(tmp.path(), 0).unwrap();
+    assert_eq!((rec.loaded, rec.corrupt, rec.tmp_removed), (1, 0, 1));
+    assert!(names(&tmp.path().join("tmp")).is_empty());
+    let aside = tmp.path().join("corrupt").join(format!("tmp-{id}"));
+    assert_eq!(
+        std::fs::metadata(&aside).unwrap().ino(),
+        std::fs::metadata(&msg).unwrap().ino(),
+        "moved aside with its inode, not unlinked"
+    );
+    assert_eq!(q.read(id).unwrap().body, body);
+}
+
+#[tokio::test]
+async fn a_pool_name_found_on_a_queued_inode_while_running_is_set_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, _) = Queue::open(tmp.path(), 0).unwrap();
+    let body = body_bytes(800, 6);
+    let id = store(&q, envelope(1), &body, 800).await;
+    let free = tmp.path().join("free").join("99");
+    std::fs::hard_link(tmp.path().join("queue").join(id.to_string()), &free).unwrap();
+    super::store::Pool::plant(&q, free);
+    let body2 = body_bytes(900, 7);
+    let id2 = store(&q, envelope(1), &body2, 900).await;
+    assert_eq!(read_message(tmp.path(), id).unwrap().body, body);
+    assert_eq!(read_message(tmp.path(), id2).unwrap().body, body2);
+    assert!(names(&tmp.path().join("corrupt")).contains("free-99"));
+}
+
+#[tokio::test]
+async fn a_damaged_status_file_found_while_running_sets_only_itself_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, _) = Queue::open(tmp.path(), 0).unwrap();
+    let id = store(&q, envelope(2), b"x\r\n", 3).await;
+    let _ = q.take_recent(id);
+    let st = tmp.path().join("queue").join(format!("{id}.st"));
+    fs::write(&st, b"PGNS\x01garbage").unwrap();
+    let m = q.read(id).unwrap();
+    assert_eq!(m.status, MessageStatus::all_pending(2));
+    assert!(!st.exists());
+    assert!(names(&tmp.path().join("corrupt")).contains(&format!("{id}.st")));
+    assert_eq!(q.ids(), vec![id]);
+}
+
+#[tokio::test]
+async fn quarantine_while_running_moves_the_message_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, _) = Queue::open(tmp.path(), 0).unwrap();
+    let id = store(&q, envelope(1), b"x\r\n", 3).await;
+    let path = tmp.path().join("queue").join(id.to_string());
+    let mut b = fs::read(&path).unwrap();
+    let n = b.len();
+    b[n - 1] ^= 1;
+    fs::write(&path, &b).unwrap();
+    let _ = q.take_recent(id);
+    let Err(ReadError::Corrupt(why)) = q.read(id) else {
+        panic!("corruption not detected")
+    };
+    q.quarantine(id, &why);
+    assert!(q.ids().is_empty());
+    assert!(!path.exists());
+    assert!(names(&tmp.path().join("corrupt")).contains(&id.to_string()));
 }

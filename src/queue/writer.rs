@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::mem;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -237,11 +238,12 @@ impl MessageWriter {
                 return Err(broken_error());
             };
             let end = codec::msg_end_prefix(self.body_len);
-            tokio::task::spawn_blocking(move || -> io::Result<()> {
+            tokio::task::spawn_blocking(move || -> io::Result<u64> {
                 spill.write_chunks(&body, &end)?;
                 let crc = spill.crc.finalize();
                 spill.file.write_all(&crc.to_le_bytes())?;
-                spill.file.sync_all()
+                spill.file.sync_all()?;
+                Ok(spill.file.metadata()?.ino())
             })
         } else {
             check_envelope(&self.env)?;
@@ -258,17 +260,24 @@ impl MessageWriter {
             let state = Arc::clone(&self.tmp_state);
             let path = path.clone();
             let q2 = q.clone();
-            tokio::task::spawn_blocking(move || -> io::Result<()> {
+            tokio::task::spawn_blocking(move || -> io::Result<u64> {
                 let mut file = create_for(&q2, &path, &state)?;
                 file.write_all(&bytes)?;
-                file.sync_all()
+                file.sync_all()?;
+                Ok(file.metadata()?.ino())
             })
         };
         // On error the temporary file is removed by Drop.
-        if let Err(e) = task.await.map_err(join_error).and_then(|r| r) {
-            q.forget_recent(id);
-            return Err(e.into());
-        }
+        let ino = match task.await.map_err(join_error).and_then(|r| r) {
+            Ok(ino) => ino,
+            Err(e) => {
+                q.forget_recent(id);
+                return Err(e.into());
+            }
+        };
+        // Known as a queued message's inode before it can be one, so that
+        // no stale pool name is ever taken for it (see `store::Pool`).
+        store::Pool::note_queued(&q, id, ino);
 
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = store::Job {
@@ -281,6 +290,7 @@ impl MessageWriter {
         };
         if let Err(e) = q.submit(job) {
             q.forget_recent(id);
+            store::Pool::forget_queued(&q, id);
             return Err(e.into());
         }
         drop(_in_flight);
@@ -296,6 +306,7 @@ impl MessageWriter {
         };
         if r.is_err() {
             q.forget_recent(id);
+            store::Pool::forget_queued(&q, id);
         }
         r
     }

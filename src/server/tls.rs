@@ -259,7 +259,9 @@ fn self_signed(spool: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), Strin
     if cert.exists() && key.exists() {
         return Ok((cert, key));
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
         .map_err(|e| format!("cannot generate a self-signed certificate: {e}"))?;
     write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
