@@ -569,10 +569,12 @@ impl Host for ConnHost<'_> {
         r
     }
 
-    fn check_message(&mut self, facts: &MessageFacts) -> Result<(), Reply> {
-        self.snap
-            .policy
-            .check_message(&self.client, facts.from_header.as_deref())
+    fn check_message(
+        &mut self,
+        facts: &MessageFacts<'_>,
+        rcpts: &[crate::proto::Recipient],
+    ) -> Result<(), Reply> {
+        self.snap.policy.check_message(&self.client, facts, rcpts)
     }
 
     fn new_queue_id(&mut self) -> String {
