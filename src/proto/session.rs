@@ -626,7 +626,16 @@ impl ServerSession {
                 None => format!("[IPv6:{v6}]"),
             },
         };
-        let helo = self.helo.as_deref().unwrap_or("unknown");
+        // RFC 6532 §3.7: a non-ASCII name goes into Received: only in an
+        // SMTPUTF8 message; otherwise each non-ASCII character is shown as `?`.
+        let helo = match self.helo.as_deref() {
+            None => "unknown".to_string(),
+            Some(h) if h.is_ascii() || t.mail.smtputf8 => h.to_string(),
+            Some(h) => h
+                .chars()
+                .map(|c| if c.is_ascii() { c } else { '?' })
+                .collect(),
+        };
         let for_clause = match t.rcpts.as_slice() {
             [one] => format!("\r\n\tfor <{}>", one.address),
             _ => String::new(),

@@ -671,3 +671,17 @@ fn end_of_data_check_gets_header_section_and_recipients() {
     assert!(!complete);
     assert_eq!(header.len(), super::session::MAX_HEADER_SECTION);
 }
+
+/// A HELO/EHLO name with a TAB or another control character is refused;
+/// a non-ASCII one reaches Received: raw only in an SMTPUTF8 message.
+#[test]
+fn helo_controls_refused_non_ascii_made_safe() {
+    let r = run("EHLO a\tb\r\nHELO x\tb\r\nQUIT\r\n");
+    assert_eq!(codes(&r.out), ["220", "501", "501", "221"], "{}", r.out);
+    let r = run("EHLO h\u{e9}.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\nMAIL FROM:<a@b.test> SMTPUTF8\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(r.msgs.len(), 2, "{}", r.out);
+    assert!(r.msgs[0].3.starts_with(b"Received: from h?.test "));
+    assert!(r.msgs[1]
+        .3
+        .starts_with("Received: from h\u{e9}.test ".as_bytes()));
+}
