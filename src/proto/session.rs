@@ -899,7 +899,14 @@ impl ServerSession {
         if rcpt.rcpt.utf8 && !t.mail.smtputf8 {
             return self.reply(reply::NEED_SMTPUTF8);
         }
-        if rcpt.bare_postmaster {
+        // RFC 5321 §4.1.3 and §4.5.1: postmaster at an address literal
+        // is this server's postmaster, for any client, like <Postmaster>.
+        let literal_postmaster = matches!(rcpt.rcpt.domain, Domain::Literal(_))
+            && rcpt
+                .rcpt
+                .local_unquoted()
+                .eq_ignore_ascii_case("postmaster");
+        if rcpt.bare_postmaster || literal_postmaster {
             rcpt.rcpt.domain = Domain::Name(self.cfg.hostname.to_ascii_lowercase());
         }
         if let Err(r) = host.check_rcpt(&t.mail, &rcpt) {

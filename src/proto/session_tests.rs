@@ -685,3 +685,17 @@ fn helo_controls_refused_non_ascii_made_safe() {
         .3
         .starts_with("Received: from h\u{e9}.test ".as_bytes()));
 }
+
+/// Mail to postmaster at an address literal is for our postmaster
+/// (RFC 5321 §4.1.3), from any client; other literals are not.
+#[test]
+fn postmaster_at_address_literal_is_local() {
+    let r = run("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<PostMaster@[192.0.2.25]>\r\nRCPT TO:<postmaster@[IPv6:2001:db8::25]>\r\nRCPT TO:<bob@[192.0.2.25]>\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "250", "250", "250", "554", "354", "250"],
+        "{}",
+        r.out
+    );
+    assert_eq!(r.msgs[0].2, ["PostMaster@mx.test", "postmaster@mx.test"]);
+}
