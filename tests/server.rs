@@ -347,3 +347,17 @@ async fn forged_delivered_to_loop_refused_in_session() {
     assert!(r.starts_with("250 2.0.0"), "{r}");
     assert_eq!(srv.queued().len(), 1);
 }
+
+/// The local submission socket ends up 0666, set without following links.
+#[tokio::test]
+async fn sendmail_socket_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run/sendmail.sock");
+    let _l = pigeon::server::bind_sendmail(&path).unwrap();
+    let mode = std::fs::symlink_metadata(&path)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o666);
+}
