@@ -279,6 +279,22 @@ mod tests {
         assert!(rcpt(&p, "::1", "RCPT TO:<bob@remote.test>").is_ok());
     }
 
+    /// A U-label domain on the wire is the local A-label domain.
+    #[test]
+    fn utf8_domain_is_local_as_its_a_label() {
+        let mut cfg = Config::default();
+        cfg.server.hostname = "mx.example.org".into();
+        cfg.domains.local = vec!["example.org".into(), "xn--bcher-kva.example".into()];
+        let d = catch_all(&mut cfg);
+        let p = Policy::new(&cfg, d);
+        let line = "RCPT TO:<postmaster@B\u{fc}cher.example>";
+        assert_eq!(rcpt(&p, "198.51.100.7", line), Ok(()));
+        assert_eq!(
+            rcpt(&p, "198.51.100.7", "RCPT TO:<nobody@b\u{fc}cher.example>"),
+            Err(reply::USER_UNKNOWN)
+        );
+    }
+
     #[test]
     fn relay_tricks_refused_from_untrusted() {
         let p = policy();
