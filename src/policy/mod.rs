@@ -289,6 +289,23 @@ mod tests {
         let p = Policy::new(&cfg, d);
         let line = "RCPT TO:<postmaster@B\u{fc}cher.example>";
         assert_eq!(rcpt(&p, "198.51.100.7", line), Ok(()));
+        // The reverse: the configuration in U-labels, mail in A-labels.
+        let mut cfg = crate::config::parse(
+            "[server]\nhostname = \"mx.example.org\"\n[domains]\nlocal = [\"example.org\", \"b\u{fc}cher.example\"]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.domains.local[1], "xn--bcher-kva.example");
+        let d = catch_all(&mut cfg);
+        let p2 = Policy::new(&cfg, d);
+        assert_eq!(
+            rcpt(
+                &p2,
+                "198.51.100.7",
+                "RCPT TO:<postmaster@xn--bcher-kva.example>"
+            ),
+            Ok(())
+        );
+        assert_eq!(rcpt(&p2, "198.51.100.7", line), Ok(()));
         assert_eq!(
             rcpt(&p, "198.51.100.7", "RCPT TO:<nobody@b\u{fc}cher.example>"),
             Err(reply::USER_UNKNOWN)
