@@ -56,11 +56,10 @@ pub async fn serve(
     // A socket left by an earlier run is stale: the spool lock guarantees
     // no other daemon uses this spool.
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    // 0600 from its creation: never reachable by others, whatever the umask.
+    let std_listener = crate::system::bind_unix_private(&path)?;
+    std_listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(std_listener)?;
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {

@@ -453,6 +453,72 @@ impl Directory {
     }
 }
 
+/// Most `Delivered-To:` fields read from one header section.
+const MAX_HISTORY: usize = 100;
+
+/// The addresses of the `Delivered-To:` fields (RFC 9228) in a header
+/// section, lowercased, at most [`MAX_HISTORY`]: the aliases the message
+/// says it has already been expanded through. Folded values are
+/// unfolded; `<angle brackets>` are removed.
+pub fn delivered_to(header: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current: Option<Vec<u8>> = None;
+    let finish = |value: Option<Vec<u8>>, out: &mut Vec<String>| {
+        let Some(v) = value else { return };
+        let v = String::from_utf8_lossy(&v);
+        let v = v
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .trim();
+        if !v.is_empty() && out.len() < MAX_HISTORY {
+            out.push(v.to_lowercase());
+        }
+    };
+    for line in header.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+            // RFC 5322 §2.2.3: a folded field continues on this line.
+            if let Some(v) = current.as_mut() {
+                v.push(b' ');
+                v.extend_from_slice(line);
+            }
+            continue;
+        }
+        finish(current.take(), &mut out);
+        current = line
+            .get(..13)
+            .filter(|h| h.eq_ignore_ascii_case(b"delivered-to:"))
+            .map(|_| line[13..].to_vec());
+    }
+    finish(current.take(), &mut out);
+    out
+}
+
+/// The alias history of a stored message, for
+/// [`Directory::resolve_after`]: the `Delivered-To:` fields that alias
+/// expansion put in front of it, then those of its header section as the
+/// session read it when the message was received
+/// ([`crate::proto::session::header_section`], bounded the same way), so
+/// that local delivery and the check at the end of DATA see the same
+/// history.
+pub fn message_history(message: &[u8]) -> Vec<String> {
+    let mut own = Vec::new();
+    let mut rest = message;
+    while rest
+        .get(..13)
+        .is_some_and(|h| h.eq_ignore_ascii_case(b"delivered-to:"))
+        && own.len() < MAX_HISTORY
+    {
+        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+        own.extend(delivered_to(&rest[..end]));
+        rest = &rest[end..];
+    }
+    let (section, _) = crate::proto::session::header_section(rest);
+    own.extend(delivered_to(&section));
+    own
+}
+
 fn push_unique(out: &mut Vec<Destination>, d: Destination) {
     if !out
         .iter()
@@ -735,6 +801,56 @@ mod tests {
         assert_eq!(
             d.resolve_after("team@example.org", &["Team@example.org".into()]),
             Err(Unresolved::Loop("team@example.org".into()))
+        );
+    }
+
+    #[test]
+    fn delivered_to_fields() {
+        let h = b"Delivered-To: Team@Example.org\r\nX: y\r\ndelivered-to:  <a@b>\r\nDelivered-To:\r\n folded@x.test\r\n";
+        assert_eq!(
+            delivered_to(h),
+            ["team@example.org", "a@b", "folded@x.test"]
+        );
+        assert!(delivered_to(b"Subject: x\r\n").is_empty());
+        let many = "Delivered-To: x@y\r\n".repeat(150);
+        assert_eq!(delivered_to(many.as_bytes()).len(), 100);
+    }
+
+    #[test]
+    fn stored_history_is_the_session_view_plus_expansions() {
+        let received = b"Received: by mx.test\r\n\tid X;\r\n\tdate\r\n".to_vec();
+        let mut stored = received.clone();
+        stored.extend_from_slice(
+            b"Delivered-To: Team@example.org\r\nSubject: s\r\n\r\nDelivered-To: body@x\r\n",
+        );
+        assert_eq!(message_history(&stored), ["team@example.org"]);
+        // Requeued by an expansion: its own field comes first.
+        let mut requeued = b"Delivered-To: list@example.org\r\n".to_vec();
+        requeued.extend_from_slice(&stored);
+        assert_eq!(
+            message_history(&requeued),
+            ["list@example.org", "team@example.org"]
+        );
+        // A field past the header bound is seen by neither the session
+        // nor delivery; one inside it by both, wherever an expansion put
+        // its own field.
+        let pad = format!(
+            "X-Pad: {}\r\n",
+            "p".repeat(crate::proto::session::MAX_HEADER_SECTION - received.len() - 40)
+        );
+        let mut big = received.clone();
+        big.extend_from_slice(pad.as_bytes());
+        big.extend_from_slice(
+            b"Delivered-To: in@example.org\r\nDelivered-To: out@example.org\r\n\r\nbody",
+        );
+        let (section, complete) = crate::proto::session::header_section(&big);
+        assert!(!complete);
+        assert_eq!(delivered_to(&section), ["in@example.org"]);
+        let mut big_requeued = b"Delivered-To: list@example.org\r\n".to_vec();
+        big_requeued.extend_from_slice(&big);
+        assert_eq!(
+            message_history(&big_requeued),
+            ["list@example.org", "in@example.org"]
         );
     }
 

@@ -199,6 +199,40 @@ pub fn user_name(uid: u32) -> Option<String> {
     }
 }
 
+/// Binds a Unix socket at `path` that is 0600 from the moment it exists:
+/// the umask is 0177 around bind(2). The umask is per process; it is only
+/// ever narrowed here, so a file another thread creates meanwhile gets no
+/// more access than it would have had.
+pub fn bind_unix_private(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    // SAFETY: umask(2) cannot fail and touches no memory.
+    let old = unsafe { libc::umask(0o177) };
+    let r = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    r
+}
+
+/// chmod(2) that never follows a symbolic link at `path`.
+pub fn chmod_nofollow(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the whole call.
+    let r = unsafe {
+        libc::fchmodat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            mode as libc::mode_t,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -316,5 +350,38 @@ mod prepare_dir_tests {
         prepare_dir(&dir, &me).unwrap();
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn private_socket_mode_and_nofollow_chmod() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let _l = bind_unix_private(&sock).unwrap();
+        let mode = std::fs::symlink_metadata(&sock)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        chmod_nofollow(&sock, 0o666).unwrap();
+        let mode = std::fs::symlink_metadata(&sock)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o666);
+        // A symbolic link is not followed: its target keeps its mode.
+        let target = dir.path().join("t");
+        std::fs::write(&target, b"x").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(chmod_nofollow(&link, 0o666).is_err());
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -311,3 +311,53 @@ async fn full_disk_mid_data_gives_451_and_no_partial_file() {
     assert!(r.starts_with("250 2.0.0"), "{r}");
     running.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A client's own `Delivered-To:` naming an alias without a mailbox
+/// (postmaster, as every install has) is refused at the end of DATA and
+/// of BDAT, never accepted and then bounced by local delivery.
+#[tokio::test]
+async fn forged_delivered_to_loop_refused_in_session() {
+    let srv = start(test_config()).await;
+    let mut c = srv.client().await;
+    c.reply().await;
+    c.cmd("EHLO c").await;
+    let forged = "Delivered-To: postmaster@example.org\r\nSubject: x\r\n\r\nbody\r\n";
+    let r = c
+        .mail("victim@remote.test", &["postmaster@example.org"], forged)
+        .await;
+    assert!(r.starts_with("554 5.4.6"), "{r}");
+    // The same through BDAT, with the field folded.
+    assert!(c
+        .cmd("MAIL FROM:<victim@remote.test>")
+        .await
+        .starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<postmaster@example.org>")
+        .await
+        .starts_with("250"));
+    let content = "Delivered-To:\r\n postmaster@example.org\r\n\r\nbody\r\n";
+    c.send(&format!("BDAT {} LAST\r\n{content}", content.len()))
+        .await;
+    let r = c.reply().await;
+    assert!(r.starts_with("554 5.4.6"), "{r}");
+    // A message for the mailbox itself is fine.
+    let r = c
+        .mail("victim@remote.test", &["box@example.org"], forged)
+        .await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    assert_eq!(srv.queued().len(), 1);
+}
+
+/// The local submission socket ends up 0666, set without following links.
+#[tokio::test]
+async fn sendmail_socket_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run/sendmail.sock");
+    let _l = pigeon::server::bind_sendmail(&path).unwrap();
+    let mode = std::fs::symlink_metadata(&path)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o666);
+}

@@ -573,6 +573,20 @@ fn check_listeners(listeners: &[super::ListenerConfig], err: &mut impl FnMut(Str
 pub(super) fn normalize_domain(name: &str) -> Result<String, String> {
     let bad = |why: &str| Err(format!("`{name}` is not a valid domain name: {why}"));
     let trimmed = name.strip_suffix('.').unwrap_or(name);
+    // RFC 5890 §2.3.2.1: a domain given in U-labels is stored as its
+    // lowercase A-labels, the form the SMTP parser gives for mail to it.
+    let a_label;
+    let trimmed = if trimmed.is_ascii() {
+        trimmed
+    } else {
+        match idna::domain_to_ascii_strict(trimmed) {
+            Ok(a) => {
+                a_label = a;
+                a_label.as_str()
+            }
+            Err(_) => return bad("it is not a valid internationalized domain name"),
+        }
+    };
     if trimmed.is_empty() {
         return bad("it is empty");
     }
@@ -623,6 +637,10 @@ mod tests {
             "xn--bcher-kva.example"
         );
         assert_eq!(normalize_domain("a-1.b2").unwrap(), "a-1.b2");
+        assert_eq!(
+            normalize_domain("B\u{fc}cher.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
         let long_label = "a".repeat(64);
         let long_name = vec!["a".repeat(63); 4].join(".");
         for bad in [
@@ -640,7 +658,7 @@ mod tests {
             "example.123",
             long_label.as_str(),
             long_name.as_str(),
-            "ex\u{e4}mple.org",
+            "ex\u{e4}mple..org",
         ] {
             assert!(normalize_domain(bad).is_err(), "{bad:?} should be rejected");
         }

@@ -48,7 +48,7 @@ impl LocalTransport {
         let snap = self.live.get();
         let cfg = &snap.cfg;
         let msg = &job.msg;
-        let history = maildir::delivered_to(&msg.body);
+        let history = crate::directory::message_history(&msg.body);
         let mut events: Vec<Option<Event>> = vec![None; job.rcpts.len()];
         // LMTP recipients: (index in the job, address to give the server).
         let mut lmtp: Vec<(usize, Recipient)> = Vec::new();

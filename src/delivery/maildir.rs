@@ -315,32 +315,6 @@ fn file_content(sender: &str, recipient: &str, message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The addresses of the `Delivered-To:` fields in the header of a stored
-/// message (at most 100), lowercased: the aliases it has already been
-/// expanded through here.
-pub fn delivered_to(message: &[u8]) -> Vec<String> {
-    let end = memchr::memmem::find(message, b"\r\n\r\n").unwrap_or(message.len());
-    let mut out = Vec::new();
-    for line in message[..end].split(|&b| b == b'\n') {
-        if out.len() >= 100 {
-            break;
-        }
-        let Some(rest) = line
-            .get(..13)
-            .filter(|h| h.eq_ignore_ascii_case(b"delivered-to:"))
-            .map(|_| &line[13..])
-        else {
-            continue;
-        };
-        let v = String::from_utf8_lossy(rest);
-        let v = v.trim().trim_start_matches('<').trim_end_matches('>');
-        if !v.is_empty() {
-            out.push(v.to_lowercase());
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,12 +432,5 @@ mod tests {
         let g = DIR_SYNC.lock();
         let r = &g.rounds.as_ref().unwrap()[&md.join("new")];
         assert!(!r.running && r.synced == r.requested && r.failed == 0);
-    }
-
-    #[test]
-    fn delivered_to_fields() {
-        let m = b"Delivered-To: Team@Example.org\r\nX: y\r\ndelivered-to:  <a@b>\r\n\r\nDelivered-To: body@x\r\n";
-        assert_eq!(delivered_to(m), ["team@example.org", "a@b"]);
-        assert!(delivered_to(b"Subject: x\r\n\r\n").is_empty());
     }
 }

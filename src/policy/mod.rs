@@ -14,7 +14,9 @@ use crate::directory::{Directory, Unresolved};
 use crate::config::{Cidr, Config};
 use crate::proto::address::Domain;
 use crate::proto::command::{MailFrom, RcptTo};
+use crate::proto::envelope::Recipient;
 use crate::proto::reply::{self, Reply};
+use crate::proto::MessageFacts;
 
 /// The parts of the configuration that decisions depend on.
 #[derive(Debug, Clone)]
@@ -92,15 +94,81 @@ impl Policy {
         Ok(())
     }
 
-    /// End of DATA/BDAT: with `auth.check_header_from`, every address in
-    /// the From: header of an authenticated user's message must be theirs.
-    pub fn check_message(&self, client: &Client, from_header: Option<&str>) -> Result<(), Reply> {
+    /// End of DATA/BDAT, before the message is committed: the checks on
+    /// its header section, in order (docs/policy.md).
+    pub fn check_message(
+        &self,
+        client: &Client,
+        facts: &MessageFacts<'_>,
+        rcpts: &[Recipient],
+    ) -> Result<(), Reply> {
+        self.check_header_from(client, facts)?;
+        self.check_delivered_to(facts, rcpts)
+    }
+
+    /// With `auth.check_header_from`, an authenticated user's message
+    /// must have exactly one From: field (RFC 5322 §3.6), every address
+    /// in it must be theirs, and the header section must be small enough
+    /// to be read whole.
+    fn check_header_from(&self, client: &Client, facts: &MessageFacts<'_>) -> Result<(), Reply> {
         let (true, Some(user)) = (self.check_header_from, &client.user) else {
             return Ok(());
         };
-        let addrs = header_addresses(from_header.unwrap_or(""));
-        if addrs.is_empty() || !addrs.iter().all(|a| user.may_send_as(a)) {
+        if !facts.header_complete {
+            return Err(reply::HEADER_TOO_LARGE_TO_CHECK);
+        }
+        let mut header = facts.header.to_vec();
+        header.extend_from_slice(b"\r\n");
+        let Some(m) = mail_parser::MessageParser::default().parse_headers(&header) else {
             return Err(reply::FROM_HEADER_NOT_OWNED);
+        };
+        let mut from = m
+            .headers()
+            .iter()
+            .filter(|h| h.name == mail_parser::HeaderName::From);
+        let (Some(field), None) = (from.next(), from.next()) else {
+            return match m.header_values(mail_parser::HeaderName::From).count() {
+                0 => Err(reply::FROM_HEADER_NOT_OWNED),
+                _ => Err(reply::FROM_HEADER_MULTIPLE),
+            };
+        };
+        let mail_parser::HeaderValue::Address(list) = &field.value else {
+            return Err(reply::FROM_HEADER_NOT_OWNED);
+        };
+        let mut n = 0;
+        for a in list.iter() {
+            n += 1;
+            match a.address() {
+                Some(addr) if user.may_send_as(addr.trim()) => {}
+                _ => return Err(reply::FROM_HEADER_NOT_OWNED),
+            }
+        }
+        if n == 0 {
+            return Err(reply::FROM_HEADER_NOT_OWNED);
+        }
+        Ok(())
+    }
+
+    /// A local recipient must not loop through the aliases the message's
+    /// own `Delivered-To:` fields name: each accepted recipient is
+    /// resolved with that history exactly as local delivery will resolve
+    /// it (same fields, same bound), so a message that delivery would
+    /// bounce as a loop is refused now instead (`554 5.4.6`).
+    fn check_delivered_to(
+        &self,
+        facts: &MessageFacts<'_>,
+        rcpts: &[Recipient],
+    ) -> Result<(), Reply> {
+        let history = crate::directory::delivered_to(facts.header);
+        if history.is_empty() {
+            return Ok(());
+        }
+        for r in rcpts {
+            match self.directory.resolve_after(&r.address, &history) {
+                Ok(_) => {}
+                Err(Unresolved::Loop(_)) => return Err(reply::DELIVERED_TO_LOOP),
+                Err(_) => return Err(reply::ALIAS_ERROR),
+            }
         }
         Ok(())
     }
@@ -135,49 +203,6 @@ impl Policy {
     pub fn directory(&self) -> &Arc<Directory> {
         &self.directory
     }
-}
-
-/// The addresses in a From: header value: those in angle brackets, or
-/// else the bare comma-separated ones, with (comments) removed.
-fn header_addresses(value: &str) -> Vec<String> {
-    let mut no_comments = String::with_capacity(value.len());
-    let mut depth = 0u32;
-    let mut quoted = false;
-    for c in value.chars() {
-        match c {
-            '"' if depth == 0 => {
-                quoted = !quoted;
-                no_comments.push(c);
-            }
-            '(' if !quoted => depth += 1,
-            ')' if !quoted && depth > 0 => depth -= 1,
-            _ if depth == 0 => no_comments.push(c),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    let mut quoted = false;
-    let mut current: Option<String> = None;
-    for c in no_comments.chars() {
-        match (c, current.as_mut()) {
-            ('"', None) => quoted = !quoted,
-            ('<', None) if !quoted => current = Some(String::new()),
-            ('>', Some(a)) => {
-                out.push(a.trim().to_string());
-                current = None;
-            }
-            (c, Some(a)) => a.push(c),
-            _ => {}
-        }
-    }
-    if out.is_empty() {
-        out = no_comments
-            .split(',')
-            .map(|a| a.trim().to_string())
-            .filter(|a| a.contains('@'))
-            .collect();
-    }
-    out
 }
 
 #[cfg(test)]
@@ -252,6 +277,39 @@ mod tests {
         );
         assert!(rcpt(&p, "127.0.0.1", "RCPT TO:<bob@remote.test>").is_ok());
         assert!(rcpt(&p, "::1", "RCPT TO:<bob@remote.test>").is_ok());
+    }
+
+    /// A U-label domain on the wire is the local A-label domain.
+    #[test]
+    fn utf8_domain_is_local_as_its_a_label() {
+        let mut cfg = Config::default();
+        cfg.server.hostname = "mx.example.org".into();
+        cfg.domains.local = vec!["example.org".into(), "xn--bcher-kva.example".into()];
+        let d = catch_all(&mut cfg);
+        let p = Policy::new(&cfg, d);
+        let line = "RCPT TO:<postmaster@B\u{fc}cher.example>";
+        assert_eq!(rcpt(&p, "198.51.100.7", line), Ok(()));
+        // The reverse: the configuration in U-labels, mail in A-labels.
+        let mut cfg = crate::config::parse(
+            "[server]\nhostname = \"mx.example.org\"\n[domains]\nlocal = [\"example.org\", \"b\u{fc}cher.example\"]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.domains.local[1], "xn--bcher-kva.example");
+        let d = catch_all(&mut cfg);
+        let p2 = Policy::new(&cfg, d);
+        assert_eq!(
+            rcpt(
+                &p2,
+                "198.51.100.7",
+                "RCPT TO:<postmaster@xn--bcher-kva.example>"
+            ),
+            Ok(())
+        );
+        assert_eq!(rcpt(&p2, "198.51.100.7", line), Ok(()));
+        assert_eq!(
+            rcpt(&p, "198.51.100.7", "RCPT TO:<nobody@b\u{fc}cher.example>"),
+            Err(reply::USER_UNKNOWN)
+        );
     }
 
     #[test]
@@ -351,33 +409,154 @@ mod auth_tests {
         );
     }
 
+    /// The verdict on a message whose header section is `header` (the
+    /// fields, CRLF line ends, without the empty line).
+    fn from_check(p: &Policy, c: &Client, header: &str) -> Result<(), Reply> {
+        let facts = MessageFacts {
+            header: header.as_bytes(),
+            header_complete: true,
+        };
+        p.check_message(c, &facts, &[])
+    }
+
+    fn from_field(value: &str) -> String {
+        format!("Received: by mx.test\r\n\tid X;\r\n\tdate\r\nSubject: s\r\nFrom: {value}\r\n")
+    }
+
     #[test]
     fn header_from_rule() {
         let (p, _, alice) = setup(true);
-        assert!(p
-            .check_message(&alice, Some("Alice <alice@example.org>"))
-            .is_ok());
-        assert!(p
-            .check_message(&alice, Some("alice@example.org (Alice)"))
-            .is_ok());
-        assert!(p
-            .check_message(&alice, Some("\"Bob <bob@x.test>\" <a@alice.test>"))
-            .is_ok());
+        for ok in [
+            "Alice <alice@example.org>",
+            "alice@example.org (Alice)",
+            "\"Bob <bob@x.test>\" <a@alice.test>",
+            "ALICE@example.org",
+            "alice@example.org, Other <x@alice.test>",
+            "=?utf-8?q?Alice?= <alice@example.org>",
+            "Alice\r\n <alice@example.org>",
+        ] {
+            assert_eq!(from_check(&p, &alice, &from_field(ok)), Ok(()), "{ok}");
+        }
+        for bad in [
+            "Bob <bob@example.org>",
+            "alice@example.org, bob@example.org",
+            "<alice@example.org>, bob@example.org",
+            "<alice@example.org>,\r\n bob@example.org",
+            "Alice <alice@example.org>, Bob <bob@example.org>",
+            "alice@example.org (x), (y) bob@example.org",
+            "Team: alice@example.org, bob@example.org;",
+            "undisclosed-recipients:;",
+            "alice",
+            "",
+        ] {
+            assert_eq!(
+                from_check(&p, &alice, &from_field(bad)),
+                Err(reply::FROM_HEADER_NOT_OWNED),
+                "{bad}"
+            );
+        }
+        // No From: field at all.
         assert_eq!(
-            p.check_message(&alice, Some("Bob <bob@example.org>")),
+            from_check(&p, &alice, "Subject: s\r\n"),
             Err(reply::FROM_HEADER_NOT_OWNED)
         );
+        // Two From: fields, in either order, whatever their case.
+        for two in [
+            "From: alice@example.org\r\nfrom: bob@example.org\r\n",
+            "FROM: bob@example.org\r\nSubject: s\r\nFrom: alice@example.org\r\n",
+            "From: alice@example.org\r\nFrom : bob@example.org\r\n",
+            "From: alice@example.org\r\nFrom:\r\n",
+        ] {
+            assert_eq!(
+                from_check(&p, &alice, two),
+                Err(reply::FROM_HEADER_MULTIPLE),
+                "{two}"
+            );
+        }
+        // Padding the value far past any short cut does not hide an
+        // address after it.
+        let padded = from_field(&format!(
+            "\"{}\" <alice@example.org>, bob@example.org",
+            "p".repeat(5000)
+        ));
         assert_eq!(
-            p.check_message(&alice, Some("alice@example.org, bob@example.org")),
+            from_check(&p, &alice, &padded),
             Err(reply::FROM_HEADER_NOT_OWNED)
         );
+        // A header section too large to be read whole is refused.
+        let facts = MessageFacts {
+            header: b"From: alice@example.org\r\n",
+            header_complete: false,
+        };
         assert_eq!(
-            p.check_message(&alice, None),
-            Err(reply::FROM_HEADER_NOT_OWNED)
+            p.check_message(&alice, &facts, &[]),
+            Err(reply::HEADER_TOO_LARGE_TO_CHECK)
         );
-        let (p, _, alice) = setup(false);
-        assert!(p
-            .check_message(&alice, Some("Bob <bob@example.org>"))
-            .is_ok());
+        // Off, or not authenticated: no check.
+        let (p, anon, alice) = setup(false);
+        assert_eq!(
+            from_check(&p, &alice, &from_field("Bob <bob@example.org>")),
+            Ok(())
+        );
+        let (p, _, _) = setup(true);
+        assert_eq!(
+            from_check(&p, &anon, &from_field("Bob <bob@example.org>")),
+            Ok(())
+        );
+    }
+
+    fn rcpts(addrs: &[&str]) -> Vec<Recipient> {
+        addrs
+            .iter()
+            .map(|a| Recipient {
+                address: a.to_string(),
+                orcpt: None,
+                notify: Default::default(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn delivered_to_loop_refused_at_end_of_data() {
+        let (p, anon, _) = setup(false);
+        let check = |header: &str, to: &[&str]| {
+            let facts = MessageFacts {
+                header: header.as_bytes(),
+                header_complete: true,
+            };
+            p.check_message(&anon, &facts, &rcpts(to))
+        };
+        // postmaster is an alias without a mailbox of its own: a message
+        // that says it already went through it would loop.
+        let forged = "Received: by mx\r\nDelivered-To: postmaster@example.org\r\nSubject: s\r\n";
+        assert_eq!(
+            check(forged, &["postmaster@example.org"]),
+            Err(reply::DELIVERED_TO_LOOP)
+        );
+        assert_eq!(
+            check(forged, &["box@example.org", "Postmaster@example.org"]),
+            Err(reply::DELIVERED_TO_LOOP)
+        );
+        let folded = "Delivered-To:\r\n <POSTMASTER@example.org>\r\n";
+        assert_eq!(
+            check(folded, &["postmaster@example.org"]),
+            Err(reply::DELIVERED_TO_LOOP)
+        );
+        // Other recipients, and remote ones, are not affected.
+        assert_eq!(check(forged, &["box@example.org", "x@remote.test"]), Ok(()));
+        assert_eq!(check("Subject: s\r\n", &["postmaster@example.org"]), Ok(()));
+        // A mailbox address in the history is simply its mailbox.
+        assert_eq!(
+            check("Delivered-To: box@example.org\r\n", &["box@example.org"]),
+            Ok(())
+        );
+        // What the session checks is what delivery will read.
+        let stored = format!("{forged}\r\nbody\r\n");
+        let history = crate::directory::message_history(stored.as_bytes());
+        assert!(matches!(
+            p.directory()
+                .resolve_after("postmaster@example.org", &history),
+            Err(Unresolved::Loop(_))
+        ));
     }
 }

@@ -140,7 +140,19 @@ pub fn parse_mailbox(s: &str) -> Result<(Mailbox, usize), &'static str> {
         let (name, n) = parse_domain(rest)?;
         (Domain::Name(name), n)
     };
+    // Needs SMTPUTF8 on the wire when written in UTF-8, even though it is
+    // kept as A-labels.
     let utf8 = !local.is_ascii() || !domain.as_str().is_ascii();
+    let domain = match domain {
+        // RFC 6531 §3.2, RFC 5890 §2.3.2.1: a U-label domain is the same
+        // domain as its lowercase A-label form, which is what routing and
+        // the local-domain tables compare.
+        Domain::Name(name) if !name.is_ascii() => Domain::Name(
+            idna::domain_to_ascii_strict(&name)
+                .map_err(|_| "invalid internationalized domain name")?,
+        ),
+        d => d,
+    };
     Ok((
         Mailbox {
             local: local.to_string(),
@@ -341,7 +353,13 @@ mod tests {
         );
         assert_eq!(ok("<u@[192.0.2.1]>"), "u@[192.0.2.1]");
         assert_eq!(ok("<u@[IPv6:2001:db8::1]>"), "u@[IPv6:2001:db8::1]");
-        assert_eq!(ok("<δοκιμή@παράδειγμα.δοκιμή>"), "δοκιμή@παράδειγμα.δοκιμή");
+        assert_eq!(
+            ok("<δοκιμή@παράδειγμα.δοκιμή>"),
+            "δοκιμή@xn--hxajbheg2az3al.xn--jxalpdlp"
+        );
+        assert_eq!(ok("<user@Bücher.example>"), "user@xn--bcher-kva.example");
+        let (m, _) = parse_path("<user@bücher.example>", true).unwrap();
+        assert!(m.unwrap().utf8);
         let (m, rest) = parse_path("<a@b.c> SIZE=10 BODY=8BITMIME", true).unwrap();
         assert!(m.is_some());
         assert_eq!(rest, "SIZE=10 BODY=8BITMIME");

@@ -115,6 +115,13 @@ fn helo_arg(args: &str) -> Result<String, ParseError> {
     if a.contains(' ') {
         return Err(ParseError::Syntax("HELO/EHLO takes one argument"));
     }
+    // RFC 5321 §4.1.1.1: a domain or an address literal; no TAB or other
+    // control character (it would be copied into Received:).
+    if a.chars().any(char::is_control) {
+        return Err(ParseError::Syntax(
+            "control character in HELO/EHLO argument",
+        ));
+    }
     if a.len() > 255 {
         return Err(ParseError::Syntax("HELO/EHLO argument too long"));
     }

@@ -161,6 +161,13 @@ pub const ALIAS_ERROR: Reply = Reply::new(
     "5.4.6",
     "Error: recipient address cannot be expanded (alias loop or limit)",
 );
+/// A Delivered-To: field of the message names an address that one of its
+/// recipients expands through: delivering it would loop.
+pub const DELIVERED_TO_LOOP: Reply = Reply::new(
+    554,
+    "5.4.6",
+    "Error: mail loop: the message was already delivered through a recipient's alias (Delivered-To:)",
+);
 pub const RELAY_DENIED: Reply = Reply::new(554, "5.7.1", "Error: relay access denied");
 pub const INSUFFICIENT_STORAGE: Reply = Reply::new(
     452,
@@ -229,6 +236,18 @@ pub const FROM_HEADER_NOT_OWNED: Reply = Reply::new(
     550,
     "5.7.1",
     "Error: From: header address not owned by the authenticated user",
+);
+pub const FROM_HEADER_MULTIPLE: Reply =
+    Reply::new(550, "5.7.1", "Error: more than one From: header field");
+pub const HEADER_TOO_LARGE_TO_CHECK: Reply = Reply::new(
+    552,
+    "5.3.4",
+    "Error: header section too large to check the From: header",
+);
+pub const LOCAL_SENDER_NOT_ALLOWED: Reply = Reply::new(
+    550,
+    "5.7.1",
+    "Error: sender address not allowed for this local user",
 );
 
 #[cfg(test)]

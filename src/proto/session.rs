@@ -46,11 +46,23 @@ pub struct SessionConfig {
 }
 
 /// Facts about a complete message that policy may want to check.
-#[derive(Debug, Default)]
-pub struct MessageFacts {
-    /// The unfolded value of the first From: header field, if any.
-    pub from_header: Option<String>,
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MessageFacts<'a> {
+    /// The message's header section as it will be stored (our own trace
+    /// fields first, then the client's header fields), at most
+    /// [`MAX_HEADER_SECTION`] bytes, CRLF line ends, without the empty
+    /// line that ends it.
+    pub header: &'a [u8],
+    /// False when the header section was longer than
+    /// [`MAX_HEADER_SECTION`] and `header` holds only its start.
+    pub header_complete: bool,
 }
+
+/// Longest header section kept for decisions about a message (as
+/// Postfix's `header_size_limit`). Local delivery reads the history of a
+/// stored message through [`header_section`], with the same bound, so
+/// what is checked here is exactly what delivery will see.
+pub const MAX_HEADER_SECTION: usize = 100 * 1024;
 
 /// Outcome of a credentials check, given back to the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +87,13 @@ pub trait Host {
     fn new_queue_id(&mut self) -> String;
     /// Current time, seconds since the Unix epoch (for the Received: header).
     fn now(&mut self) -> i64;
-    /// Policy verdict on a complete message, before it is committed.
-    fn check_message(&mut self, _facts: &MessageFacts) -> Result<(), Reply> {
+    /// Policy verdict on a complete message, before it is committed,
+    /// given its accepted recipients.
+    fn check_message(
+        &mut self,
+        _facts: &MessageFacts<'_>,
+        _rcpts: &[Recipient],
+    ) -> Result<(), Reply> {
         Ok(())
     }
 }
@@ -585,9 +602,10 @@ impl ServerSession {
             Some(reply::BARE_NEWLINE)
         } else {
             let facts = MessageFacts {
-                from_header: t.headers.header_from(),
+                header: &t.headers.section,
+                header_complete: !t.headers.overflow,
             };
-            host.check_message(&facts).err()
+            host.check_message(&facts, &t.rcpts).err()
         };
         match refusal {
             Some(r) => {
@@ -630,7 +648,16 @@ impl ServerSession {
                 None => format!("[IPv6:{v6}]"),
             },
         };
-        let helo = self.helo.as_deref().unwrap_or("unknown");
+        // RFC 6532 §3.7: a non-ASCII name goes into Received: only in an
+        // SMTPUTF8 message; otherwise each non-ASCII character is shown as `?`.
+        let helo = match self.helo.as_deref() {
+            None => "unknown".to_string(),
+            Some(h) if h.is_ascii() || t.mail.smtputf8 => h.to_string(),
+            Some(h) => h
+                .chars()
+                .map(|c| if c.is_ascii() { c } else { '?' })
+                .collect(),
+        };
         let for_clause = match t.rcpts.as_slice() {
             [one] => format!("\r\n\tfor <{}>", one.address),
             _ => String::new(),
@@ -652,6 +679,7 @@ impl ServerSession {
             ),
         };
         self.body.extend_from_slice(received.as_bytes());
+        t.headers.scan_own(received.as_bytes());
         t.queue_id = Some(id);
         t.bdat = bdat;
         t.decoder = Some(if bdat {
@@ -911,7 +939,14 @@ impl ServerSession {
         if rcpt.rcpt.utf8 && !t.mail.smtputf8 {
             return self.reply(reply::NEED_SMTPUTF8);
         }
-        if rcpt.bare_postmaster {
+        // RFC 5321 §4.1.3 and §4.5.1: postmaster at an address literal
+        // is this server's postmaster, for any client, like <Postmaster>.
+        let literal_postmaster = matches!(rcpt.rcpt.domain, Domain::Literal(_))
+            && rcpt
+                .rcpt
+                .local_unquoted()
+                .eq_ignore_ascii_case("postmaster");
+        if rcpt.bare_postmaster || literal_postmaster {
             rcpt.rcpt.domain = Domain::Name(self.cfg.hostname.to_ascii_lowercase());
         }
         if let Err(r) = host.check_rcpt(&t.mail, &rcpt) {
@@ -955,29 +990,32 @@ impl ServerSession {
     }
 }
 
-/// Counts Received: header fields in the header section of canonical
-/// (CRLF) content, fed in pieces.
+/// Reads the header section of canonical (CRLF) content, fed in pieces:
+/// counts its Received: fields and keeps a copy of it, up to
+/// [`MAX_HEADER_SECTION`] bytes (RFC 5322 §2.1: the header section ends
+/// at the first empty line).
 #[derive(Debug, Default)]
 struct HeaderScan {
     done: bool,
     line_len: usize,
     prefix: [u8; 9],
     received: u32,
-    /// The current line continues the previous field (starts with WSP).
-    continuation: bool,
-    /// Inside the first From: field.
-    in_from: bool,
-    from_seen: bool,
-    from: Vec<u8>,
+    /// The header section, without the empty line that ends it.
+    section: Vec<u8>,
+    /// The header section was longer than `MAX_HEADER_SECTION`.
+    overflow: bool,
+    /// A CR at the start of a line, not yet kept: the empty line's, if
+    /// an LF follows.
+    line_cr: bool,
 }
 
-/// Longest From: value kept for policy checks.
-const MAX_FROM_VALUE: usize = 4096;
-
 impl HeaderScan {
-    fn header_from(&self) -> Option<String> {
-        self.from_seen
-            .then(|| String::from_utf8_lossy(&self.from).trim().to_string())
+    /// Our own trace fields, put in front of the client's content: kept
+    /// in the copy, not counted as hops.
+    fn scan_own(&mut self, bytes: &[u8]) {
+        let received = self.received;
+        self.scan(bytes);
+        self.received = received;
     }
 
     fn scan(&mut self, bytes: &[u8]) {
@@ -985,43 +1023,56 @@ impl HeaderScan {
             if self.done {
                 return;
             }
-            match b {
-                b'\n' => {
-                    if self.line_len == 0 {
+            if self.line_len == 0 {
+                // The empty line that ends the section is not kept.
+                match b {
+                    b'\n' => {
                         self.done = true;
+                        return;
                     }
-                    self.line_len = 0;
+                    b'\r' if !self.line_cr => {
+                        self.line_cr = true;
+                        continue;
+                    }
+                    _ => {}
                 }
+                if std::mem::take(&mut self.line_cr) {
+                    self.keep(b'\r');
+                }
+            }
+            match b {
+                b'\n' => self.line_len = 0,
                 b'\r' => {}
                 _ => {
-                    if self.line_len == 0 {
-                        self.continuation = b == b' ' || b == b'\t';
-                        if !self.continuation {
-                            self.in_from = false;
-                        }
-                    }
                     if self.line_len < 9 {
                         self.prefix[self.line_len] = b.to_ascii_lowercase();
                     }
                     self.line_len += 1;
-                    if self.in_from && self.from.len() < MAX_FROM_VALUE {
-                        self.from.push(b);
-                    }
-                    if !self.continuation
-                        && self.line_len == 5
-                        && &self.prefix[..5] == b"from:"
-                        && !self.from_seen
-                    {
-                        self.in_from = true;
-                        self.from_seen = true;
-                    }
                     if self.line_len == 9 && &self.prefix == b"received:" {
                         self.received += 1;
                     }
                 }
             }
+            self.keep(b);
         }
     }
+
+    fn keep(&mut self, b: u8) {
+        if self.section.len() < MAX_HEADER_SECTION {
+            self.section.push(b);
+        } else {
+            self.overflow = true;
+        }
+    }
+}
+
+/// The header section of a stored message, read exactly as the session
+/// read it when the message was received: at most [`MAX_HEADER_SECTION`]
+/// bytes, and whether that was all of it.
+pub fn header_section(message: &[u8]) -> (Vec<u8>, bool) {
+    let mut h = HeaderScan::default();
+    h.scan(message);
+    (h.section, !h.overflow)
 }
 
 /// RFC 5322 date-time in UTC, e.g. "Mon, 23 Nov 2026 18:35:00 +0000".
@@ -1071,8 +1122,34 @@ mod tests {
     #[test]
     fn header_scan() {
         let mut h = HeaderScan::default();
+        h.scan_own(b"Received: by us\r\n");
         h.scan(b"Received: a\r\n\tb\r\nRECEIVED: c\r\nX: y\r\n");
         h.scan(b"\r\nReceived: in body\r\n");
         assert_eq!(h.received, 2);
+        assert!(!h.overflow);
+        assert_eq!(
+            h.section,
+            b"Received: by us\r\nReceived: a\r\n\tb\r\nRECEIVED: c\r\nX: y\r\n"
+        );
+        let whole = b"Received: by us\r\nReceived: a\r\n\tb\r\nRECEIVED: c\r\nX: y\r\n\r\nbody\r\n";
+        assert_eq!(header_section(whole), (h.section.clone(), true));
+    }
+
+    #[test]
+    fn header_scan_is_bounded() {
+        let mut h = HeaderScan::default();
+        let big = format!("X-Pad: {}\r\n", "a".repeat(MAX_HEADER_SECTION));
+        h.scan(big.as_bytes());
+        h.scan(b"From: hidden@x.test\r\n\r\n");
+        assert!(h.overflow);
+        assert_eq!(h.section.len(), MAX_HEADER_SECTION);
+        let (section, complete) = header_section(format!("{big}\r\nbody").as_bytes());
+        assert!(!complete);
+        assert_eq!(section, h.section);
+        // A header section that fills the limit exactly is complete.
+        let exact = format!("X: {}", "b".repeat(MAX_HEADER_SECTION - 5));
+        let (section, complete) = header_section(format!("{exact}\r\n\r\nbody").as_bytes());
+        assert!(complete);
+        assert_eq!(section.len(), MAX_HEADER_SECTION);
     }
 }

@@ -7,10 +7,13 @@ use super::command::{MailFrom, RcptTo};
 use super::reply::{self, Reply};
 use super::session::{Action, AuthOutcome, Host, ServerSession, SessionConfig};
 
+#[derive(Default)]
 struct FakeHost {
     next_id: u32,
     relay_ok: bool,
     space_ok: bool,
+    /// What check_message was given: (header, complete, recipients).
+    checked: Vec<(Vec<u8>, bool, Vec<String>)>,
 }
 
 impl Host for FakeHost {
@@ -38,6 +41,21 @@ impl Host for FakeHost {
     fn now(&mut self) -> i64 {
         1_795_459_500
     }
+    fn check_message(
+        &mut self,
+        facts: &super::session::MessageFacts<'_>,
+        rcpts: &[super::envelope::Recipient],
+    ) -> Result<(), Reply> {
+        self.checked.push((
+            facts.header.to_vec(),
+            facts.header_complete,
+            rcpts.iter().map(|r| r.address.clone()).collect(),
+        ));
+        if memchr::memmem::find(facts.header, b"X-Refuse:").is_some() {
+            return Err(reply::DELIVERED_TO_LOOP);
+        }
+        Ok(())
+    }
 }
 
 fn cfg() -> SessionConfig {
@@ -62,6 +80,8 @@ struct Run {
     /// (queue id, envelope sender, recipients, content)
     msgs: Vec<(String, String, Vec<String>, Vec<u8>)>,
     closed: bool,
+    /// What the host's check_message was given, per message.
+    checked: Vec<(Vec<u8>, bool, Vec<String>)>,
 }
 
 fn run_with(cfg: SessionConfig, chunks: &[&[u8]]) -> Run {
@@ -70,6 +90,7 @@ fn run_with(cfg: SessionConfig, chunks: &[&[u8]]) -> Run {
         next_id: 0,
         relay_ok: false,
         space_ok: true,
+        ..Default::default()
     };
     s.greeting();
     let mut msgs = Vec::new();
@@ -123,7 +144,12 @@ fn run_with(cfg: SessionConfig, chunks: &[&[u8]]) -> Run {
         }
     }
     let out = String::from_utf8_lossy(s.output()).into_owned();
-    Run { out, msgs, closed }
+    Run {
+        out,
+        msgs,
+        closed,
+        checked: host.checked,
+    }
 }
 
 fn run(input: &str) -> Run {
@@ -228,6 +254,7 @@ fn long_lines() {
         next_id: 0,
         relay_ok: false,
         space_ok: true,
+        ..Default::default()
     };
     let chunk = vec![b'x'; 4096];
     for _ in 0..100 {
@@ -437,6 +464,7 @@ fn relay_and_space_verdicts_are_the_hosts() {
         next_id: 0,
         relay_ok: false,
         space_ok: false,
+        ..Default::default()
     };
     s.feed(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n", &mut host);
     assert!(String::from_utf8_lossy(s.output()).contains("452 4.3.1"));
@@ -449,6 +477,7 @@ fn commit_failure_is_reported_and_session_goes_on() {
         next_id: 0,
         relay_ok: false,
         space_ok: true,
+        ..Default::default()
     };
     let input =
         b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n";
@@ -736,4 +765,71 @@ fn three_failures_close_and_blocked_address_closes() {
         "421 4.7.0 Error: too many failed authentications from your address, try again later\r\n"
     ));
     assert!(r.closed);
+}
+
+/// At the end of DATA the host gets the whole header section as it will
+/// be stored (our Received: first, the body left out), bounded, and the
+/// accepted recipients; its refusal is the reply and nothing is kept.
+#[test]
+fn end_of_data_check_gets_header_section_and_recipients() {
+    let pad = "p".repeat(5000);
+    let input = format!(
+        "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nRCPT TO:<nobody@remote.test>\r\nRCPT TO:<v@local.test>\r\nDATA\r\nFrom: \"{pad}\" <a@b.test>, hidden@x.test\r\nSubject: s\r\n\r\nX-Refuse: in the body\r\n.\r\n"
+    );
+    let r = run(&input);
+    assert_eq!(r.msgs.len(), 1, "{}", r.out);
+    let (header, complete, rcpts) = &r.checked[0];
+    assert!(complete);
+    assert_eq!(rcpts, &["u@local.test", "v@local.test"]);
+    let body = &r.msgs[0].3;
+    let end = memchr::memmem::find(body, b"\r\n\r\n").unwrap() + 2;
+    assert_eq!(&header[..], &body[..end]);
+    assert!(header.starts_with(b"Received: from c "));
+    assert!(memchr::memmem::find(header, b"hidden@x.test").is_some());
+
+    // Refused by the host: its reply, and no message.
+    let r = run("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nX-Refuse: yes\r\n\r\nb\r\n.\r\nQUIT\r\n");
+    assert!(r.out.contains("554 5.4.6 Error: mail loop"), "{}", r.out);
+    assert!(r.msgs.is_empty());
+
+    // Over the bound: the start only, marked incomplete.
+    let content = format!("X-Pad: {}\r\n", "q".repeat(200_000));
+    let big = format!(
+        "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nBDAT {} LAST\r\n{content}",
+        content.len()
+    );
+    let mut c = cfg();
+    c.max_message_size = 1_000_000;
+    let r = run_with(c, &[big.as_bytes()]);
+    let (header, complete, _) = &r.checked[0];
+    assert!(!complete);
+    assert_eq!(header.len(), super::session::MAX_HEADER_SECTION);
+}
+
+/// A HELO/EHLO name with a TAB or another control character is refused;
+/// a non-ASCII one reaches Received: raw only in an SMTPUTF8 message.
+#[test]
+fn helo_controls_refused_non_ascii_made_safe() {
+    let r = run("EHLO a\tb\r\nHELO x\tb\r\nQUIT\r\n");
+    assert_eq!(codes(&r.out), ["220", "501", "501", "221"], "{}", r.out);
+    let r = run("EHLO h\u{e9}.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\nMAIL FROM:<a@b.test> SMTPUTF8\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(r.msgs.len(), 2, "{}", r.out);
+    assert!(r.msgs[0].3.starts_with(b"Received: from h?.test "));
+    assert!(r.msgs[1]
+        .3
+        .starts_with("Received: from h\u{e9}.test ".as_bytes()));
+}
+
+/// Mail to postmaster at an address literal is for our postmaster
+/// (RFC 5321 §4.1.3), from any client; other literals are not.
+#[test]
+fn postmaster_at_address_literal_is_local() {
+    let r = run("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<PostMaster@[192.0.2.25]>\r\nRCPT TO:<postmaster@[IPv6:2001:db8::25]>\r\nRCPT TO:<bob@[192.0.2.25]>\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "250", "250", "250", "554", "354", "250"],
+        "{}",
+        r.out
+    );
+    assert_eq!(r.msgs[0].2, ["PostMaster@mx.test", "postmaster@mx.test"]);
 }

@@ -346,9 +346,12 @@ pub fn bind_sendmail(path: &std::path::Path) -> io::Result<UnixListener> {
         }
         Err(_) => {}
     }
-    let l = UnixListener::bind(path).map_err(wrap)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(wrap)?;
-    Ok(l)
+    // Created 0600, then opened to everyone without following a symbolic
+    // link that may have replaced it in between.
+    let l = crate::system::bind_unix_private(path).map_err(wrap)?;
+    crate::system::chmod_nofollow(path, 0o666).map_err(wrap)?;
+    l.set_nonblocking(true).map_err(wrap)?;
+    UnixListener::from_std(l).map_err(wrap)
 }
 
 /// Starts serving on already bound listeners (one per listener of the
@@ -639,10 +642,12 @@ impl Host for ConnHost<'_> {
         r
     }
 
-    fn check_message(&mut self, facts: &MessageFacts) -> Result<(), Reply> {
-        self.snap
-            .policy
-            .check_message(&self.client, facts.from_header.as_deref())
+    fn check_message(
+        &mut self,
+        facts: &MessageFacts<'_>,
+        rcpts: &[crate::proto::Recipient],
+    ) -> Result<(), Reply> {
+        self.snap.policy.check_message(&self.client, facts, rcpts)
     }
 
     fn new_queue_id(&mut self) -> String {
