@@ -381,12 +381,11 @@ fn socket_activation_uses_the_passed_socket() {
     assert!(child.wait().unwrap().success());
 }
 
+/// Needs root: fails without it (tests/run.sh skips needs_root_* tests
+/// when it does not run as root, and lists them as skipped).
 #[test]
-fn root_must_drop_privileges_or_say_so_and_keeps_its_low_port() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+fn needs_root_must_drop_privileges_or_say_so_and_keeps_its_low_port() {
+    assert!(is_root(), "this test needs root");
     let t = tempfile::tempdir().unwrap();
     std::fs::write(t.path().join("users.toml"), users_text("")).unwrap();
     // Without server.user or allow_root: refused.

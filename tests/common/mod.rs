@@ -195,25 +195,31 @@ pub fn strip_received(body: &[u8]) -> Vec<u8> {
     }
 }
 
-/// A small tmpfs mounted at `dir` (created), unmounted on drop. None
-/// unless running as root (the caller then skips its test).
+/// A small tmpfs mounted at `dir` (created), unmounted on drop. Needs root
+/// and the right to mount; without them it panics, so the test fails
+/// instead of passing without having run. Tests that use it are named
+/// `needs_mount_*`: tests/run.sh skips those, and lists them as skipped,
+/// where a tmpfs cannot be mounted.
 pub struct Tmpfs(pub PathBuf);
 
 impl Tmpfs {
-    pub fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return None;
-        }
+    pub fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
+        let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "mount tmpfs on {} failed", dir.display());
-        Some(Tmpfs(dir.to_path_buf()))
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Tmpfs(dir.to_path_buf()),
+            Ok(o) => panic!(
+                "mount tmpfs on {} failed ({}): this test needs root and the right to mount \
+                 (tests/run.sh skips needs_mount_* tests where that is missing): {}",
+                dir.display(),
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => panic!("cannot run mount(8): {e}"),
+        }
     }
 }
 
