@@ -12,7 +12,11 @@
 //! - the session always makes progress (no endless loop of actions);
 //! - everything it writes to the client is well-formed replies: lines of the
 //!   form `DDD-text\r\n` / `DDD text\r\n`, a multi-line reply keeping one
-//!   code, and the output never ends in the middle of a reply.
+//!   code, and the output never ends in the middle of a reply;
+//! - STARTTLS is only accepted outside a mail transaction, and after TLS
+//!   starts the session holds no envelope, no content and no login: every
+//!   message committed after it was begun inside TLS (its Received: line,
+//!   written when content starts, names the TLS session).
 //!
 //! Input layout: byte 0 = flags, byte 1 = split point (scaled), rest = the
 //! client's bytes.
@@ -97,6 +101,7 @@ fuzz_target!(|data: &[u8]| {
         auth: flags & 0x40 != 0,
         plaintext_auth: flags & 0x80 != 0,
         max_auth_failures: 3,
+        max_junk_commands: 100,
     };
     let mut s = ServerSession::new(Arc::new(cfg), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
     let mut host = FakeHost { next_id: 0, refuse_mail: flags & 0x01 != 0, refuse_remote: flags & 0x02 != 0 };
@@ -106,6 +111,7 @@ fuzz_target!(|data: &[u8]| {
     s.greeting();
 
     let mut written: Vec<u8> = Vec::new();
+    let mut tls = false;
     let mut buf: Vec<u8> = Vec::new();
     // Every step either consumes bytes or moves the session to another
     // state; a small multiple of the input length is far more than enough.
@@ -121,6 +127,12 @@ fuzz_target!(|data: &[u8]| {
                 Action::NeedInput => break,
                 Action::Commit => {
                     assert!(s.envelope().is_some(), "commit without an envelope");
+                    if tls {
+                        let body = String::from_utf8_lossy(s.body());
+                        let first = body.split("\r\n\t").take(2).collect::<Vec<_>>().join(" ");
+                        assert!(first.starts_with("Received: from ") && first.contains("(using TLSv1.3 (fuzz))"),
+                            "a message committed inside TLS was begun before it: {first:?}");
+                    }
                     assert!(s.queue_id().is_some(), "commit without a queue id");
                     s.body().clear();
                     if fail_commit {
@@ -134,7 +146,13 @@ fuzz_target!(|data: &[u8]| {
                 Action::StartTls => {
                     // Bytes sent before the handshake are never executed.
                     buf.clear();
+                    assert!(s.envelope().is_none(), "STARTTLS accepted inside a transaction");
                     s.tls_started("TLSv1.3 (fuzz)".to_string());
+                    tls = true;
+                    assert!(s.body().is_empty(), "content survived the start of TLS");
+                    assert!(s.envelope().is_none(), "an envelope survived the start of TLS");
+                    assert!(s.auth_user().is_none(), "a login survived the start of TLS");
+                    assert!(!s.has_open_message());
                 }
                 Action::Authenticate => {
                     let login = s.credentials().expect("authenticate without credentials").login.clone();

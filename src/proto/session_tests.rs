@@ -585,6 +585,7 @@ fn tls_started_forgets_everything() {
         next_id: 0,
         relay_ok: true,
         space_ok: true,
+        checked: Vec::new(),
     };
     let input = b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHB3\r\n";
     let (n, a) = s.feed(input, &mut host);
@@ -647,6 +648,7 @@ fn auth_busy_is_temporary_and_not_a_failure() {
         next_id: 0,
         relay_ok: true,
         space_ok: true,
+        checked: Vec::new(),
     };
     s.tls_started("TLSv1.3 with cipher TEST".into());
     for _ in 0..5 {
