@@ -511,10 +511,26 @@ fn mail_domain() -> String {
         .unwrap_or_else(|| crate::config::ServerConfig::default().hostname)
 }
 
+/// Text from the command line, the message or the daemon, with control
+/// characters escaped, so it cannot forge lines on the terminal or in a
+/// program's error log.
+fn shown(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let e: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            e
+        })
+        .collect()
+}
+
 /// The whole command: returns the exit code, having printed any error.
 pub fn run(args: &[String]) -> u8 {
     let fail = |code: u8, msg: &str| {
-        eprintln!("sendmail: {msg}");
+        eprintln!("sendmail: {}", shown(msg));
         code
     };
     let o = match parse_args(args) {
@@ -609,7 +625,7 @@ pub fn run(args: &[String]) -> u8 {
         Err((code, e)) => fail(code, &e),
         Ok(out) => {
             for (a, why, _) in &out.refused {
-                eprintln!("sendmail: {a}: {why}");
+                eprintln!("sendmail: {}: {}", shown(a), shown(why));
             }
             if o.verbose {
                 if let Some(id) = &out.queue_id {
@@ -638,6 +654,11 @@ mod tests {
 
     fn args(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn shown_escapes_controls() {
+        assert_eq!(shown("a\r\nb\u{1b}[1m \u{e9}"), "a\\r\\nb\\u{1b}[1m \u{e9}");
     }
 
     #[test]
