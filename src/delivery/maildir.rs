@@ -206,8 +206,13 @@ pub fn deliver(d: &Delivery<'_>) -> Result<PathBuf, MaildirError> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             // No tmp/: the Maildir is missing (checked only now, so that a
             // delivery to an existing one costs no extra lookup).
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !base.join("new").is_dir() => {
+            // Another delivery may be creating the same Maildir right now:
+            // creating it again is harmless, and is waited for here.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if !d.create || base != d.maildir {
+                    if base.join("new").is_dir() {
+                        return Err(e.into());
+                    }
                     return Err(MaildirError::Missing(d.maildir.to_path_buf()));
                 }
                 create_maildir(&base)?;
@@ -260,7 +265,8 @@ fn create_maildir(base: &Path) -> io::Result<()> {
         }
     }
     DirBuilder::new().recursive(true).mode(0o700).create(base)?;
-    for sub in ["tmp", "new", "cur"] {
+    // tmp/ last: whoever can write into tmp/ can also rename into new/.
+    for sub in ["new", "cur", "tmp"] {
         match DirBuilder::new().mode(0o700).create(base.join(sub)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -378,7 +384,8 @@ mod tests {
             let p = deliver(&d).unwrap();
             assert_eq!(p.parent().unwrap(), md.join("new"));
         }
-        for sub in ["tmp", "new", "cur"] {
+        // tmp/ last: whoever can write into tmp/ can also rename into new/.
+        for sub in ["new", "cur", "tmp"] {
             std::fs::create_dir_all(md.join(".lists").join(sub)).unwrap();
         }
         d.folder = Some("lists");
