@@ -6,7 +6,8 @@
 //! delivery never sees half of a reload.
 //!
 //! Reads the users file and the aliases file (through `auth` and
-//! `directory`); touches nothing else.
+//! `directory`) and checks the next hops' extra trust anchors; touches
+//! nothing else.
 
 use std::sync::{Arc, RwLock};
 
@@ -27,6 +28,10 @@ impl Snapshot {
     /// Loads the users and aliases a configuration names and checks them
     /// together; every problem is reported.
     pub fn load(cfg: Config) -> Result<Snapshot, Vec<String>> {
+        if !cfg.delivery.tls_ca_file.is_empty() {
+            crate::delivery::remote::load_ca_file(&cfg.delivery.tls_ca_file)
+                .map_err(|e| vec![format!("delivery.tls_ca_file: {e}")])?;
+        }
         let users = UserDb::load(&cfg.auth)?;
         let directory = Arc::new(Directory::load(&cfg, &users)?);
         let policy = Policy::new(&cfg, directory.clone());

@@ -544,6 +544,10 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         "sendmail.socket",
         old.sendmail.socket != new.sendmail.socket,
     );
+    check(
+        "delivery.tls_ca_file",
+        old.delivery.tls_ca_file != new.delivery.tls_ca_file,
+    );
     check("metrics.listen", old.metrics.listen != new.metrics.listen);
     check("log.format", old.log.format != new.log.format);
     check(

@@ -531,26 +531,37 @@ async fn a_drop_mid_data_and_a_slow_server_are_retried_then_delivered() {
 }
 
 /// A smart host that wants STARTTLS and AUTH: another pigeon on a
-/// submission listener (self-signed certificate, one user).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_host_with_starttls_and_auth() {
+/// submission listener with one user, and a certificate for 127.0.0.1
+/// from `ca`, or self-signed when `ca` is None.
+fn smart_host(dir: &std::path::Path, ca: Option<&common::TestCa>) -> Config {
     use pigeon::config::{ListenerConfig, ListenerMode};
-    let dns = TestDns::start(zone()).await;
-    // The smart host.
-    let hdir = tempfile::tempdir().unwrap();
     let mut hcfg = test_config();
     hcfg.listeners = vec![ListenerConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         ListenerMode::Submission,
     )];
-    hcfg.tls.self_signed = true;
+    match ca {
+        Some(ca) => hcfg.tls.certificates = vec![ca.issue(&["127.0.0.1"])],
+        None => hcfg.tls.self_signed = true,
+    }
     hcfg.delivery.enabled = false;
     hcfg.auth.users.push(common::user(
         "relayuser",
         &pigeon::auth::hash_password("relaypass").unwrap(),
         &["@s.test"],
     ));
-    hcfg.spool.dir = hdir.path().join("spool");
+    hcfg.spool.dir = dir.join("spool");
+    hcfg
+}
+
+/// The smart host's certificate verifies against `delivery.tls_ca_file`:
+/// the mail goes through it with AUTH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_host_with_starttls_and_auth() {
+    let dns = TestDns::start(zone()).await;
+    let hdir = tempfile::tempdir().unwrap();
+    let ca = common::TestCa::new(hdir.path());
+    let hcfg = smart_host(hdir.path(), Some(&ca));
     let (hq, _) = Queue::open(&hcfg.spool.dir, 1).unwrap();
     let hl = pigeon::server::bind_all(&hcfg).unwrap();
     let host = pigeon::server::start(common::live(hcfg.clone()), hq, hl, None).unwrap();
@@ -561,6 +572,7 @@ async fn relay_host_with_starttls_and_auth() {
     cfg.delivery.relay_host = format!("[127.0.0.1]:{hport}");
     cfg.delivery.relay_login = "relayuser".into();
     cfg.delivery.relay_password = "relaypass".into();
+    cfg.delivery.tls_ca_file = ca.pem.display().to_string();
     let d = start(cfg, dir.path().join("spool")).await;
     d.send(
         "s@s.test",
@@ -587,6 +599,51 @@ async fn relay_host_with_starttls_and_auth() {
     assert_eq!(m.envelope.auth_user.as_deref(), Some("relayuser"));
     assert!(text(&m.body).contains("with ESMTPSA"), "{}", text(&m.body));
     d.wait_queue_len(0, 10).await;
+    d.stop().await;
+    host.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A smart host (or a man in the middle) whose certificate does not
+/// verify never sees the password: the attempt is a temporary failure
+/// that names the certificate, and the message stays queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_password_never_goes_to_an_unverified_certificate() {
+    let dns = TestDns::start(zone()).await;
+    let hdir = tempfile::tempdir().unwrap();
+    let hcfg = smart_host(hdir.path(), None);
+    let (hq, _) = Queue::open(&hcfg.spool.dir, 1).unwrap();
+    let hl = pigeon::server::bind_all(&hcfg).unwrap();
+    let host = pigeon::server::start(common::live(hcfg.clone()), hq, hl, None).unwrap();
+    let hport = host.addrs[0].port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dns, 25);
+    cfg.delivery.relay_host = format!("[127.0.0.1]:{hport}");
+    cfg.delivery.relay_login = "relayuser".into();
+    cfg.delivery.relay_password = "relaypass".into();
+    let d = start(cfg, dir.path().join("spool")).await;
+    let id = d
+        .send(
+            "s@s.test",
+            &["far@remote.test"],
+            "Subject: via smart host\r\n\r\nhello\r\n",
+        )
+        .await;
+    // Wait until the first attempt is recorded, then look at it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let reply = loop {
+        let m = pigeon::queue::read_message(&d.spool, id).unwrap();
+        if m.status.rcpts[0].attempts > 0 {
+            break m.status.rcpts[0].last_reply.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no attempt recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(reply.starts_with("4."), "{reply}");
+    assert!(reply.contains("certificate"), "{reply}");
+    assert!(
+        pigeon::queue::list(&hcfg.spool.dir).unwrap().is_empty(),
+        "the smart host took mail"
+    );
     d.stop().await;
     host.shutdown(Duration::from_secs(1)).await;
 }

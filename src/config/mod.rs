@@ -748,8 +748,15 @@ pub struct DeliveryConfig {
     /// The password is in clear: keep this file readable by root and pigeon only.
     pub relay_login: String,
     pub relay_password: String,
-    /// TLS towards the relay host: "opportunistic" or "required". Default: "opportunistic".
-    pub relay_tls: TlsPolicy,
+    /// TLS towards the relay host: "opportunistic", "required" (a verified
+    /// certificate), "none", or "auto": "required" when `relay_login` is
+    /// set (a password never goes over unverified TLS), else
+    /// "opportunistic". Default: "auto".
+    pub relay_tls: RelayTls,
+    /// A PEM file of extra trust anchors for verifying the certificates of
+    /// next hops (besides the system's roots, which honour
+    /// `SSL_CERT_FILE`). "" = none. Default: "".
+    pub tls_ca_file: String,
     /// TLS towards MX hosts: "opportunistic" (use it when offered),
     /// "required" or "none". Default: "opportunistic".
     pub starttls: TlsPolicy,
@@ -775,6 +782,20 @@ pub struct DeliveryConfig {
     pub postmaster: String,
 }
 
+impl DeliveryConfig {
+    /// The TLS policy towards the relay host: as configured, else
+    /// "required" when it gets a password, else "opportunistic".
+    pub fn relay_tls(&self) -> TlsPolicy {
+        match self.relay_tls {
+            RelayTls::None => TlsPolicy::None,
+            RelayTls::Opportunistic => TlsPolicy::Opportunistic,
+            RelayTls::Required => TlsPolicy::Required,
+            RelayTls::Auto if !self.relay_login.is_empty() => TlsPolicy::Required,
+            RelayTls::Auto => TlsPolicy::Opportunistic,
+        }
+    }
+}
+
 impl Default for DeliveryConfig {
     fn default() -> DeliveryConfig {
         DeliveryConfig {
@@ -789,7 +810,8 @@ impl Default for DeliveryConfig {
             relay_host: String::new(),
             relay_login: String::new(),
             relay_password: String::new(),
-            relay_tls: TlsPolicy::Opportunistic,
+            relay_tls: RelayTls::Auto,
+            tls_ca_file: String::new(),
             starttls: TlsPolicy::Opportunistic,
             tls_fallback_plaintext: true,
             routes: Default::default(),
@@ -801,6 +823,18 @@ impl Default for DeliveryConfig {
             postmaster: String::new(),
         }
     }
+}
+
+/// `delivery.relay_tls`: a [`TlsPolicy`], or `auto` (see
+/// [`DeliveryConfig::relay_tls`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayTls {
+    #[default]
+    Auto,
+    None,
+    Opportunistic,
+    Required,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Deserialize)]

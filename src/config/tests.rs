@@ -134,6 +134,7 @@ fn shipped_config_lists_every_key_at_its_default() {
                 "remote_port",
                 "routes",
                 "starttls",
+                "tls_ca_file",
                 "tls_fallback_plaintext",
             ],
         ),
@@ -644,4 +645,22 @@ fn server_identity_and_metrics_errors() {
     let e = one_error("[metrics]\nlisten = \"localhost\"\n");
     assert_eq!(e.key, "metrics.listen");
     assert!(parse("[metrics]\nlisten = \"[::1]:9587\"\n").is_ok());
+}
+
+#[test]
+fn relay_password_needs_verified_tls() {
+    let relay = "[delivery]\nrelay_host = \"[smtp.example]:587\"\nrelay_login = \"u\"\nrelay_password = \"p\"\n";
+    // Unset: a login makes it "required".
+    let c = parse(relay).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(c.delivery.relay_tls(), TlsPolicy::Required);
+    let c = parse(&format!("{relay}relay_tls = \"required\"\n")).unwrap();
+    assert_eq!(c.delivery.relay_tls(), TlsPolicy::Required);
+    for weak in ["opportunistic", "none"] {
+        let e = one_error(&format!("{relay}relay_tls = \"{weak}\"\n"));
+        assert_eq!((e.key.as_str(), e.line), ("delivery.relay_tls", Some(5)));
+        assert!(e.message.contains("not verified"), "{e}");
+    }
+    // Without a login, "auto" stays opportunistic.
+    let c = parse("[delivery]\nrelay_host = \"[smtp.example]:25\"\n").unwrap();
+    assert_eq!(c.delivery.relay_tls(), TlsPolicy::Opportunistic);
 }

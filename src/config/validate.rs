@@ -5,7 +5,7 @@
 //! the first. Untrusted (operator) strings reach this code; it only inspects
 //! them.
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, TlsPolicy};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -214,6 +214,24 @@ fn check_delivery(config: &mut Config, err: &mut impl FnMut(String, String)) {
         err(
             "delivery.relay_login".into(),
             "relay_login and relay_password go together".into(),
+        );
+    }
+    // The relay password must never reach a server whose certificate was
+    // not verified: opportunistic TLS accepts any certificate, so a man in
+    // the middle would be handed the credentials.
+    if !d.relay_login.is_empty() && d.relay_tls() != TlsPolicy::Required {
+        err(
+            "delivery.relay_tls".into(),
+            format!(
+                "is \"{}\" but relay_login is set: the password would be sent over TLS whose \
+                 certificate is not verified; use relay_tls = \"required\" (the default when \
+                 relay_login is set)",
+                match d.relay_tls() {
+                    TlsPolicy::None => "none",
+                    TlsPolicy::Opportunistic => "opportunistic",
+                    TlsPolicy::Required => "required",
+                }
+            ),
         );
     }
     let routes = std::mem::take(&mut d.routes);

@@ -150,10 +150,38 @@ fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
-fn connector(require: bool) -> (tokio_rustls::TlsConnector, Arc<RecordingVerifier>) {
+/// The certificates of a PEM file of trust anchors (`delivery.tls_ca_file`).
+pub fn load_ca_file(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
+    if meta.len() > 16 << 20 {
+        return Err(format!("{path}: larger than 16 MiB"));
+    }
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{path}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{path}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{path}: no certificate in it"));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for c in &certs {
+        store
+            .add(c.clone())
+            .map_err(|e| format!("{path}: not a usable trust anchor: {e}"))?;
+    }
+    Ok(certs)
+}
+
+/// The TLS client set-up for one policy: the system's roots (which honour
+/// `SSL_CERT_FILE`) plus `extra` trust anchors.
+fn connector(
+    require: bool,
+    extra: &[CertificateDer<'static>],
+) -> (tokio_rustls::TlsConnector, Arc<RecordingVerifier>) {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
-    for c in native.certs {
+    for c in native.certs.into_iter().chain(extra.iter().cloned()) {
         let _ = roots.add(c);
     }
     let inner = if roots.is_empty() {
@@ -268,10 +296,20 @@ pub struct RemoteTransport {
 
 impl RemoteTransport {
     pub fn new(live: Live, resolver: Arc<dyn Resolver>) -> RemoteTransport {
-        let own_addrs = live.cfg().listeners.iter().map(|l| l.bind).collect();
+        let cfg = live.cfg();
+        let own_addrs = cfg.listeners.iter().map(|l| l.bind).collect();
+        // Checked when the configuration was loaded; a file that has gone
+        // bad since leaves only the system's roots.
+        let extra = match cfg.delivery.tls_ca_file.as_str() {
+            "" => Vec::new(),
+            path => load_ca_file(path).unwrap_or_else(|e| {
+                warn!(error = %e, "delivery.tls_ca_file not used");
+                Vec::new()
+            }),
+        };
         RemoteTransport {
-            opportunistic: connector(false),
-            required: connector(true),
+            opportunistic: connector(false, &extra),
+            required: connector(true, &extra),
             own_addrs,
             tls_failed: Mutex::new(HashMap::new()),
             idle: Mutex::new(HashMap::new()),
@@ -461,7 +499,7 @@ impl RemoteTransport {
         let cfg = self.cfg();
         let d = &cfg.delivery;
         let relay = self.via_relay(&job.domain);
-        let policy = if relay { d.relay_tls } else { d.starttls };
+        let policy = if relay { d.relay_tls() } else { d.starttls };
         let mut ccfg = ClientConfig::new(cfg.server.hostname.clone());
         ccfg.use_starttls = match policy {
             TlsPolicy::None => StartTls::Never,

@@ -228,3 +228,54 @@ impl Drop for Tmpfs {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// A certificate authority of the test's own: its PEM file is what
+/// `delivery.tls_ca_file` (or `SSL_CERT_FILE`) names for pigeon to trust.
+pub struct TestCa {
+    pub pem: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    dir: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &std::path::Path) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "pigeon test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let pem = dir.join("test-ca.pem");
+        std::fs::write(&pem, cert.pem()).unwrap();
+        TestCa {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// A certificate for `names` (host names or IP addresses) signed by
+    /// this CA, written next to the CA's file.
+    pub fn issue(&self, names: &[&str]) -> pigeon::config::CertificateConfig {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let stem = names
+            .first()
+            .copied()
+            .unwrap_or("leaf")
+            .replace([':', '/'], "_");
+        let cert_path = self.dir.join(format!("{stem}.crt"));
+        let key_path = self.dir.join(format!("{stem}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        pigeon::config::CertificateConfig {
+            cert: cert_path,
+            key: key_path,
+            ocsp: Default::default(),
+        }
+    }
+}
