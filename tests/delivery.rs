@@ -647,3 +647,153 @@ async fn relay_password_never_goes_to_an_unverified_certificate() {
     d.stop().await;
     host.shutdown(Duration::from_secs(1)).await;
 }
+
+/// The status of message `id` once its first recipient has had
+/// `attempts` attempts.
+async fn status_after(
+    spool: &std::path::Path,
+    id: QueueId,
+    attempts: u32,
+) -> pigeon::queue::MessageStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = pigeon::queue::read_message(spool, id).unwrap();
+        if m.status.rcpts[0].attempts >= attempts {
+            return m.status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no attempt {attempts}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends one message with RET=FULL through a raw session; returns its id.
+async fn send_ret_full(d: &daemon::Daemon, from: &str, to: &str, body: &str) -> QueueId {
+    let mut c = common::Client::connect(d.addr).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    let r = c.cmd(&format!("MAIL FROM:<{from}> RET=FULL")).await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd(&format!("RCPT TO:<{to}>")).await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd("DATA").await;
+    assert!(r.starts_with("354"), "{r}");
+    c.send(body).await;
+    let r = c.cmd(".").await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    c.cmd("QUIT").await;
+    common::queued_id(&r).parse().unwrap()
+}
+
+/// RET=FULL returns the whole original only up to
+/// `delivery.bounce_size_limit`; a larger one comes back as its header
+/// lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dsn_returns_at_most_bounce_size_limit_of_the_original() {
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
+    let _dest = Sink::start(
+        ip(6, port),
+        Behaviour {
+            reject_rcpts: vec!["bad@d.test".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dns, port);
+    cfg.delivery.bounce_size_limit = 2000;
+    let d = start(cfg, dir.path().join("spool")).await;
+    send_ret_full(
+        &d,
+        "s@s.test",
+        "bad@d.test",
+        "Subject: small\r\n\r\nshort\r\n",
+    )
+    .await;
+    let big = format!("Subject: large\r\n\r\n{}\r\n", "z".repeat(3000));
+    send_ret_full(&d, "s@s.test", "bad@d.test", &big).await;
+    let dsns = sender_mx.wait_for(2, 20).await;
+    let small = dsns
+        .iter()
+        .map(|m| text(&m.data))
+        .find(|t| t.contains("Subject: small"))
+        .unwrap();
+    assert!(small.contains("Content-Type: message/rfc822"), "{small}");
+    assert!(small.contains("short"), "{small}");
+    let large = dsns
+        .iter()
+        .map(|m| text(&m.data))
+        .find(|t| t.contains("Subject: large"))
+        .unwrap();
+    assert!(
+        large.contains("Content-Type: text/rfc822-headers"),
+        "{large}"
+    );
+    assert!(!large.contains("zzzz"), "the body came back: {large}");
+    d.wait_queue_len(0, 10).await;
+    d.stop().await;
+}
+
+/// A DSN that cannot be queued (the spool is full) is owed, not lost: the
+/// original stays queued with the DSN recorded as owed in its status, and
+/// once there is room again the DSN goes out and only then is the
+/// original removed. Needs root (a small tmpfs for the spool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn needs_mount_a_dsn_that_cannot_be_queued_keeps_the_original() {
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
+    // First attempt deferred (451), the second refused (550): a DSN.
+    let _dest = Sink::start(
+        ip(6, port),
+        Behaviour {
+            tempfail_first: 1,
+            reject_rcpts: vec!["bad@d.test".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("spoolfs");
+    let _mnt = common::Tmpfs::mount(&fs, "2m");
+    let mut cfg = config(&dns, port);
+    cfg.spool.reserve_bytes = 0;
+    let d = start(cfg, fs.join("spool")).await;
+    let body = format!(
+        "Subject: owed\r\n\r\n{}",
+        format!("{}\r\n", "q".repeat(70)).repeat(430)
+    );
+    let id = send_ret_full(&d, "s@s.test", "bad@d.test", &body).await;
+    let st = status_after(&d.spool, id, 1).await;
+    assert_eq!(st.rcpts[0].state, pigeon::queue::RcptState::Pending);
+    // Fill the spool, leaving room for a status file but not for the DSN
+    // (which carries the 30 KB original).
+    let filler = fs.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![b'x'; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    let len = f.metadata().unwrap().len();
+    f.set_len(len.saturating_sub(12 * 1024)).unwrap();
+    drop(f);
+    let st = status_after(&d.spool, id, 2).await;
+    assert_eq!(st.rcpts[0].state, pigeon::queue::RcptState::Failed);
+    assert_eq!(st.rcpts[0].dsn_owed, Some(pigeon::queue::DsnOwed::Failed));
+    assert!(sender_mx.messages().is_empty());
+    assert_eq!(pigeon::queue::list(&d.spool).unwrap().len(), 1);
+    // Room again: the next pass queues the DSN and lets the original go.
+    std::fs::remove_file(&filler).unwrap();
+    d.handle
+        .request(pigeon::delivery::Request::Flush(vec![id]))
+        .await;
+    let got = sender_mx.wait_for(1, 20).await;
+    let t = text(&got[0].data);
+    assert!(t.contains("Final-Recipient: rfc822; bad@d.test"), "{t}");
+    assert!(t.contains("Status: 5.1.1"), "{t}");
+    assert!(t.contains("Content-Type: message/rfc822"), "{t}");
+    d.wait_queue_len(0, 10).await;
+    d.stop().await;
+}

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use pigeon::proto::{BodyType, Envelope, Notify, Recipient, Ret};
 use pigeon::queue::{
-    decode_message, decode_status, encode_message, encode_status, MessageStatus, QueueId,
+    decode_message, decode_status, encode_message, encode_status, DsnOwed, MessageStatus, QueueId,
     RcptState, RcptStatus,
 };
 use proptest::prelude::*;
@@ -88,12 +88,20 @@ fn status() -> impl Strategy<Value = MessageStatus> {
         RcptState::Delivered,
         RcptState::Failed,
     ]);
-    let rcpt = (state, any::<u32>(), any::<i64>(), text()).prop_map(
-        |(state, attempts, next_attempt, last_reply)| RcptStatus {
+    let owed = prop::sample::select(vec![
+        None,
+        Some(DsnOwed::Failed),
+        Some(DsnOwed::Delivered),
+        Some(DsnOwed::Relayed),
+        Some(DsnOwed::Expanded),
+    ]);
+    let rcpt = (state, any::<u32>(), any::<i64>(), text(), owed).prop_map(
+        |(state, attempts, next_attempt, last_reply, dsn_owed)| RcptStatus {
             state,
             attempts,
             next_attempt,
             last_reply,
+            dsn_owed,
         },
     );
     (

@@ -780,6 +780,10 @@ pub struct DeliveryConfig {
     /// The postmaster address for double bounces and DSN From:. "" =
     /// postmaster@<server.hostname>. Default: "".
     pub postmaster: String,
+    /// Most bytes of the original message a DSN returns: a larger one is
+    /// returned as its header section only, whatever RET asked for (as
+    /// Postfix's `bounce_size_limit`). Default: 50000.
+    pub bounce_size_limit: usize,
 }
 
 impl DeliveryConfig {
@@ -821,6 +825,7 @@ impl Default for DeliveryConfig {
             connection_reuse_secs: 5,
             double_bounce: DoubleBounce::Postmaster,
             postmaster: String::new(),
+            bounce_size_limit: 50_000,
         }
     }
 }

@@ -114,6 +114,7 @@ fn shipped_config_lists_every_key_at_its_default() {
         (
             "delivery",
             &[
+                "bounce_size_limit",
                 "connect_timeout_secs",
                 "connection_reuse_secs",
                 "delay_warning_secs",

@@ -30,8 +30,8 @@ use tracing::{info, warn, Instrument};
 
 use crate::config::{Config, DoubleBounce};
 use crate::live::Live;
-use crate::proto::envelope::{BodyType, Envelope, Notify, Recipient};
-use crate::queue::{MessageStatus, Queue, QueueId, RcptState, RcptStatus, StoredMessage};
+use crate::proto::envelope::{BodyType, Envelope, Notify, Recipient, Ret};
+use crate::queue::{DsnOwed, MessageStatus, Queue, QueueId, RcptState, RcptStatus, StoredMessage};
 use classify::{classify, Event, Success, Verdict};
 use dsn::{DsnAction, DsnRecipient};
 
@@ -489,7 +489,9 @@ async fn set_hold(ctx: &Ctx, id: QueueId, hold: bool) -> Result<(), String> {
     write_status(ctx, id, st).await
 }
 
-/// `pigeon queue bounce`: every pending recipient fails now.
+/// `pigeon queue bounce`: every pending recipient fails now. The message
+/// is removed only once its DSN is queued; until then it stays, with the
+/// DSN owed, and the next pass tries the DSN again.
 async fn bounce_now(ctx: &Arc<Ctx>, id: QueueId) -> Result<(), String> {
     let msg = read(ctx, id).await?;
     let now = unix_now();
@@ -499,6 +501,7 @@ async fn bounce_now(ctx: &Arc<Ctx>, id: QueueId) -> Result<(), String> {
         if rs.state == RcptState::Pending {
             rs.state = RcptState::Failed;
             rs.last_reply = "5.0.0 returned to sender by the mail administrator".into();
+            rs.dsn_owed = Some(DsnOwed::Failed);
             report.push(dsn_rcpt(
                 &msg.envelope.recipients[i],
                 DsnAction::Failed,
@@ -510,12 +513,65 @@ async fn bounce_now(ctx: &Arc<Ctx>, id: QueueId) -> Result<(), String> {
         }
     }
     warn!(queue_id = %id, recipients = report.len(), "returned to sender by the administrator");
-    send_dsn(ctx, &msg, &report, false).await;
+    report.extend(owed_reports(&msg, &msg.status).into_iter().map(|(_, r)| r));
+    st.next_attempt = now + DSN_RETRY_SECS;
+    write_status(ctx, id, st).await?;
+    send_dsn(ctx, &msg, &report, false)
+        .await
+        .map_err(|e| format!("the DSN could not be queued ({e}); it will be retried"))?;
     let q = ctx.queue.clone();
     tokio::task::spawn_blocking(move || q.remove(id))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
+}
+
+/// Seconds before a DSN that could not be queued is tried again.
+const DSN_RETRY_SECS: i64 = 60;
+
+/// The DSN reports still owed from earlier passes, rebuilt from the
+/// status file (which keeps the status code and the reply, not the
+/// remote host's name).
+fn owed_reports(msg: &StoredMessage, st: &MessageStatus) -> Vec<(usize, DsnRecipient)> {
+    st.rcpts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, rs)| {
+            let action = match rs.dsn_owed? {
+                DsnOwed::Failed => DsnAction::Failed,
+                DsnOwed::Delivered => DsnAction::Delivered,
+                DsnOwed::Relayed => DsnAction::Relayed,
+                DsnOwed::Expanded => DsnAction::Expanded,
+            };
+            let default = if action == DsnAction::Failed {
+                "5.0.0"
+            } else {
+                "2.0.0"
+            };
+            let r = msg.envelope.recipients.get(i)?;
+            Some((
+                i,
+                dsn_rcpt(
+                    r,
+                    action,
+                    status_of(&rs.last_reply, default),
+                    None,
+                    Some(rs.last_reply.clone()),
+                    None,
+                ),
+            ))
+        })
+        .collect()
+}
+
+fn owed_of(action: DsnAction) -> Option<DsnOwed> {
+    match action {
+        DsnAction::Failed => Some(DsnOwed::Failed),
+        DsnAction::Delivered => Some(DsnOwed::Delivered),
+        DsnAction::Relayed => Some(DsnOwed::Relayed),
+        DsnAction::Expanded => Some(DsnOwed::Expanded),
+        DsnAction::Delayed => None,
+    }
 }
 
 fn dsn_rcpt(
@@ -541,9 +597,15 @@ fn dsn_rcpt(
 /// Builds and enqueues one DSN about `msg`. A message from the null
 /// sender never causes a DSN to its sender: its failures go to the
 /// postmaster (or nowhere), and never for a message to the postmaster.
-async fn send_dsn(ctx: &Arc<Ctx>, msg: &StoredMessage, report: &[DsnRecipient], delay: bool) {
+/// An error means the DSN is not queued (and nothing of it is left).
+async fn send_dsn(
+    ctx: &Arc<Ctx>,
+    msg: &StoredMessage,
+    report: &[DsnRecipient],
+    delay: bool,
+) -> Result<(), String> {
     if report.is_empty() {
-        return;
+        return Ok(());
     }
     let env = &msg.envelope;
     let cfg = ctx.cfg();
@@ -556,7 +618,7 @@ async fn send_dsn(ctx: &Arc<Ctx>, msg: &StoredMessage, report: &[DsnRecipient], 
             .all(|r| r.final_recipient.eq_ignore_ascii_case(&postmaster));
         if delay || cfg.delivery.double_bounce == DoubleBounce::Drop || to_postmaster {
             info!(queue_id = %msg.id, "no DSN: the message came from the null sender");
-            return;
+            return Ok(());
         }
         postmaster
     };
@@ -572,10 +634,10 @@ async fn send_dsn(ctx: &Arc<Ctx>, msg: &StoredMessage, report: &[DsnRecipient], 
         original_sender: &to,
         recipients: report,
         original: &msg.body,
-        ret: env.ret,
+        ret: returned(env.ret, report),
         now,
         message_id: &message_id,
-        max_original_bytes: 10 * 1024 * 1024,
+        max_original_bytes: cfg.delivery.bounce_size_limit,
     };
     let bytes = dsn::build_dsn(&input);
     let envelope = Envelope {
@@ -605,9 +667,25 @@ async fn send_dsn(ctx: &Arc<Ctx>, msg: &StoredMessage, report: &[DsnRecipient], 
             crate::metrics::get()
                 .dsns
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            info!(queue_id = %msg.id, dsn = %dsn_id, to = %to, "DSN queued")
+            info!(queue_id = %msg.id, dsn = %dsn_id, to = %to, "DSN queued");
+            Ok(())
         }
-        Err(e) => warn!(queue_id = %msg.id, error = %e, "cannot queue DSN"),
+        Err(e) => {
+            warn!(queue_id = %msg.id, error = %e, "cannot queue DSN; the message stays queued until it can");
+            Err(e.to_string())
+        }
+    }
+}
+
+/// What of the original a DSN returns: what the sender asked for (RFC
+/// 3461 §4.3), except that a report on a mail loop (5.4.6) returns the
+/// header section only, so a forged loop cannot reflect a body to a
+/// forged sender.
+fn returned(ret: Option<Ret>, report: &[DsnRecipient]) -> Option<Ret> {
+    if report.iter().any(|r| r.status == "5.4.6") {
+        Some(Ret::Hdrs)
+    } else {
+        ret
     }
 }
 
@@ -773,13 +851,16 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                         if !notify_passed_on && dsn::should_notify(rcpt.notify, action) {
                             let mta = (how == Success::Relayed || remote.starts_with("lmtp:"))
                                 .then_some(remote);
-                            delivered_now.push(dsn_rcpt(
-                                rcpt,
-                                action,
-                                "2.0.0",
-                                mta,
-                                Some(rs.last_reply.clone()),
-                                Some(now),
+                            delivered_now.push((
+                                i,
+                                dsn_rcpt(
+                                    rcpt,
+                                    action,
+                                    "2.0.0",
+                                    mta,
+                                    Some(rs.last_reply.clone()),
+                                    Some(now),
+                                ),
                             ));
                         }
                     }
@@ -793,13 +874,16 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                         rs.state = RcptState::Failed;
                         rs.last_reply = format!("{status} {diagnostic}");
                         if dsn::should_notify(rcpt.notify, DsnAction::Failed) {
-                            failed_now.push(dsn_rcpt(
-                                rcpt,
-                                DsnAction::Failed,
-                                &status,
-                                remote,
-                                Some(diagnostic),
-                                Some(now),
+                            failed_now.push((
+                                i,
+                                dsn_rcpt(
+                                    rcpt,
+                                    DsnAction::Failed,
+                                    &status,
+                                    remote,
+                                    Some(diagnostic),
+                                    Some(now),
+                                ),
                             ));
                         }
                     }
@@ -810,6 +894,13 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
         }
     }
     // Status first (a crash after it never repeats a delivery), then DSNs.
+    let mut report = owed_reports(&msg, &msg.status);
+    report.extend(failed_now);
+    report.extend(delivered_now);
+    for (i, r) in &report {
+        st.rcpts[*i].dsn_owed = owed_of(r.action);
+    }
+    let report: Vec<DsnRecipient> = report.into_iter().map(|(_, r)| r).collect();
     let pending: Vec<&RcptStatus> = st
         .rcpts
         .iter()
@@ -847,21 +938,34 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
         .filter(|&t| t > now)
         .min()
         .unwrap_or(now + d.max_retry_interval_secs as i64);
-    st.next_attempt = next;
+    let dsn_due = !report.is_empty();
+    st.next_attempt = if dsn_due {
+        next.min(now + DSN_RETRY_SECS)
+    } else {
+        next
+    };
     let attempted = st.rcpts != msg.status.rcpts || st.delay_warned != msg.status.delay_warned;
-    if !all_done && attempted {
+    // A message done with no DSN due needs no status: it is removed next.
+    if attempted && !(all_done && !dsn_due) {
         // Saved before any DSN goes out: a crash after this never repeats
-        // a delivery that is recorded here.
+        // a delivery that is recorded here, and a DSN that cannot be
+        // queued stays owed.
         if let Err(e) = write_status(ctx, id, st.clone()).await {
             warn!(error = %e, "cannot save delivery status; will retry");
             return Next::At(now + 60);
         }
     }
-    let mut report = failed_now;
-    report.extend(delivered_now);
-    send_dsn(ctx, &msg, &report, false).await;
-    send_dsn(ctx, &msg, &delay_report, true).await;
-    if all_done {
+    let before_dsns = st.clone();
+    if send_dsn(ctx, &msg, &report, false).await.is_ok() {
+        for rs in &mut st.rcpts {
+            rs.dsn_owed = None;
+        }
+    }
+    if send_dsn(ctx, &msg, &delay_report, true).await.is_err() {
+        st.delay_warned = false;
+    }
+    let owed = st.rcpts.iter().any(|r| r.dsn_owed.is_some());
+    if all_done && !owed {
         let q = ctx.queue.clone();
         match tokio::task::spawn_blocking(move || q.remove(id)).await {
             Ok(Ok(())) => info!("removed: every recipient done"),
@@ -870,7 +974,16 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
         }
         return Next::Done;
     }
-    Next::At(next)
+    if !owed {
+        st.next_attempt = next;
+    }
+    if st != before_dsns {
+        if let Err(e) = write_status(ctx, id, st.clone()).await {
+            warn!(error = %e, "cannot save delivery status; will retry");
+            return Next::At(now + 60);
+        }
+    }
+    Next::At(st.next_attempt)
 }
 
 /// The status code at the start of a stored "x.y.z text" reply, or `default`.
@@ -897,6 +1010,29 @@ mod dsn_body_type_tests {
             dsn_body_type("Subject: caf\u{e9}\r\n".as_bytes()),
             BodyType::EightBitMime
         );
+    }
+
+    #[test]
+    fn a_loop_report_returns_headers_only() {
+        let rcpt = |status: &str| {
+            dsn_rcpt(
+                &Recipient {
+                    address: "postmaster@example.org".into(),
+                    orcpt: None,
+                    notify: Notify::default(),
+                },
+                DsnAction::Failed,
+                status,
+                None,
+                None,
+                None,
+            )
+        };
+        let looped = [rcpt("5.1.1"), rcpt("5.4.6")];
+        assert_eq!(returned(Some(Ret::Full), &looped), Some(Ret::Hdrs));
+        assert_eq!(returned(None, &looped), Some(Ret::Hdrs));
+        assert_eq!(returned(Some(Ret::Full), &looped[..1]), Some(Ret::Full));
+        assert_eq!(returned(None, &looped[..1]), None);
     }
 
     #[test]

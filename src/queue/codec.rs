@@ -10,7 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::id::QueueId;
-use super::{MessageStatus, RcptState, RcptStatus};
+use super::{DsnOwed, MessageStatus, RcptState, RcptStatus};
 use crate::proto::{BodyType, Envelope, Notify, Recipient, Ret};
 
 pub(crate) const MSG_MAGIC: &[u8; 4] = b"PGNQ";
@@ -163,12 +163,22 @@ pub fn encode_message(id: QueueId, arrival: i64, env: &Envelope, body: &[u8]) ->
     out
 }
 
-fn state_code(s: RcptState) -> u8 {
-    match s {
+/// The state byte of a status RCPT record: the state in the low four
+/// bits, the DSN still owed in the high four (0 = none).
+fn state_code(rs: &RcptStatus) -> u8 {
+    let state = match rs.state {
         RcptState::Pending => 0,
         RcptState::Delivered => 1,
         RcptState::Failed => 2,
-    }
+    };
+    let owed = match rs.dsn_owed {
+        None => 0,
+        Some(DsnOwed::Failed) => 1,
+        Some(DsnOwed::Delivered) => 2,
+        Some(DsnOwed::Relayed) => 3,
+        Some(DsnOwed::Expanded) => 4,
+    };
+    state | owed << 4
 }
 
 /// Encodes a status file.
@@ -189,7 +199,7 @@ pub fn encode_status(st: &MessageStatus) -> Vec<u8> {
     let mut r = Vec::new();
     for rs in &st.rcpts {
         r.clear();
-        r.push(state_code(rs.state));
+        r.push(state_code(rs));
         r.extend_from_slice(&rs.attempts.to_le_bytes());
         r.extend_from_slice(&rs.next_attempt.to_le_bytes());
         r.extend_from_slice(rs.last_reply.as_bytes());
@@ -529,13 +539,22 @@ pub(crate) fn decode_message_bytes(bytes: &[u8], want_body: bool) -> Result<Deco
     }
 }
 
-fn decode_state(v: u8) -> Result<RcptState, String> {
-    Ok(match v {
+fn decode_state(v: u8) -> Result<(RcptState, Option<DsnOwed>), String> {
+    let state = match v & 0x0f {
         0 => RcptState::Pending,
         1 => RcptState::Delivered,
         2 => RcptState::Failed,
-        v => return Err(format!("unknown recipient state {v}")),
-    })
+        _ => return Err(format!("unknown recipient state {v}")),
+    };
+    let owed = match v >> 4 {
+        0 => None,
+        1 => Some(DsnOwed::Failed),
+        2 => Some(DsnOwed::Delivered),
+        3 => Some(DsnOwed::Relayed),
+        4 => Some(DsnOwed::Expanded),
+        _ => return Err(format!("unknown recipient state {v}")),
+    };
+    Ok((state, owed))
 }
 
 /// Verifies and decodes a complete status file.
@@ -570,7 +589,7 @@ pub(crate) fn decode_status_bytes(bytes: &[u8]) -> Result<MessageStatus, String>
                 let fixed = p
                     .get(..13)
                     .ok_or_else(|| format!("short RCPT record at offset {at}"))?;
-                let state = decode_state(fixed[0])?;
+                let (state, dsn_owed) = decode_state(fixed[0])?;
                 let attempts = le_u32(&fixed[1..]).ok_or("bad RCPT record")?;
                 let next = le_u64(&fixed[5..]).ok_or("bad RCPT record")? as i64;
                 let last_reply = utf8("last reply", p.get(13..).unwrap_or_default())?;
@@ -579,6 +598,7 @@ pub(crate) fn decode_status_bytes(bytes: &[u8]) -> Result<MessageStatus, String>
                     attempts,
                     next_attempt: next,
                     last_reply,
+                    dsn_owed,
                 });
             }
             (rec::END, p) => {

@@ -155,6 +155,20 @@ pub struct RcptStatus {
     pub next_attempt: i64,
     /// The last reply or error text seen for this recipient.
     pub last_reply: String,
+    /// A DSN about this recipient that is due but not queued yet (it could
+    /// not be, the disk being full say): the message stays queued until it
+    /// is.
+    pub dsn_owed: Option<DsnOwed>,
+}
+
+/// The action of a DSN a recipient is owed (RFC 3464 §2.3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DsnOwed {
+    Failed,
+    Delivered,
+    Relayed,
+    Expanded,
 }
 
 impl RcptStatus {
@@ -165,6 +179,7 @@ impl RcptStatus {
             attempts: 0,
             next_attempt: 0,
             last_reply: String::new(),
+            dsn_owed: None,
         }
     }
 }
