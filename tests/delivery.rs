@@ -278,8 +278,8 @@ async fn expiry_and_delay_warning() {
     let fail = text(&got[1].data);
     assert!(fail.contains("Action: failed"), "{fail}");
     assert!(fail.contains("Status: 4.4.7"), "{fail}");
+    // The queue is empty, the DSNs delivered: nothing else can come.
     d.wait_queue_len(0, 10).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         sender_mx.messages().len(),
         2,
@@ -335,7 +335,18 @@ async fn restart_between_attempts_never_delivers_twice() {
     d.stop().await;
     let d = start(config(&dns, port), spool).await;
     let _ = d.handle.request(Request::Flush(vec![])).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The pending recipient's next attempt is recorded: the pass after the
+    // restart is over, and it is the one that could have repeated the
+    // delivered recipient.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        let st = pigeon::queue::read_message(&d.spool, id).unwrap().status;
+        if st.rcpts[1].attempts >= 2 {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "not retried: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(
         done.messages().len(),
         1,
@@ -345,10 +356,25 @@ async fn restart_between_attempts_never_delivers_twice() {
         slow.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2,
         "the other one was retried"
     );
-    let st = d.queue.status(id).unwrap().unwrap();
     assert_eq!(st.rcpts[0].state, pigeon::queue::RcptState::Delivered);
     assert_eq!(st.rcpts[1].state, pigeon::queue::RcptState::Pending);
     d.stop().await;
+}
+
+/// Waits until every message of `ids` is on hold in its status file.
+async fn wait_held(spool: &std::path::Path, ids: &[QueueId]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = pigeon::queue::list(spool).unwrap();
+        let held = ids
+            .iter()
+            .all(|id| list.iter().any(|m| m.id == id.to_string() && m.hold));
+        if held {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "not held: {list:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,7 +395,14 @@ async fn hold_release_bounce_delete_through_the_control_socket() {
     let (cstop, crx) = watch::channel(false);
     let sock = pigeon::control::socket_path(&d.spool);
     tokio::spawn(pigeon::control::serve(sock.clone(), d.handle.clone(), crx));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "control socket not up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let ask = |line: String| {
         let spool = d.spool.clone();
         async move {
@@ -388,11 +421,13 @@ async fn hold_release_bounce_delete_through_the_control_socket() {
         answer.contains("on hold") || answer.contains("in progress"),
         "{answer}"
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let list = pigeon::queue::list(&d.spool).unwrap();
-    assert!(list[0].hold, "{list:?}");
-    ask("flush".into()).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_held(&d.spool, &[id]).await;
+    // Flushing skips it: the manager answers once it has decided.
+    let answer = ask("flush".into()).await;
+    assert!(
+        answer.contains(&format!("{id}: on hold, not flushed")),
+        "{answer}"
+    );
     assert!(
         dest.messages().is_empty(),
         "a held message is not delivered"
@@ -409,7 +444,7 @@ async fn hold_release_bounce_delete_through_the_control_socket() {
         .send("s@s.test", &["r@f.test"], "Subject: delete me\r\n\r\nx\r\n")
         .await;
     ask(format!("hold {b} {x}")).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_held(&d.spool, &[b, x]).await;
     let a = ask(format!("bounce {b}")).await;
     assert!(a.contains("returned") || a.contains("in progress"), "{a}");
     let a = ask(format!("delete {x}")).await;

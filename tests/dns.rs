@@ -269,6 +269,11 @@ async fn mx_answer_asks_for_no_addresses_and_implicit_asks_once() {
     assert_eq!(dns.queries("only4.test", RecordType::AAAA), 1);
 }
 
+/// The resolvers here have a 1 s timeout and one attempt; hickory's own
+/// default is 5 s (and two attempts). An answer within this bound shows
+/// the configured timeout in force, with room for a loaded machine.
+const NOT_THE_DEFAULT_TIMEOUT: Duration = Duration::from_millis(4500);
+
 #[tokio::test]
 async fn timeout_is_temporary_within_the_configured_timeout() {
     let dns = TestDns::start(vec![
@@ -285,11 +290,11 @@ async fn timeout_is_temporary_within_the_configured_timeout() {
         let answer = r.mx(name).await;
         let took = start.elapsed();
         assert!(temporary(answer.clone()), "{name}: {answer:?}");
-        assert!(took < Duration::from_millis(2500), "{name}: took {took:?}");
+        assert!(took < NOT_THE_DEFAULT_TIMEOUT, "{name}: took {took:?}");
         let start = Instant::now();
         assert!(temporary(r.addresses(name, prefer).await), "{name}");
         assert!(
-            start.elapsed() < Duration::from_millis(2500),
+            start.elapsed() < NOT_THE_DEFAULT_TIMEOUT,
             "{name}: took {:?}",
             start.elapsed()
         );
@@ -313,7 +318,7 @@ async fn no_server_is_temporary() {
     let answer = r.mx("example.com").await;
     assert!(temporary(answer.clone()), "{answer:?}");
     assert!(
-        start.elapsed() < Duration::from_millis(2500),
+        start.elapsed() < NOT_THE_DEFAULT_TIMEOUT,
         "took {:?}",
         start.elapsed()
     );

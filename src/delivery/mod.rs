@@ -432,7 +432,14 @@ async fn apply(
                     entries.remove(&id);
                     format!("{id}: returned to sender")
                 }
-                Err(err) => format!("{id}: failed: {err}"),
+                Err(err) => {
+                    // Its DSN is owed (or nothing changed): the next pass
+                    // tries again, on hold or not.
+                    e.hold = false;
+                    e.due = now + DSN_RETRY_SECS;
+                    heap.push(Reverse((e.due, id)));
+                    format!("{id}: failed: {err}")
+                }
             },
         };
         out.push_str(&line);
@@ -515,6 +522,7 @@ async fn bounce_now(ctx: &Arc<Ctx>, id: QueueId) -> Result<(), String> {
     warn!(queue_id = %id, recipients = report.len(), "returned to sender by the administrator");
     report.extend(owed_reports(&msg, &msg.status).into_iter().map(|(_, r)| r));
     st.next_attempt = now + DSN_RETRY_SECS;
+    st.hold = false;
     write_status(ctx, id, st).await?;
     send_dsn(ctx, &msg, &report, false)
         .await
