@@ -177,13 +177,7 @@ fn load_users_file(path: &Path) -> Result<Vec<UserConfig>, Vec<String>> {
 /// (bcrypt). Unknown or malformed hashes never match.
 pub fn verify_hash(hash: &str, password: &str) -> bool {
     if hash.starts_with("$argon2") {
-        use argon2::password_hash::{PasswordHash, PasswordVerifier};
-        match PasswordHash::new(hash) {
-            Ok(parsed) => argon2::Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok(),
-            Err(_) => false,
-        }
+        verify_argon2(hash, password.as_bytes())
     } else if hash.starts_with("$6$") {
         sha_crypt::sha512_check(password, hash).is_ok()
     } else if hash.starts_with("$2") {
@@ -191,6 +185,63 @@ pub fn verify_hash(hash: &str, password: &str) -> bool {
     } else {
         false
     }
+}
+
+/// Largest argon2 memory cost (KiB) a stored hash may ask for: a hash
+/// wanting more never matches, rather than take that memory per check.
+const MAX_ARGON2_KIB: u32 = 256 * 1024;
+
+thread_local! {
+    /// This thread's argon2 work area, kept from one check to the next: a
+    /// check then allocates nothing, and the memory a flood of checks
+    /// uses is this area times the number of password-check threads,
+    /// never more.
+    static ARGON2_BLOCKS: std::cell::RefCell<Vec<argon2::Block>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Verifies a PHC-string argon2 hash (RFC 9106) the way the `argon2`
+/// crate's verifier does, with the work area of this thread.
+fn verify_argon2(hash: &str, password: &[u8]) -> bool {
+    use argon2::password_hash::{Output, PasswordHash};
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(argon2::Version::try_from) {
+        None => argon2::Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let Ok(params) = argon2::Params::try_from(&parsed) else {
+        return false;
+    };
+    if params.m_cost() > MAX_ARGON2_KIB {
+        return false;
+    }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let mut out = vec![0u8; expected.len()];
+    let hasher = argon2::Argon2::new(algorithm, version, params);
+    let hashed = ARGON2_BLOCKS.with(|area| {
+        let mut area = area.borrow_mut();
+        if area.len() < blocks {
+            area.resize(blocks, argon2::Block::default());
+        }
+        hasher
+            .hash_password_into_with_memory(password, salt, &mut out, &mut area[..blocks])
+            .is_ok()
+    });
+    // Output's equality is constant-time.
+    hashed && Output::new(&out).is_ok_and(|computed| computed == expected)
 }
 
 /// A new argon2id hash (random salt, the crate's recommended parameters).

@@ -48,14 +48,17 @@ impl Verifier {
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("pigeon-auth-{i}"))
-                .spawn(move || loop {
-                    let job = {
-                        let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
-                        guard.recv()
-                    };
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        let job = {
+                            let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+                            guard.recv()
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
                     }
                 })?;
         }
@@ -93,6 +96,17 @@ impl Verifier {
             return Err(Busy::Closed);
         }
         rx.await.map_err(|_| Busy::Closed)
+    }
+}
+
+/// Password checks are bulk work: this thread yields the CPU to the
+/// threads that serve sessions and commit mail (nice 10 on Linux, where
+/// the nice value is per thread), so a flood of AUTH attempts slows other
+/// logins rather than the mail. Failing to lower it changes nothing else.
+fn lower_priority() {
+    // SAFETY: setpriority only reads its arguments; `who` 0 is this thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }
 

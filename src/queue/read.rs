@@ -1,13 +1,18 @@
 //! Read-only access to a spool, for delivery and for the `pigeon queue`
-//! commands. Safe while the daemon runs: message files are write-once and
-//! status files are replaced atomically, so a reader sees whole files; a
-//! file that vanishes mid-read (delivered and removed) is skipped.
+//! commands. Safe while the daemon runs: a message file is never changed
+//! while it is in `queue/` and status files are replaced atomically. A
+//! removed message file may be reused for a new message (the `free/`
+//! pool), so a reader that opened `queue/<ID>` checks, after reading, that
+//! the name still points at the file it read: then the file was in
+//! `queue/`, unchanged, the whole time. A file that vanished or was reused
+//! mid-read is skipped as gone, never shown with another message's data.
 //! Everything read here is untrusted and verified before use.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use super::codec::{self, rec, HeadParse};
@@ -50,11 +55,32 @@ pub(crate) fn read_status(
     }
 }
 
+/// Checks that `path` still names `file` (same inode) after it was read:
+/// a message file left `queue/` (and may have been reused) otherwise.
+fn still_queued(path: &Path, file: &File) -> Result<(), ReadError> {
+    let held = file.metadata()?;
+    match fs::metadata(path) {
+        Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => Ok(()),
+        Ok(_) => Err(ReadError::NotFound),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The bytes of a message file, read whole and checked to have stayed in
+/// `queue/` while being read.
+fn read_queued(path: &Path) -> Result<Vec<u8>, ReadError> {
+    let mut file = File::open(path)?;
+    let mut bytes = Vec::with_capacity(file.metadata()?.len().min(64 << 20) as usize);
+    file.read_to_end(&mut bytes)?;
+    still_queued(path, &file)?;
+    Ok(bytes)
+}
+
 /// Reads one whole message with its status, verifying both. `dir` is the
 /// spool directory.
 pub fn read_message(dir: &Path, id: QueueId) -> Result<StoredMessage, ReadError> {
     let queue_dir = dir.join("queue");
-    let bytes = fs::read(queue_dir.join(id.to_string()))?;
+    let bytes = read_queued(&queue_dir.join(id.to_string()))?;
     let mut msg = decode_message(&bytes)?;
     if msg.id != id {
         return Err(ReadError::Corrupt(format!(
@@ -103,7 +129,8 @@ fn summarize(
     has_status: bool,
     buf: &mut Vec<u8>,
 ) -> Result<Summary, ReadError> {
-    let file = File::open(queue_dir.join(id.to_string()))?;
+    let path = queue_dir.join(id.to_string());
+    let file = File::open(&path)?;
     let file_len = file.metadata()?.len();
     buf.clear();
     let mut want = file_len.min(HEAD_WINDOW);
@@ -146,6 +173,8 @@ fn summarize(
     let mut size = [0u8; 8];
     size.copy_from_slice(&end[5..13]);
     let size = u64::from_le_bytes(size);
+    // Everything above came from one file that stayed in queue/.
+    still_queued(&path, &file)?;
 
     let status = match if has_status {
         read_status(queue_dir, id)
@@ -214,4 +243,29 @@ pub fn list(dir: &Path) -> io::Result<Vec<Summary>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_left_queue_while_read_counts_as_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0000000000001");
+        std::fs::write(&path, b"first").unwrap();
+        let file = File::open(&path).unwrap();
+        assert!(still_queued(&path, &file).is_ok());
+        // Removed to the pool and the name taken by another file.
+        std::fs::rename(&path, dir.path().join("elsewhere")).unwrap();
+        assert!(matches!(
+            still_queued(&path, &file),
+            Err(ReadError::NotFound)
+        ));
+        std::fs::write(&path, b"second").unwrap();
+        assert!(matches!(
+            still_queued(&path, &file),
+            Err(ReadError::NotFound)
+        ));
+    }
 }
