@@ -499,7 +499,7 @@ pub fn delivered_to(header: &[u8]) -> Vec<String> {
 /// [`Directory::resolve_after`]: the `Delivered-To:` fields that alias
 /// expansion put in front of it, then those of its header section as the
 /// session read it when the message was received
-/// ([`crate::proto::session::header_section`], bounded the same way), so
+/// ([`crate::message::header_section`], bounded the same way), so
 /// that local delivery and the check at the end of DATA see the same
 /// history.
 pub fn message_history(message: &[u8]) -> Vec<String> {
@@ -514,7 +514,7 @@ pub fn message_history(message: &[u8]) -> Vec<String> {
         own.extend(delivered_to(&rest[..end]));
         rest = &rest[end..];
     }
-    let (section, _) = crate::proto::session::header_section(rest);
+    let (section, _) = crate::message::header_section(rest);
     own.extend(delivered_to(&section));
     own
 }
@@ -836,14 +836,14 @@ mod tests {
         // its own field.
         let pad = format!(
             "X-Pad: {}\r\n",
-            "p".repeat(crate::proto::session::MAX_HEADER_SECTION - received.len() - 40)
+            "p".repeat(crate::message::MAX_HEADER_SECTION - received.len() - 40)
         );
         let mut big = received.clone();
         big.extend_from_slice(pad.as_bytes());
         big.extend_from_slice(
             b"Delivered-To: in@example.org\r\nDelivered-To: out@example.org\r\n\r\nbody",
         );
-        let (section, complete) = crate::proto::session::header_section(&big);
+        let (section, complete) = crate::message::header_section(&big);
         assert!(!complete);
         assert_eq!(delivered_to(&section), ["in@example.org"]);
         let mut big_requeued = b"Delivered-To: list@example.org\r\n".to_vec();

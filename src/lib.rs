@@ -22,12 +22,14 @@
 //! Dependencies run one way: `server` → `policy`/`proto`/`queue` → `config`.
 
 pub mod auth;
+pub mod checks;
 pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod directory;
 pub mod dns;
 pub mod live;
+pub mod message;
 pub mod metrics;
 pub mod policy;
 pub mod proto;

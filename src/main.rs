@@ -406,10 +406,10 @@ async fn run(
             }
         }));
     }
-    if let Some(every) = system::watchdog_interval() {
+    let watchdog = system::watchdog_interval().map(|every| {
         tracing::info!(interval_ms = every.as_millis() as u64, "watchdog enabled");
-        tasks.push(tokio::spawn(system::watchdog(every)));
-    }
+        tokio::spawn(system::watchdog(every))
+    });
     tracing::info!(hostname = %cfg.server.hostname, "pigeon started");
     system::notify_ready(&ready_status(&running));
     loop {
@@ -428,15 +428,17 @@ async fn run(
         "stopping: no new connections, finishing messages in progress"
     );
     let _ = stop_tx.send(true);
-    running
-        .shutdown(Duration::from_secs(live.cfg().limits.shutdown_grace_secs))
-        .await;
+    let grace = Duration::from_secs(live.cfg().limits.shutdown_grace_secs);
+    running.shutdown(grace).await;
+    // Delivery finishes the attempts in progress within its own grace
+    // period and records them: a message delivered is never left looking
+    // undelivered (which the next start would deliver again).
     for t in tasks {
-        if !t.is_finished() {
-            // The watchdog never ends by itself.
-            t.abort();
-        }
         let _ = t.await;
+    }
+    if let Some(w) = watchdog {
+        // The watchdog never ends by itself.
+        w.abort();
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
@@ -808,18 +810,18 @@ fn queue_show(dir: &Path, id: &str, json: bool, body: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let content = msg.content();
     if body {
         use std::io::Write;
-        let _ = std::io::stdout().write_all(&msg.body);
+        let _ = std::io::stdout().write_all(&content);
         return ExitCode::SUCCESS;
     }
-    let header_end = msg
-        .body
+    let header_end = content
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|p| p + 2)
-        .unwrap_or(msg.body.len());
-    let headers = String::from_utf8_lossy(&msg.body[..header_end]).replace("\r\n", "\n");
+        .unwrap_or(content.len());
+    let headers = String::from_utf8_lossy(&content[..header_end]).replace("\r\n", "\n");
     let env = &msg.envelope;
     if json {
         let rcpts: Vec<serde_json::Value> = env
@@ -834,7 +836,8 @@ fn queue_show(dir: &Path, id: &str, json: bool, body: bool) -> ExitCode {
             })
             .collect();
         let v = serde_json::json!({
-            "id": msg.id.to_string(), "arrival": msg.arrival, "size": msg.body.len(),
+            "id": msg.id.to_string(), "arrival": msg.arrival, "size": content.len(),
+            "message_id": msg.message_id,
             "sender": env.sender, "ret": env.ret.map(|r| format!("{r:?}").to_uppercase()), "envid": env.envid,
             "body_type": format!("{:?}", env.body_type), "smtputf8": env.smtputf8,
             "client_ip": env.client_ip.to_string(), "helo": env.helo, "protocol": env.protocol,
@@ -845,7 +848,10 @@ fn queue_show(dir: &Path, id: &str, json: bool, body: bool) -> ExitCode {
     }
     println!("id:         {}", msg.id);
     println!("arrival:    {} ({} ago)", msg.arrival, age(msg.arrival));
-    println!("size:       {}", msg.body.len());
+    println!("size:       {}", content.len());
+    if let Some(mid) = &msg.message_id {
+        println!("message-id: {mid}");
+    }
     println!("sender:     <{}>", env.sender);
     println!(
         "client:     {} (helo {}), {}",

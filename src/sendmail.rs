@@ -17,8 +17,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::message::header::{has_field, split_header, without_field};
 use crate::proto::client::{
-    ClientConfig, ClientEvent, ClientSession, OutMessage, RcptOutcome, StartTls,
+    ClientConfig, ClientEvent, ClientSession, OutMessage, RcptOutcome, SessionOutcome, StartTls,
 };
 use crate::proto::envelope::{BodyType, Notify, Recipient, Ret};
 
@@ -31,6 +32,7 @@ pub mod exit {
     pub const UNAVAILABLE: u8 = 69;
     pub const IOERR: u8 = 74;
     pub const TEMPFAIL: u8 = 75;
+    pub const NOPERM: u8 = 77;
 }
 
 /// Where the daemon listens when the configuration cannot be read.
@@ -223,53 +225,6 @@ pub fn read_message(input: &mut dyn Read, ignore_dots: bool, max: u64) -> io::Re
     Ok(out)
 }
 
-/// The header section (its field lines, and the empty line after them if
-/// there is one) and the body. The header ends at the first empty line, or
-/// at the first line that is not a header field.
-fn split_header(msg: &[u8]) -> (&[u8], &[u8]) {
-    let mut pos = 0;
-    for line in msg.split_inclusive(|&b| b == b'\n') {
-        let l = line.strip_suffix(b"\n").unwrap_or(line);
-        if l.is_empty() {
-            return (&msg[..pos + line.len()], &msg[pos + line.len()..]);
-        }
-        let continuation = pos > 0 && (l[0] == b' ' || l[0] == b'\t');
-        let field = l
-            .iter()
-            .position(|&b| b == b':')
-            .is_some_and(|i| i > 0 && l[..i].iter().all(|&b| b > 32 && b < 127));
-        if !field && !continuation {
-            return (&msg[..pos], &msg[pos..]);
-        }
-        pos += line.len();
-    }
-    (msg, &msg[msg.len()..])
-}
-
-fn has_field(header: &[u8], name: &str) -> bool {
-    header.split(|&b| b == b'\n').any(|l| {
-        l.len() > name.len()
-            && l[name.len()] == b':'
-            && l[..name.len()].eq_ignore_ascii_case(name.as_bytes())
-    })
-}
-
-/// The header without its `Bcc:` fields (and their continuation lines).
-fn without_bcc(header: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(header.len());
-    let mut skipping = false;
-    for line in header.split_inclusive(|&b| b == b'\n') {
-        let continuation = line.first().is_some_and(|&b| b == b' ' || b == b'\t');
-        if !continuation {
-            skipping = line.len() > 4 && line[..4].eq_ignore_ascii_case(b"bcc:");
-        }
-        if !skipping {
-            out.extend_from_slice(line);
-        }
-    }
-    out
-}
-
 /// The addresses in the To:, Cc: and Bcc: fields.
 pub fn header_recipients(header: &[u8], domain: &str) -> Vec<String> {
     let mut h = header.to_vec();
@@ -330,11 +285,7 @@ pub fn complete_message(
         .unwrap_or(0);
     if !has_field(header, "date") {
         out.extend_from_slice(
-            format!(
-                "Date: {}\n",
-                crate::proto::session::rfc5322_date(secs as i64)
-            )
-            .as_bytes(),
+            format!("Date: {}\n", crate::message::rfc5322_date(secs as i64)).as_bytes(),
         );
     }
     if !has_field(header, "message-id") {
@@ -350,7 +301,7 @@ pub fn complete_message(
             .as_bytes(),
         );
     }
-    out.extend_from_slice(&without_bcc(header));
+    out.extend_from_slice(&without_field(header, "bcc"));
     // The empty line between header and body, if the message had none.
     let blank = header.ends_with(b"\n\n") || header == b"\n";
     if !blank && !body.is_empty() {
@@ -456,10 +407,22 @@ pub fn submit(
         return Err((exit::DATAERR, r.text));
     }
     let Some(r) = result else {
-        return Err((
-            exit::TEMPFAIL,
-            format!("the mail server ended the session: {outcome:?}"),
-        ));
+        return Err(match outcome {
+            // A permanent refusal of the session (this user may not
+            // submit): sysexits' "permission denied".
+            SessionOutcome::Refused { reply, .. } if reply.is_permanent() => (
+                exit::NOPERM,
+                format!("the mail server refused: {}", reply_text(&reply)),
+            ),
+            SessionOutcome::Refused { reply, .. } => (
+                exit::TEMPFAIL,
+                format!("the mail server refused: {}", reply_text(&reply)),
+            ),
+            other => (
+                exit::TEMPFAIL,
+                format!("the mail server ended the session: {other:?}"),
+            ),
+        });
     };
     if let Some(m) = &r.mail {
         let code = if m.is_permanent() {

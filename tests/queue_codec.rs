@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use pigeon::proto::{BodyType, Envelope, Notify, Recipient, Ret};
 use pigeon::queue::{
-    decode_message, decode_status, encode_message, encode_status, DsnOwed, MessageStatus, QueueId,
-    RcptState, RcptStatus,
+    decode_message, decode_status, encode_message, encode_status, DsnOwed, Extras, MessageStatus,
+    QueueId, RcptState, RcptStatus,
 };
 use proptest::prelude::*;
 
@@ -123,7 +123,7 @@ proptest! {
 
     #[test]
     fn message_round_trips(id in any::<u64>(), arrival in any::<i64>(), env in envelope(), body in body()) {
-        let bytes = encode_message(QueueId(id), arrival, &env, &body);
+        let bytes = encode_message(QueueId(id), arrival, &env, &body, &Extras::default());
         let m = decode_message(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(m.id, QueueId(id));
         prop_assert_eq!(m.arrival, arrival);
@@ -158,7 +158,7 @@ proptest! {
         pos in any::<prop::sample::Index>(),
         xor in 1u8..=255,
     ) {
-        let mut bytes = encode_message(QueueId(42), 7, &env, &body);
+        let mut bytes = encode_message(QueueId(42), 7, &env, &body, &Extras::default());
         let i = pos.index(bytes.len());
         bytes[i] ^= xor;
         prop_assert!(decode_message(&bytes).is_err(), "change at offset {} not detected", i);
@@ -178,7 +178,7 @@ proptest! {
 
     #[test]
     fn truncation_is_detected(env in envelope(), body in body(), cut in any::<prop::sample::Index>()) {
-        let bytes = encode_message(QueueId(1), 0, &env, &body);
+        let bytes = encode_message(QueueId(1), 0, &env, &body, &Extras::default());
         let n = cut.index(bytes.len());
         prop_assert!(decode_message(&bytes[..n]).is_err());
     }

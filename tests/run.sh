@@ -83,9 +83,16 @@ ensure_base_tools() {
     apt_install "${want[@]}"
 }
 
+# The client tests run on Debian's python3, which sees the Debian packages
+# installed for them (python3-prometheus-client, ...); another python3
+# earlier in PATH (pyenv, a venv) would not.
+client_python() {
+    if [ -x /usr/bin/python3 ]; then echo /usr/bin/python3; else command -v python3; fi
+}
+
 ensure_client_tools() {
     local want=()
-    command -v python3 >/dev/null || want+=(python3)
+    [ -x /usr/bin/python3 ] || want+=(python3)
     command -v swaks >/dev/null || want+=(swaks)
     [ -x /usr/sbin/smtp-source ] || want+=(postfix)
     # swaks --tls/--tlsc needs Net::SSLeay (its AUTH PLAIN and LOGIN need only
@@ -107,7 +114,7 @@ ensure_client_tools() {
     command -v systemd-analyze >/dev/null || want+=(systemd)
     # ... and the reference parser of the metrics format, from Debian (pip
     # is refused by PEP 668 on Debian 12's python3).
-    python3 -c 'import prometheus_client' 2>/dev/null || want+=(python3-prometheus-client)
+    "$(client_python)" -c 'import prometheus_client' 2>/dev/null || want+=(python3-prometheus-client)
     [ ${#want[@]} -eq 0 ] && return 0
     note "installing ${want[*]}"
     local policy_added=0 rc=0
@@ -238,9 +245,10 @@ stage_clients() {
         return 1
     fi
     ensure_client_tools || note "some client tools could not be installed; their checks will fail"
-    command -v python3 >/dev/null || { note "python3 is needed"; return 1; }
+    local py
+    py=$(client_python) || { note "python3 is needed"; return 1; }
     local log="$TMP/clients.log" rc=0
-    timeout 600 python3 tests/clients/run_clients.py --bin target/release/pigeon 2>&1 | tee "$log" || rc=$?
+    timeout 600 "$py" tests/clients/run_clients.py --bin target/release/pigeon 2>&1 | tee "$log" || rc=$?
     sed -n 's/^SKIP /clients: /p' "$log" >>"$SKIPPED"
     return $rc
 }

@@ -755,3 +755,97 @@ fn metrics_endpoint_counts_connections_messages_and_deliveries() {
     let st = d.stop();
     assert!(st.success());
 }
+
+/// `pigeon sendmail` run by a local user other than root: a sender that
+/// is not the user's own gets `X-Authentication-Warning:`; with
+/// `sendmail.restrict_senders` it is refused, and with
+/// `sendmail.allowed_users` the user may not submit at all. Needs root
+/// (to run the command as nobody).
+#[test]
+fn needs_root_local_users_are_named_and_restricted() {
+    assert!(is_root(), "this test needs root");
+    let t = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |cfg: &str, from: &str, text: &str| -> (i32, String) {
+        let mut child = Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                BIN,
+                "sendmail",
+                "-C",
+                cfg,
+                "-f",
+                from,
+                "alice@example.org",
+            ])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(text.as_bytes());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let start = |sendmail_keys: &str| {
+        std::fs::write(t.path().join("users.toml"), users_text("")).unwrap();
+        let port = free_port();
+        let text = config_text(t.path(), port, "allow_root = true", "").replace(
+            "[sendmail]\nsocket",
+            &format!("[sendmail]\n{sendmail_keys}\nsocket"),
+        );
+        let d = Daemon::start_with(t.path(), &text, &[]);
+        d.wait_for("READY=1", 20);
+        std::fs::set_permissions(&d.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+        d
+    };
+    let d = start("");
+    let cfg = d.config.display().to_string();
+    let (code, err) = as_nobody(&cfg, "ceo@example.org", "Subject: spoofed\n\nx\n");
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = as_nobody(&cfg, "nobody@mx.test", "Subject: own\n\nx\n");
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = sendmail(
+        &["-C", &cfg, "-f", "ceo@example.org", "alice@example.org"],
+        "Subject: by root\n\nx\n",
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let m = wait_maildir(t.path(), "alice", 3);
+    let find = |s: &str| m.iter().find(|x| x.contains(s)).unwrap().clone();
+    let spoofed = find("Subject: spoofed");
+    assert!(
+        spoofed.contains(
+            "\nX-Authentication-Warning: mx.test: nobody set sender to <ceo@example.org>\n"
+        ),
+        "{spoofed}"
+    );
+    assert!(spoofed.contains("from userid 65534 (nobody)"), "{spoofed}");
+    assert!(!find("Subject: own").contains("X-Authentication-Warning"));
+    assert!(!find("Subject: by root").contains("X-Authentication-Warning"));
+    assert!(d.stop().success());
+
+    let d = start("restrict_senders = true");
+    let (code, err) = as_nobody(&cfg, "ceo@example.org", "Subject: refused\n\nx\n");
+    assert_ne!(code, 0);
+    assert!(err.contains("553 5.7.1"), "{err}");
+    let (code, err) = as_nobody(&cfg, "nobody@mx.test", "Subject: own again\n\nx\n");
+    assert_eq!(code, 0, "{err}");
+    assert!(d.stop().success());
+
+    let d = start("allowed_users = [\"root\"]");
+    let (code, err) = as_nobody(&cfg, "nobody@mx.test", "Subject: not allowed\n\nx\n");
+    assert_ne!(code, 0);
+    assert_eq!(code, 77, "{err}");
+    assert!(err.contains("554 5.7.1"), "{err}");
+    assert!(d.stop().success());
+    let m = maildir(t.path(), "alice");
+    assert_eq!(m.len(), 4, "{m:?}");
+}

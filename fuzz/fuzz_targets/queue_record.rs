@@ -27,7 +27,7 @@ fn with_fixed_crc(data: &[u8]) -> Option<Vec<u8>> {
 
 fn check(bytes: &[u8]) {
     if let Ok(m) = decode_message(bytes) {
-        let again = encode_message(m.id, m.arrival, &m.envelope, &m.body);
+        let again = encode_message(m.id, m.arrival, &m.envelope, &m.body, &m.extras());
         let m2 = decode_message(&again).expect("a re-encoded message does not decode");
         assert_eq!(m, m2, "message changed by a decode/encode round trip");
     }

@@ -1,11 +1,13 @@
 //! Fuzz target: a whole SMTP server session, without sockets.
 //!
 //! Arbitrary client bytes are fed to a `ServerSession` in two pieces, as a
-//! real connection would deliver them, with a trivial host that accepts
-//! everything (or, depending on a flag byte, refuses senders, refuses remote
-//! recipients, fails commits or refuses credentials). STARTTLS and AUTH are
-//! offered depending on the flags; a STARTTLS "handshake" drops the unread
-//! bytes, as the real driver does, and succeeds at once.
+//! real connection would deliver them. Every decision the session asks for
+//! (connect, HELO, MAIL, RCPT, content) gets a random verdict from a
+//! generator seeded by the input: accept (often with a header edit),
+//! reject or drop. Depending on a flag byte, commits fail or credentials
+//! are refused. STARTTLS and AUTH are offered depending on the flags; a
+//! STARTTLS "handshake" drops the unread bytes, as the real driver does,
+//! and succeeds at once.
 //!
 //! Properties:
 //! - no panic;
@@ -16,41 +18,55 @@
 //! - STARTTLS is only accepted outside a mail transaction, and after TLS
 //!   starts the session holds no envelope, no content and no login: every
 //!   message committed after it was begun inside TLS (its Received: line,
-//!   written when content starts, names the TLS session).
+//!   written when content starts, names the TLS session);
+//! - a decision is asked for only with a pending decision of that stage;
+//! - a committed message carries exactly the header edits accepted in its
+//!   own transaction (each edit names the transaction it was made in), so
+//!   nothing of an earlier, refused or reset transaction reaches it.
 //!
-//! Input layout: byte 0 = flags, byte 1 = split point (scaled), rest = the
-//! client's bytes.
+//! Input layout: byte 0 = flags, byte 1 = split point (scaled), byte 2 =
+//! the verdict generator's seed, rest = the client's bytes.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use pigeon::proto::command::{MailFrom, RcptTo};
-use pigeon::proto::reply::{self, Reply};
-use pigeon::proto::{Action, AuthOutcome, Host, ServerSession, SessionConfig};
+use pigeon::message::HeaderEdits;
+use pigeon::proto::reply;
+use pigeon::proto::{Action, AuthOutcome, Host, ServerSession, SessionConfig, Stage, Verdict};
 
 struct FakeHost {
     next_id: u32,
-    refuse_mail: bool,
-    refuse_remote: bool,
+    rng: u32,
+}
+
+impl FakeHost {
+    fn next(&mut self) -> u32 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 17;
+        self.rng ^= self.rng << 5;
+        self.rng
+    }
+
+    /// A random verdict; an accepted MAIL, RCPT or content carries an
+    /// edit naming transaction `txn`.
+    fn verdict(&mut self, stage: Stage, txn: u32) -> Verdict {
+        match self.next() % 16 {
+            0..=10 => {
+                let mut e = HeaderEdits::new();
+                if matches!(stage, Stage::Mail | Stage::Rcpt | Stage::Content) && self.next() % 2 == 0 {
+                    e.add("X-Fuzz-Txn", &txn.to_string());
+                }
+                Verdict::Accept(e)
+            }
+            11..=13 => Verdict::Reject(if self.next() % 2 == 0 { reply::RELAY_DENIED } else { reply::INSUFFICIENT_STORAGE }),
+            _ => Verdict::Drop(reply::SHUTTING_DOWN),
+        }
+    }
 }
 
 impl Host for FakeHost {
-    fn check_mail(&mut self, _mail: &MailFrom) -> Result<(), Reply> {
-        if self.refuse_mail {
-            Err(reply::INSUFFICIENT_STORAGE)
-        } else {
-            Ok(())
-        }
-    }
-    fn check_rcpt(&mut self, _mail: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply> {
-        if self.refuse_remote && rcpt.rcpt.domain.as_str() != "local.test" {
-            Err(reply::RELAY_DENIED)
-        } else {
-            Ok(())
-        }
-    }
     fn new_queue_id(&mut self) -> String {
         self.next_id += 1;
         format!("ID{}", self.next_id)
@@ -83,11 +99,11 @@ fn check_replies(out: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 2 {
+    if data.len() < 3 {
         return;
     }
     let flags = data[0];
-    let input = &data[2..];
+    let input = &data[3..];
     let split = data[1] as usize * input.len() / 255;
     let cfg = SessionConfig {
         hostname: "mx.test".into(),
@@ -104,11 +120,12 @@ fuzz_target!(|data: &[u8]| {
         max_junk_commands: 100,
     };
     let mut s = ServerSession::new(Arc::new(cfg), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
-    let mut host = FakeHost { next_id: 0, refuse_mail: flags & 0x01 != 0, refuse_remote: flags & 0x02 != 0 };
+    let mut host = FakeHost { next_id: 0, rng: 0x9e37_79b9 ^ (u32::from(data[2]) << 8 | u32::from(flags)) | 1 };
     let fail_commit = flags & 0x04 != 0;
-    // Without a 0x01 flag (sender refusals) credentials are accepted.
     let auth_ok = flags & 0x01 == 0;
-    s.greeting();
+    // The transaction the session is in, as far as verdicts go: a new one
+    // begins with every accepted MAIL.
+    let mut txn = 0u32;
 
     let mut written: Vec<u8> = Vec::new();
     let mut tls = false;
@@ -125,8 +142,23 @@ fuzz_target!(|data: &[u8]| {
             buf.drain(..n);
             match action {
                 Action::NeedInput => break,
+                Action::Decide(stage) => {
+                    let d = s.decision().expect("Decide without a pending decision");
+                    assert_eq!(d.stage(), stage, "the pending decision is of another stage");
+                    if stage == Stage::Mail {
+                        txn += 1;
+                    }
+                    let v = host.verdict(stage, txn);
+                    s.decided(v);
+                    assert!(s.decision().is_none(), "a decision is still pending after the verdict");
+                }
                 Action::Commit => {
                     assert!(s.envelope().is_some(), "commit without an envelope");
+                    let edits = s.header_edits().expect("commit without a transaction");
+                    let text = String::from_utf8_lossy(edits.as_bytes()).into_owned();
+                    for line in text.lines() {
+                        assert_eq!(line, format!("X-Fuzz-Txn: {txn}"), "an edit of another transaction: {text:?}");
+                    }
                     if tls {
                         let body = String::from_utf8_lossy(s.body());
                         let first = body.split("\r\n\t").take(2).collect::<Vec<_>>().join(" ");

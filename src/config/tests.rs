@@ -140,7 +140,16 @@ fn shipped_config_lists_every_key_at_its_default() {
             ],
         ),
         ("dns", &["attempts", "nameservers", "timeout_secs"]),
-        ("sendmail", &["socket"]),
+        (
+            "sendmail",
+            &[
+                "allowed_users",
+                "restrict_senders",
+                "senders",
+                "socket",
+                "trusted_users",
+            ],
+        ),
         ("metrics", &["listen"]),
         (
             "auth",

@@ -28,14 +28,11 @@
 //!   no NUL, no line over 998 octets); otherwise only its header section is
 //!   returned, or nothing, and the text part says so.
 
+use crate::message::header::push_field;
+use crate::message::rfc5322_date;
 use crate::proto::envelope::{Notify, Ret};
-use crate::proto::session::rfc5322_date;
 use base64::Engine;
 
-/// Soft limit for a folded header-style line, excluding CRLF (RFC 5322 §2.1.1).
-const FOLD_AT: usize = 78;
-/// Hard limit we keep every line below, excluding CRLF (RFC 5322 says 998).
-const HARD_LIMIT: usize = 990;
 /// Longest piece of one word placed on a line of the text part.
 const WORD_CHUNK: usize = 900;
 /// Width of the human-readable text, in characters.
@@ -868,56 +865,6 @@ fn clean(s: &str, cap: usize) -> String {
     out.trim().to_string()
 }
 
-/// Appends `name: value` CRLF, folded (RFC 5322 §2.2.3) by putting a CRLF
-/// before a space so that lines stay within 78 octets where the words allow;
-/// unfolding (removing each CRLF) gives back `name: value` exactly. A word
-/// that alone would pass 990 octets is split with CRLF SP, which adds a space
-/// on unfolding; the caps in [`clean`] keep that from happening in practice.
-fn push_field(out: &mut String, name: &str, value: &str) {
-    out.push_str(name);
-    out.push_str(": ");
-    let mut line_len = name.len() + 2;
-    // A fold needs something before it on the line, and something other than
-    // spaces after it (RFC 5322 §3.2.2: no line of white space only).
-    let mut line_has_value = false;
-    for piece in fold_pieces(value) {
-        let has_word = piece.bytes().any(|b| b != b' ');
-        if line_has_value && line_len + piece.len() > FOLD_AT && piece.starts_with(' ') && has_word
-        {
-            out.push_str("\r\n");
-            line_len = 0;
-        }
-        line_has_value = true;
-        for ch in piece.chars() {
-            if line_len + ch.len_utf8() > HARD_LIMIT {
-                out.push_str("\r\n ");
-                line_len = 1;
-            }
-            out.push(ch);
-            line_len += ch.len_utf8();
-        }
-    }
-    out.push_str("\r\n");
-}
-
-/// Splits `value` into pieces that each start at a run of spaces (except
-/// possibly the first): the places where a fold may go.
-fn fold_pieces(value: &str) -> Vec<&str> {
-    let b = value.as_bytes();
-    let mut pieces = Vec::new();
-    let mut start = 0;
-    for i in 1..b.len() {
-        if b[i] == b' ' && b[i - 1] != b' ' {
-            pieces.push(&value[start..i]);
-            start = i;
-        }
-    }
-    if start < b.len() {
-        pieces.push(&value[start..]);
-    }
-    pieces
-}
-
 /// Appends `text` word-wrapped to TEXT_WIDTH characters: the first line
 /// starts with `first`, the others with `rest`. Runs of spaces collapse. A
 /// word longer than WORD_CHUNK bytes is split, so no line passes 998 octets.
@@ -1721,14 +1668,13 @@ the numbers are attached.\r\n";
         let mut s = String::new();
         push_field(&mut s, "X", "a  b   ");
         assert_eq!(s, "X: a  b   \r\n");
-        assert_eq!(fold_pieces(" a  b c"), [" a", "  b", " c"]);
         assert_eq!(chunks("ab\u{fc}cd", 3), ["ab", "\u{fc}c", "d"]);
         let mut t = String::new();
         push_wrapped(&mut t, "- ", "  ", &"word ".repeat(40));
         for l in t.split("\r\n").filter(|l| !l.is_empty()) {
             assert!(l.chars().count() <= TEXT_WIDTH);
         }
-        assert_eq!(human_date(0), "Thu, 1 Jan 1970 00:00 UTC");
+        assert_eq!(human_date(0), "Thu, 01 Jan 1970 00:00 UTC");
     }
 
     /// Prints a sample (cargo test sample_dsn -- --nocapture).

@@ -117,7 +117,7 @@ impl LocalTransport {
                             hostname: &hostname,
                             sender: &msg.envelope.sender,
                             recipient: &address,
-                            message: &msg.body,
+                            message: &msg.content(),
                         })
                     })
                     .await;
@@ -206,11 +206,12 @@ impl LocalTransport {
             protocol: env.protocol.clone(),
             auth_user: env.auth_user.clone(),
         };
-        let mut body = Vec::with_capacity(msg.body.len() + rcpt.address.len() + 16);
+        let content = msg.content();
+        let mut body = Vec::with_capacity(content.len() + rcpt.address.len() + 16);
         body.extend_from_slice(b"Delivered-To: ");
         body.extend_from_slice(rcpt.address.as_bytes());
         body.extend_from_slice(b"\r\n");
-        body.extend_from_slice(&msg.body);
+        body.extend_from_slice(&content);
         let id = self.queue.new_id();
         let mut w = self.queue.writer(id, unix_now(), envelope);
         let r = match w.write(&body).await {
@@ -266,10 +267,11 @@ async fn lmtp_deliver(target: &str, helo: &str, job: &Job, rcpts: Vec<Recipient>
     let n = rcpts.len();
     let shown = format!("lmtp:{target}");
     let env = &job.msg.envelope;
+    let content = job.msg.content();
     let out = OutMessage {
         sender: env.sender.clone(),
         recipients: rcpts,
-        size: job.msg.body.len() as u64,
+        size: content.len() as u64,
         body_type: env.body_type,
         smtputf8: env.smtputf8,
         ret: env.ret,
@@ -283,14 +285,14 @@ async fn lmtp_deliver(target: &str, helo: &str, job: &Job, rcpts: Vec<Recipient>
         )
         .await
         {
-            Ok(Ok(s)) => lmtp_session(s, helo, &out, &job.msg.body).await,
+            Ok(Ok(s)) => lmtp_session(s, helo, &out, &content).await,
             Ok(Err(e)) => return connect_failed(e.to_string()),
             Err(_) => return connect_failed("connection timed out".into()),
         }
     } else {
         let addr = target.trim_start_matches('[').replacen("]:", ":", 1);
         match timeout(LMTP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => lmtp_session(s, helo, &out, &job.msg.body).await,
+            Ok(Ok(s)) => lmtp_session(s, helo, &out, &content).await,
             Ok(Err(e)) => return connect_failed(e.to_string()),
             Err(_) => return connect_failed("connection timed out".into()),
         }

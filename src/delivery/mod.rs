@@ -641,7 +641,7 @@ async fn send_dsn(
         envid: env.envid.as_deref(),
         original_sender: &to,
         recipients: report,
-        original: &msg.body,
+        original: &msg.content(),
         ret: returned(env.ret, report),
         now,
         message_id: &message_id,

@@ -527,6 +527,7 @@ impl RemoteTransport {
         };
         let msg = &job.msg;
         let env = &msg.envelope;
+        let content = msg.content();
         let out = OutMessage {
             sender: env.sender.clone(),
             recipients: job
@@ -534,7 +535,7 @@ impl RemoteTransport {
                 .iter()
                 .map(|&i| env.recipients[i].clone())
                 .collect(),
-            size: msg.body.len() as u64,
+            size: content.len() as u64,
             body_type: env.body_type,
             smtputf8: env.smtputf8,
             ret: env.ret,
@@ -621,7 +622,7 @@ impl RemoteTransport {
                         }
                     }
                 }
-                ClientEvent::NeedBody => client.body_chunk(&msg.body, true),
+                ClientEvent::NeedBody => client.body_chunk(&content, true),
                 ClientEvent::Ready => {
                     if sent && keep_open && result.is_some() {
                         break None;

@@ -1,9 +1,12 @@
-//! Every accept/refuse decision about a client, a sender or a recipient, as
-//! pure functions: facts in, `Ok(())` or the `Reply` to give out. The server
-//! carries the verdicts out; nothing here does I/O. Untrusted (already
-//! parsed) addresses reach these functions.
+//! Every accept/refuse decision about a client, a sender, a recipient or a
+//! message, as pure functions: the stage the session stopped at, the facts
+//! gathered for it ([`crate::checks::Facts`]) and what is known of the
+//! client in, a [`Verdict`] out. This is the only code that refuses; the
+//! server carries the verdicts out. Nothing here does I/O (no DNS, no
+//! state tables, no queue). Untrusted (already parsed) addresses and
+//! header sections reach these functions.
 //!
-//! The checks per command, in order, are documented in docs/policy.md.
+//! The checks per stage, in order, are documented in docs/policy.md.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,12 +14,14 @@ use std::sync::Arc;
 use crate::auth::User;
 use crate::directory::{Directory, Unresolved};
 
-use crate::config::{Cidr, Config};
+use crate::checks::Facts;
+use crate::config::{Cidr, Config, SendmailConfig};
+use crate::message::HeaderEdits;
 use crate::proto::address::Domain;
 use crate::proto::command::{MailFrom, RcptTo};
 use crate::proto::envelope::Recipient;
 use crate::proto::reply::{self, Reply};
-use crate::proto::MessageFacts;
+use crate::proto::{Decision, Verdict};
 
 /// The parts of the configuration that decisions depend on.
 #[derive(Debug, Clone)]
@@ -25,6 +30,29 @@ pub struct Policy {
     trusted: Vec<Cidr>,
     sender_login_match: bool,
     check_header_from: bool,
+    hostname: String,
+    sendmail: SendmailConfig,
+}
+
+/// A complete message's header section, as the checks at the end of DATA
+/// see it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MessageFacts<'a> {
+    /// The header section as it will be stored, at most
+    /// [`crate::message::MAX_HEADER_SECTION`] bytes, CRLF line ends,
+    /// without the empty line that ends it.
+    pub header: &'a [u8],
+    /// False when the header section was longer and `header` holds only
+    /// its start.
+    pub header_complete: bool,
+}
+
+/// A program on this machine submitting through the sendmail socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalUser {
+    pub uid: u32,
+    /// The user name, or "uid N" when it has none.
+    pub name: String,
 }
 
 /// What is known about the client when a decision is made.
@@ -37,6 +65,8 @@ pub struct Client {
     pub auth_required: bool,
     /// The authenticated user, once AUTH succeeded.
     pub user: Option<Arc<User>>,
+    /// The local user of a submission through the sendmail socket.
+    pub local: Option<LocalUser>,
 }
 
 impl Policy {
@@ -48,7 +78,100 @@ impl Policy {
             trusted: cfg.relay.trusted_networks.clone(),
             sender_login_match: cfg.auth.sender_login_match,
             check_header_from: cfg.auth.check_header_from,
+            hostname: cfg.server.hostname.to_ascii_lowercase(),
+            sendmail: cfg.sendmail.clone(),
         }
+    }
+
+    /// The verdict at the stage the session stopped at.
+    pub fn decide(&self, d: &Decision<'_>, facts: &Facts, client: &Client) -> Verdict {
+        let refused = |r: Result<(), Reply>| match r {
+            Ok(()) => Verdict::accept(),
+            Err(r) => Verdict::Reject(r),
+        };
+        match *d {
+            Decision::Connect => refused(self.check_connect(client)),
+            Decision::Helo { .. } => Verdict::accept(),
+            Decision::Mail { mail } => match self.check_mail(client, mail, facts.spool_has_space) {
+                Ok(()) => Verdict::Accept(self.sender_edits(client, mail)),
+                Err(r) => Verdict::Reject(r),
+            },
+            Decision::Rcpt { rcpt, .. } => refused(self.check_rcpt(client, rcpt)),
+            Decision::Content {
+                rcpts,
+                header,
+                header_complete,
+                ..
+            } => refused(self.check_message(
+                client,
+                &MessageFacts {
+                    header,
+                    header_complete,
+                },
+                rcpts,
+            )),
+        }
+    }
+
+    /// Before the greeting: a local user must be allowed to submit
+    /// (`sendmail.allowed_users`, as Postfix's `authorized_submit_users`).
+    fn check_connect(&self, client: &Client) -> Result<(), Reply> {
+        match &client.local {
+            Some(u)
+                if !self.sendmail.allowed_users.is_empty()
+                    && !self.sendmail.allowed_users.iter().any(|a| a == &u.name) =>
+            {
+                Err(reply::LOCAL_USER_NOT_ALLOWED)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a local user may use `sender` as the envelope sender: a
+    /// trusted user any; others their own (`name@server.hostname`), the
+    /// null sender, and those `sendmail.senders` lists for them (an
+    /// address, or `@domain` for all of a domain).
+    fn local_sender_ok(&self, user: &LocalUser, sender: &str) -> bool {
+        if self.sendmail.trusted_users.iter().any(|t| t == &user.name) || sender.is_empty() {
+            return true;
+        }
+        let sender = sender.to_lowercase();
+        let Some((local, domain)) = sender.rsplit_once('@') else {
+            return false;
+        };
+        if local == user.name.to_lowercase() && domain == self.hostname {
+            return true;
+        }
+        self.sendmail.senders.get(&user.name).is_some_and(|list| {
+            list.iter().any(|a| {
+                let a = a.to_lowercase();
+                match a.strip_prefix('@') {
+                    Some(d) => d == domain,
+                    None => a == sender,
+                }
+            })
+        })
+    }
+
+    /// Header fields that go with an accepted sender: a local user who set
+    /// a sender that is not theirs gets an `X-Authentication-Warning:`, as
+    /// sendmail(8) adds one.
+    fn sender_edits(&self, client: &Client, mail: &MailFrom) -> HeaderEdits {
+        let mut edits = HeaderEdits::new();
+        if let Some(user) = &client.local {
+            let sender = mail
+                .sender
+                .as_ref()
+                .map(|m| m.address())
+                .unwrap_or_default();
+            if !self.local_sender_ok(user, &sender) {
+                edits.add(
+                    "X-Authentication-Warning",
+                    &format!("{}: {} set sender to <{sender}>", self.hostname, user.name),
+                );
+            }
+        }
+        edits
     }
 
     /// Facts about a newly connected client.
@@ -58,6 +181,7 @@ impl Policy {
             trusted: self.is_trusted(ip),
             auth_required,
             user: None,
+            local: None,
         }
     }
 
@@ -86,6 +210,16 @@ impl Policy {
         if let (Some(user), Some(sender)) = (&client.user, &mail.sender) {
             if self.sender_login_match && !user.may_send_as(&sender.address()) {
                 return Err(reply::SENDER_NOT_OWNED);
+            }
+        }
+        if let Some(user) = &client.local {
+            let sender = mail
+                .sender
+                .as_ref()
+                .map(|m| m.address())
+                .unwrap_or_default();
+            if self.sendmail.restrict_senders && !self.local_sender_ok(user, &sender) {
+                return Err(reply::LOCAL_SENDER_NOT_OWNED);
             }
         }
         if !spool_has_space {
@@ -558,5 +692,108 @@ mod auth_tests {
                 .resolve_after("postmaster@example.org", &history),
             Err(Unresolved::Loop(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod local_user_tests {
+    use super::*;
+    use crate::proto::command::{parse_command, Command};
+
+    fn policy(f: impl FnOnce(&mut Config)) -> Policy {
+        let mut cfg = Config::default();
+        cfg.server.hostname = "host.example.org".into();
+        cfg.domains.local = vec!["example.org".into()];
+        f(&mut cfg);
+        let d = super::tests::catch_all(&mut cfg);
+        Policy::new(&cfg, d)
+    }
+
+    fn local(p: &Policy, name: &str) -> Client {
+        let mut c = p.client("127.0.0.1".parse().unwrap(), false);
+        c.trusted = true;
+        c.local = Some(LocalUser {
+            uid: 1000,
+            name: name.into(),
+        });
+        c
+    }
+
+    fn mail_verdict(p: &Policy, c: &Client, from: &str) -> Verdict {
+        let Ok(Command::Mail(m)) = parse_command(format!("MAIL FROM:<{from}>").as_bytes()) else {
+            panic!("{from}");
+        };
+        p.decide(&Decision::Mail { mail: &m }, &Facts::default(), c)
+    }
+
+    fn warning(v: &Verdict) -> Option<String> {
+        match v {
+            Verdict::Accept(e) if e.is_empty() => None,
+            Verdict::Accept(e) => Some(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn own_listed_and_null_senders_pass_others_get_a_warning() {
+        let p = policy(|cfg| {
+            cfg.sendmail.senders.insert(
+                "www".into(),
+                vec!["noreply@example.org".into(), "@lists.example.org".into()],
+            );
+        });
+        let www = local(&p, "www");
+        for ok in [
+            "www@host.example.org",
+            "WWW@Host.Example.org",
+            "",
+            "noreply@example.org",
+            "x@lists.example.org",
+        ] {
+            assert_eq!(warning(&mail_verdict(&p, &www, ok)), None, "{ok}");
+        }
+        let w = warning(&mail_verdict(&p, &www, "ceo@example.org")).unwrap();
+        assert_eq!(
+            w,
+            "X-Authentication-Warning: host.example.org: www set sender to\r\n <ceo@example.org>\r\n"
+        );
+        // root is trusted by default.
+        assert_eq!(
+            warning(&mail_verdict(&p, &local(&p, "root"), "ceo@example.org")),
+            None
+        );
+        // Not a local submission: no warning.
+        let net = p.client("192.0.2.1".parse().unwrap(), false);
+        assert_eq!(warning(&mail_verdict(&p, &net, "ceo@example.org")), None);
+    }
+
+    #[test]
+    fn restricted_senders_are_refused_and_unlisted_users_cannot_submit() {
+        let p = policy(|cfg| {
+            cfg.sendmail.restrict_senders = true;
+            cfg.sendmail.allowed_users = vec!["www".into(), "root".into()];
+        });
+        let www = local(&p, "www");
+        assert_eq!(
+            mail_verdict(&p, &www, "ceo@example.org"),
+            Verdict::Reject(reply::LOCAL_SENDER_NOT_OWNED)
+        );
+        assert_eq!(
+            warning(&mail_verdict(&p, &www, "www@host.example.org")),
+            None
+        );
+        assert_eq!(
+            p.decide(&Decision::Connect, &Facts::default(), &www),
+            Verdict::accept()
+        );
+        assert_eq!(
+            p.decide(&Decision::Connect, &Facts::default(), &local(&p, "mallory")),
+            Verdict::Reject(reply::LOCAL_USER_NOT_ALLOWED)
+        );
+        let net = p.client("192.0.2.1".parse().unwrap(), false);
+        assert_eq!(
+            p.decide(&Decision::Connect, &Facts::default(), &net),
+            Verdict::accept()
+        );
     }
 }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::client::*;
-use super::command::{MailFrom, RcptTo};
 use super::data::{BodyDecoder, Progress};
 use super::envelope::{BodyType, Notify, Recipient, Ret};
 use super::reply::Reply;
 use super::sasl::Credentials;
-use super::session::{Action, Host, ServerSession, SessionConfig};
+use super::session::{Action, Decision, Host, ServerSession, SessionConfig};
+use super::stage::Verdict;
 
 // --- helpers -----------------------------------------------------------------
 
@@ -1328,17 +1328,17 @@ proptest! {
 
 struct FakeHost(u32);
 
-impl Host for FakeHost {
-    fn check_mail(&mut self, _mail: &MailFrom) -> Result<(), Reply> {
-        Ok(())
-    }
-    fn check_rcpt(&mut self, _mail: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply> {
-        if rcpt.rcpt.local == "nobody" {
-            Err(Reply::new(550, "5.1.1", "no such user"))
-        } else {
-            Ok(())
+/// The server's verdicts: every recipient but `nobody@...` is accepted.
+fn verdict(d: Decision<'_>) -> Verdict {
+    match d {
+        Decision::Rcpt { rcpt, .. } if rcpt.rcpt.local == "nobody" => {
+            Verdict::Reject(Reply::new(550, "5.1.1", "no such user"))
         }
+        _ => Verdict::accept(),
     }
+}
+
+impl Host for FakeHost {
     fn new_queue_id(&mut self) -> String {
         self.0 += 1;
         format!("Q{}", self.0)
@@ -1387,7 +1387,10 @@ fn loopback(msgs: &[(OutMessage, Vec<u8>)], chunking: bool) -> (Vec<TransactionR
     };
     let mut server = ServerSession::new(Arc::new(scfg), IpAddr::V4(Ipv4Addr::LOCALHOST));
     let mut host = FakeHost(0);
-    server.greeting();
+    // The Connect decision: the greeting.
+    let (_, a) = server.feed(b"", &mut host);
+    assert!(matches!(a, Action::Decide(_)));
+    server.decided(Verdict::accept());
     let mut client = ClientSession::new(cfg());
     let mut to_server: Vec<u8> = Vec::new();
     let mut stored = Vec::new();
@@ -1410,6 +1413,10 @@ fn loopback(msgs: &[(OutMessage, Vec<u8>)], chunking: bool) -> (Vec<TransactionR
                     to_server.drain(..n);
                     match a {
                         Action::NeedInput => break,
+                        Action::Decide(_) => {
+                            let v = verdict(server.decision().unwrap());
+                            server.decided(v);
+                        }
                         Action::Commit => {
                             let env = server.envelope().unwrap();
                             let id = server.queue_id().unwrap().to_string();

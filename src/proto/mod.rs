@@ -1,5 +1,6 @@
 //! Sans-IO SMTP protocol core. No tokio, no files, no sockets, no clock:
-//! bytes in, replies and actions out. Untrusted bytes reach every function here.
+//! bytes in, replies and actions out. Imports only [`crate::message`].
+//! Untrusted bytes reach every function here.
 
 pub mod address;
 pub mod client;
@@ -13,7 +14,9 @@ pub mod sasl;
 pub mod session;
 #[cfg(test)]
 mod session_tests;
+pub mod stage;
 
 pub use envelope::{BodyType, Envelope, Notify, Recipient, Ret};
 pub use reply::Reply;
-pub use session::{Action, AuthOutcome, Host, MessageFacts, ServerSession, SessionConfig};
+pub use session::{Action, AuthOutcome, Decision, Host, ServerSession, SessionConfig};
+pub use stage::{Stage, Verdict};

@@ -108,6 +108,18 @@ pub const UNKNOWN_COMMAND: Reply = Reply::new(500, "5.5.2", "Error: command not 
 pub const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.2", "Error: line too long");
 pub const NOT_IMPLEMENTED: Reply = Reply::new(502, "5.5.1", "Error: command not implemented");
 pub const BAD_SEQUENCE_HELO: Reply = Reply::new(503, "5.5.1", "Error: send HELO/EHLO first");
+pub const REFUSED_AT_CONNECT: Reply = Reply::new(
+    503,
+    "5.5.1",
+    "Error: this connection was refused; send QUIT",
+);
+pub const LOCAL_USER_NOT_ALLOWED: Reply =
+    Reply::new(554, "5.7.1", "Error: this local user may not submit mail");
+pub const LOCAL_SENDER_NOT_OWNED: Reply = Reply::new(
+    553,
+    "5.7.1",
+    "Error: this local user may not use that sender address",
+);
 pub const BAD_SEQUENCE_NESTED_MAIL: Reply = Reply::new(503, "5.5.1", "Error: nested MAIL command");
 pub const BAD_SEQUENCE_NEED_MAIL: Reply = Reply::new(503, "5.5.1", "Error: need MAIL command");
 pub const BAD_SEQUENCE_NEED_RCPT: Reply = Reply::new(503, "5.5.1", "Error: need RCPT command");

@@ -4,9 +4,13 @@
 //! appends replies (wire format) to its output buffer and decoded message
 //! content to its body buffer, and returns an [`Action`] when the driver has
 //! to do something: read more, make the message durable, discard it, close.
-//! Decisions that need the outside world (may this sender/recipient be
-//! accepted, the queue id, the time) are asked of a [`Host`], which the driver
-//! implements with the policy module. Untrusted bytes reach everything here.
+//! Every decision that needs the outside world is a suspension: the session
+//! stops with [`Action::Decide`] (may this client, HELO, sender, recipient,
+//! message be accepted: see [`Stage`]), [`Action::Authenticate`] or
+//! [`Action::Commit`], and goes on when the driver answers
+//! ([`ServerSession::decided`], [`ServerSession::auth_result`],
+//! [`ServerSession::commit_result`]). Only the queue id and the time are
+//! asked of a [`Host`] directly. Untrusted bytes reach everything here.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -17,6 +21,8 @@ use super::data::{BodyDecoder, Progress};
 use super::envelope::{Envelope, Recipient};
 use super::reply::{self, Reply};
 use super::sasl::{self, Credentials, Mechanism};
+use super::stage::{Stage, Verdict};
+use crate::message::{HeaderEdits, HeaderScan};
 
 /// Limits and identity of the server, fixed for the life of a connection.
 #[derive(Debug, Clone)]
@@ -45,24 +51,49 @@ pub struct SessionConfig {
     pub max_junk_commands: u32,
 }
 
-/// Facts about a complete message that policy may want to check.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct MessageFacts<'a> {
-    /// The message's header section as it will be stored (our own trace
-    /// fields first, then the client's header fields), at most
-    /// [`MAX_HEADER_SECTION`] bytes, CRLF line ends, without the empty
-    /// line that ends it.
-    pub header: &'a [u8],
-    /// False when the header section was longer than
-    /// [`MAX_HEADER_SECTION`] and `header` holds only its start.
-    pub header_complete: bool,
+/// What a pending decision is about: the driver's view of the stage the
+/// session stopped at ([`ServerSession::decision`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Decision<'a> {
+    Connect,
+    Helo {
+        name: &'a str,
+        esmtp: bool,
+    },
+    Mail {
+        mail: &'a MailFrom,
+    },
+    Rcpt {
+        mail: &'a MailFrom,
+        rcpt: &'a RcptTo,
+        /// The recipients accepted so far.
+        accepted: &'a [Recipient],
+    },
+    Content {
+        mail: &'a MailFrom,
+        rcpts: &'a [Recipient],
+        /// The header section as it will be stored (our own trace field
+        /// first, then the client's fields), at most
+        /// [`crate::message::MAX_HEADER_SECTION`] bytes, CRLF line ends,
+        /// without the empty line that ends it.
+        header: &'a [u8],
+        /// False when the header section was longer than that bound and
+        /// `header` holds only its start.
+        header_complete: bool,
+    },
 }
 
-/// Longest header section kept for decisions about a message (as
-/// Postfix's `header_size_limit`). Local delivery reads the history of a
-/// stored message through [`header_section`], with the same bound, so
-/// what is checked here is exactly what delivery will see.
-pub const MAX_HEADER_SECTION: usize = 100 * 1024;
+impl Decision<'_> {
+    pub fn stage(&self) -> Stage {
+        match self {
+            Decision::Connect => Stage::Connect,
+            Decision::Helo { .. } => Stage::Helo,
+            Decision::Mail { .. } => Stage::Mail,
+            Decision::Rcpt { .. } => Stage::Rcpt,
+            Decision::Content { .. } => Stage::Content,
+        }
+    }
+}
 
 /// Outcome of a credentials check, given back to the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,25 +108,12 @@ pub enum AuthOutcome {
     Busy,
 }
 
-/// What the session needs from its environment.
+/// What the session takes from its environment without a suspension.
 pub trait Host {
-    /// Policy verdict on a syntactically valid MAIL command.
-    fn check_mail(&mut self, mail: &MailFrom) -> Result<(), Reply>;
-    /// Policy verdict on a syntactically valid RCPT command.
-    fn check_rcpt(&mut self, mail: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply>;
     /// A fresh queue id for the message about to be received.
     fn new_queue_id(&mut self) -> String;
     /// Current time, seconds since the Unix epoch (for the Received: header).
     fn now(&mut self) -> i64;
-    /// Policy verdict on a complete message, before it is committed,
-    /// given its accepted recipients.
-    fn check_message(
-        &mut self,
-        _facts: &MessageFacts<'_>,
-        _rcpts: &[Recipient],
-    ) -> Result<(), Reply> {
-        Ok(())
-    }
 }
 
 /// What the driver must do next.
@@ -119,6 +137,9 @@ pub enum Action {
     /// Check [`ServerSession::credentials`] (slowly, off the reactor), then
     /// call [`ServerSession::auth_result`].
     Authenticate,
+    /// Decide what [`ServerSession::decision`] describes, then call
+    /// [`ServerSession::decided`]. Nothing more is consumed until then.
+    Decide(Stage),
 }
 
 #[derive(Debug)]
@@ -137,6 +158,30 @@ enum Phase {
     Auth(AuthStep),
     /// Credentials complete; waiting for the driver's verdict.
     WaitAuth,
+    /// Waiting for the driver's [`Verdict`] on `ServerSession::pending`.
+    WaitDecide,
+}
+
+/// A decision the session waits for, with what it is about.
+#[derive(Debug)]
+enum Pending {
+    Connect,
+    Helo { name: String, esmtp: bool },
+    Mail(MailFrom),
+    Rcpt(RcptTo),
+    Content,
+}
+
+impl Pending {
+    fn stage(&self) -> Stage {
+        match self {
+            Pending::Connect => Stage::Connect,
+            Pending::Helo { .. } => Stage::Helo,
+            Pending::Mail(_) => Stage::Mail,
+            Pending::Rcpt(_) => Stage::Rcpt,
+            Pending::Content => Stage::Content,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -158,6 +203,8 @@ struct Txn {
     size: u64,
     too_big: bool,
     headers: HeaderScan,
+    /// Header fields accepted decisions added, prepended at commit.
+    edits: HeaderEdits,
 }
 
 /// One connection's protocol state. Each field is owned here alone.
@@ -192,18 +239,31 @@ pub struct ServerSession {
     junk: u32,
     /// The local user (uid, name) of a local submission, for Received:.
     local_user: Option<(u32, String)>,
+    /// The decision waited for (with [`Phase::WaitDecide`]).
+    pending: Option<Pending>,
+    /// The connection was refused at [`Stage::Connect`]: every command but
+    /// QUIT gets 503 (RFC 5321 §3.1).
+    refused: bool,
+    /// Why the session itself refused the message it asks to abort (too
+    /// big, a loop, bare newlines), for the driver's log line.
+    refusal: Option<Reply>,
 }
 
 impl ServerSession {
+    /// A session that starts by asking for the [`Stage::Connect`]
+    /// decision; the greeting follows an accepting verdict.
     pub fn new(cfg: Arc<SessionConfig>, client_ip: IpAddr) -> ServerSession {
         ServerSession {
             cfg,
             client_ip,
             local_user: None,
+            pending: Some(Pending::Connect),
+            refused: false,
+            refusal: None,
             helo: None,
             esmtp: false,
             txn: None,
-            phase: Phase::Command,
+            phase: Phase::WaitDecide,
             errors: 0,
             skipping_line: false,
             closed: false,
@@ -230,6 +290,9 @@ impl ServerSession {
     /// and the driver must drop its own per-message state (queue writer,
     /// failure flag, authenticated user) at the same time.
     pub fn tls_started(&mut self, description: String) {
+        // Implicit TLS comes before the greeting: the Connect decision is
+        // still to be made. Nothing else can be pending at a TLS start.
+        let before_greeting = matches!(self.pending, Some(Pending::Connect));
         self.txn = None;
         self.body.clear();
         self.pending_abort = false;
@@ -241,7 +304,10 @@ impl ServerSession {
         self.esmtp = false;
         self.auth_user = None;
         self.junk = 0;
-        self.phase = Phase::Command;
+        if !before_greeting {
+            self.pending = None;
+            self.phase = Phase::Command;
+        }
     }
 
     pub fn tls(&self) -> Option<&str> {
@@ -283,9 +349,127 @@ impl ServerSession {
     }
 
     /// Queues the 220 greeting (RFC 2034: no enhanced code on it).
-    pub fn greeting(&mut self) {
+    fn greeting(&mut self) {
         let r = Reply::owned(220, "", format!("{} ESMTP pigeon", self.cfg.hostname));
         r.write_to(&mut self.out);
+    }
+
+    /// What the pending decision is about, while the session waits for
+    /// one ([`Action::Decide`]).
+    pub fn decision(&self) -> Option<Decision<'_>> {
+        Some(match self.pending.as_ref()? {
+            Pending::Connect => Decision::Connect,
+            Pending::Helo { name, esmtp } => Decision::Helo {
+                name,
+                esmtp: *esmtp,
+            },
+            Pending::Mail(mail) => Decision::Mail { mail },
+            Pending::Rcpt(rcpt) => {
+                let t = self.txn.as_ref()?;
+                Decision::Rcpt {
+                    mail: &t.mail,
+                    rcpt,
+                    accepted: &t.rcpts,
+                }
+            }
+            Pending::Content => {
+                let t = self.txn.as_ref()?;
+                Decision::Content {
+                    mail: &t.mail,
+                    rcpts: &t.rcpts,
+                    header: t.headers.section(),
+                    header_complete: t.headers.complete(),
+                }
+            }
+        })
+    }
+
+    /// The driver's answer to [`Action::Decide`].
+    pub fn decided(&mut self, verdict: Verdict) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        self.phase = Phase::Command;
+        let content = matches!(pending, Pending::Content);
+        match (pending, verdict) {
+            (_, Verdict::Drop(r)) => {
+                r.write_to(&mut self.out);
+                self.closed = true;
+                if content {
+                    self.reset_txn();
+                }
+            }
+            (Pending::Connect, Verdict::Accept(_)) => self.greeting(),
+            (Pending::Connect, Verdict::Reject(r)) => {
+                r.write_to(&mut self.out);
+                self.refused = true;
+            }
+            (Pending::Helo { name, esmtp }, Verdict::Accept(_)) => self.hello(name, esmtp),
+            (Pending::Mail(mail), Verdict::Accept(edits)) => {
+                self.txn = Some(Txn {
+                    mail,
+                    rcpts: Vec::new(),
+                    queue_id: None,
+                    decoder: None,
+                    bdat: false,
+                    size: 0,
+                    too_big: false,
+                    headers: HeaderScan::default(),
+                    edits,
+                });
+                self.reply(reply::SENDER_OK);
+            }
+            (Pending::Rcpt(rcpt), Verdict::Accept(edits)) => {
+                if let Some(t) = self.txn.as_mut() {
+                    t.rcpts.push(Recipient {
+                        address: rcpt.rcpt.address(),
+                        orcpt: rcpt.orcpt,
+                        notify: rcpt.notify,
+                    });
+                    t.edits.extend(edits);
+                }
+                self.reply(reply::RCPT_OK);
+            }
+            (Pending::Content, Verdict::Accept(edits)) => {
+                if let Some(t) = self.txn.as_mut() {
+                    t.edits.extend(edits);
+                }
+                self.phase = Phase::WaitCommit;
+            }
+            (Pending::Content, Verdict::Reject(r)) => {
+                self.reply(r);
+                self.reset_txn();
+                self.body.clear();
+            }
+            (Pending::Helo { .. } | Pending::Mail(_) | Pending::Rcpt(_), Verdict::Reject(r)) => {
+                self.reply(r)
+            }
+        }
+    }
+
+    /// Asks for a decision: nothing more is consumed until it comes.
+    fn ask(&mut self, p: Pending) {
+        self.pending = Some(p);
+        self.phase = Phase::WaitDecide;
+    }
+
+    /// Why the session refused the message it asked the driver to abort,
+    /// if it refused it itself (see [`Action::Abort`]).
+    pub fn take_refusal(&mut self) -> Option<Reply> {
+        self.refusal.take()
+    }
+
+    /// The header fields decisions added to the message being received,
+    /// to prepend when it is committed.
+    pub fn header_edits(&self) -> Option<&HeaderEdits> {
+        self.txn.as_ref().map(|t| &t.edits)
+    }
+
+    /// The Message-ID of the message being received, from its header
+    /// section, if it has a well-formed one.
+    pub fn message_id(&self) -> Option<String> {
+        let t = self.txn.as_ref()?;
+        crate::message::header::message_id(t.headers.section())
     }
 
     pub fn output(&mut self) -> &mut Vec<u8> {
@@ -449,6 +633,10 @@ impl ServerSession {
             match self.phase {
                 Phase::WaitCommit => return (pos, Action::Commit),
                 Phase::WaitAuth => return (pos, Action::Authenticate),
+                Phase::WaitDecide => match self.pending.as_ref() {
+                    Some(p) => return (pos, Action::Decide(p.stage())),
+                    None => self.phase = Phase::Command,
+                },
                 Phase::Command | Phase::Auth(_) => {
                     let rest = &input[pos..];
                     let lf = memchr::memchr(b'\n', rest);
@@ -492,7 +680,7 @@ impl ServerSession {
                         Progress::More => return (input.len(), Action::NeedInput),
                         Progress::End(n) => {
                             pos += n;
-                            if let Some(a) = self.finish_message(host) {
+                            if let Some(a) = self.finish_message() {
                                 return (pos, a);
                             }
                         }
@@ -538,7 +726,7 @@ impl ServerSession {
                                 d.finish_chunks(out);
                             }
                         }
-                        if let Some(a) = self.finish_message(host) {
+                        if let Some(a) = self.finish_message() {
                             return (pos, a);
                         }
                     } else {
@@ -588,7 +776,7 @@ impl ServerSession {
     }
 
     /// The content is complete: check it and ask for a commit, or refuse it.
-    fn finish_message(&mut self, host: &mut dyn Host) -> Option<Action> {
+    fn finish_message(&mut self) -> Option<Action> {
         let Some(t) = self.txn.as_ref() else {
             self.phase = Phase::Command;
             return None;
@@ -596,19 +784,16 @@ impl ServerSession {
         let bare = t.decoder.as_ref().is_some_and(|d| d.saw_bare_newline());
         let refusal = if t.too_big {
             Some(reply::MSG_TOO_BIG)
-        } else if t.headers.received > self.cfg.max_received_headers {
+        } else if t.headers.received() > self.cfg.max_received_headers {
             Some(reply::LOOP_DETECTED)
         } else if bare && self.cfg.reject_bare_newline {
             Some(reply::BARE_NEWLINE)
         } else {
-            let facts = MessageFacts {
-                header: &t.headers.section,
-                header_complete: !t.headers.overflow,
-            };
-            host.check_message(&facts, &t.rcpts).err()
+            None
         };
         match refusal {
             Some(r) => {
+                self.refusal = Some(r.clone());
                 self.reply(r);
                 self.reset_txn();
                 self.phase = Phase::Command;
@@ -617,8 +802,8 @@ impl ServerSession {
                 Some(Action::Abort)
             }
             None => {
-                self.phase = Phase::WaitCommit;
-                Some(Action::Commit)
+                self.ask(Pending::Content);
+                Some(Action::Decide(Stage::Content))
             }
         }
     }
@@ -670,12 +855,12 @@ impl ServerSession {
             Some((uid, name)) => format!(
                 "Received: by {} (pigeon, from userid {uid} ({name}))\r\n\tid {id}{for_clause};\r\n\t{}\r\n",
                 self.cfg.hostname,
-                rfc5322_date(now)
+                crate::message::rfc5322_date(now)
             ),
             None => format!(
                 "Received: from {helo} ({ip}){tls}\r\n\tby {} (pigeon) with {proto} id {id}{for_clause};\r\n\t{}\r\n",
                 self.cfg.hostname,
-                rfc5322_date(now)
+                crate::message::rfc5322_date(now)
             ),
         };
         self.body.extend_from_slice(received.as_bytes());
@@ -699,33 +884,20 @@ impl ServerSession {
             Err(ParseError::UnknownParam) => return self.reply(reply::PARAM_UNKNOWN),
         };
         let in_bdat = self.txn.as_ref().is_some_and(|t| t.bdat);
+        if self.refused {
+            // RFC 5321 §3.1: after a 554 greeting, only QUIT.
+            return if matches!(cmd, Command::Quit) {
+                self.reply(reply::BYE);
+                self.closed = true;
+            } else {
+                self.reply(reply::REFUSED_AT_CONNECT);
+            };
+        }
         match cmd {
-            Command::Ehlo(name) => {
-                self.reset_txn();
-                self.helo = Some(name);
-                self.esmtp = true;
-                let mut text = format!(
-                    "{}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING",
-                    self.cfg.hostname, self.cfg.max_message_size
-                );
-                if self.cfg.starttls && self.tls.is_none() {
-                    text.push_str("\nSTARTTLS");
-                }
-                if self.auth_offered() {
-                    text.push_str("\nAUTH ");
-                    text.push_str(sasl::MECHANISMS);
-                }
-                text.push_str("\nDSN");
-                self.reply(Reply::owned(250, "", text));
-            }
-            Command::Helo(name) => {
-                self.reset_txn();
-                self.helo = Some(name);
-                self.esmtp = false;
-                self.reply(Reply::owned(250, "", self.cfg.hostname.clone()));
-            }
-            Command::Mail(mail) => self.mail(mail, host, in_bdat),
-            Command::Rcpt(rcpt) => self.rcpt(rcpt, host, in_bdat),
+            Command::Ehlo(name) => self.ask(Pending::Helo { name, esmtp: true }),
+            Command::Helo(name) => self.ask(Pending::Helo { name, esmtp: false }),
+            Command::Mail(mail) => self.mail(mail, in_bdat),
+            Command::Rcpt(rcpt) => self.rcpt(rcpt, in_bdat),
             Command::Data => {
                 if in_bdat {
                     return self.reply(reply::BAD_SEQUENCE_BDAT);
@@ -771,6 +943,30 @@ impl ServerSession {
             Command::Auth(args) => self.auth(&args),
             Command::Expn => self.reply(reply::NOT_IMPLEMENTED),
         }
+    }
+
+    /// An accepted EHLO/HELO: the transaction is reset (RFC 5321 §4.1.4)
+    /// and the reply lists what is offered.
+    fn hello(&mut self, name: String, esmtp: bool) {
+        self.reset_txn();
+        self.helo = Some(name);
+        self.esmtp = esmtp;
+        if !esmtp {
+            return self.reply(Reply::owned(250, "", self.cfg.hostname.clone()));
+        }
+        let mut text = format!(
+            "{}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING",
+            self.cfg.hostname, self.cfg.max_message_size
+        );
+        if self.cfg.starttls && self.tls.is_none() {
+            text.push_str("\nSTARTTLS");
+        }
+        if self.auth_offered() {
+            text.push_str("\nAUTH ");
+            text.push_str(sasl::MECHANISMS);
+        }
+        text.push_str("\nDSN");
+        self.reply(Reply::owned(250, "", text));
     }
 
     /// Replies to a command that makes no progress (as Postfix's
@@ -877,7 +1073,7 @@ impl ServerSession {
         }
     }
 
-    fn mail(&mut self, mail: MailFrom, host: &mut dyn Host, in_bdat: bool) {
+    fn mail(&mut self, mail: MailFrom, in_bdat: bool) {
         if self.helo.is_none() {
             return self.reply(reply::BAD_SEQUENCE_HELO);
         }
@@ -910,23 +1106,10 @@ impl ServerSession {
         if mail.size.is_some_and(|s| s > self.cfg.max_message_size) {
             return self.reply(reply::MSG_TOO_BIG);
         }
-        if let Err(r) = host.check_mail(&mail) {
-            return self.reply(r);
-        }
-        self.txn = Some(Txn {
-            mail,
-            rcpts: Vec::new(),
-            queue_id: None,
-            decoder: None,
-            bdat: false,
-            size: 0,
-            too_big: false,
-            headers: HeaderScan::default(),
-        });
-        self.reply(reply::SENDER_OK);
+        self.ask(Pending::Mail(mail));
     }
 
-    fn rcpt(&mut self, mut rcpt: RcptTo, host: &mut dyn Host, in_bdat: bool) {
+    fn rcpt(&mut self, mut rcpt: RcptTo, in_bdat: bool) {
         if in_bdat {
             return self.reply(reply::BAD_SEQUENCE_BDAT);
         }
@@ -949,18 +1132,7 @@ impl ServerSession {
         if rcpt.bare_postmaster || literal_postmaster {
             rcpt.rcpt.domain = Domain::Name(self.cfg.hostname.to_ascii_lowercase());
         }
-        if let Err(r) = host.check_rcpt(&t.mail, &rcpt) {
-            return self.reply(r);
-        }
-        let r = Recipient {
-            address: rcpt.rcpt.address(),
-            orcpt: rcpt.orcpt,
-            notify: rcpt.notify,
-        };
-        if let Some(t) = self.txn.as_mut() {
-            t.rcpts.push(r);
-        }
-        self.reply(reply::RCPT_OK);
+        self.ask(Pending::Rcpt(rcpt));
     }
 
     fn bdat(&mut self, size: u64, last: bool, host: &mut dyn Host) {
@@ -987,169 +1159,5 @@ impl ServerSession {
             last,
             refused,
         };
-    }
-}
-
-/// Reads the header section of canonical (CRLF) content, fed in pieces:
-/// counts its Received: fields and keeps a copy of it, up to
-/// [`MAX_HEADER_SECTION`] bytes (RFC 5322 §2.1: the header section ends
-/// at the first empty line).
-#[derive(Debug, Default)]
-struct HeaderScan {
-    done: bool,
-    line_len: usize,
-    prefix: [u8; 9],
-    received: u32,
-    /// The header section, without the empty line that ends it.
-    section: Vec<u8>,
-    /// The header section was longer than `MAX_HEADER_SECTION`.
-    overflow: bool,
-    /// A CR at the start of a line, not yet kept: the empty line's, if
-    /// an LF follows.
-    line_cr: bool,
-}
-
-impl HeaderScan {
-    /// Our own trace fields, put in front of the client's content: kept
-    /// in the copy, not counted as hops.
-    fn scan_own(&mut self, bytes: &[u8]) {
-        let received = self.received;
-        self.scan(bytes);
-        self.received = received;
-    }
-
-    fn scan(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if self.done {
-                return;
-            }
-            if self.line_len == 0 {
-                // The empty line that ends the section is not kept.
-                match b {
-                    b'\n' => {
-                        self.done = true;
-                        return;
-                    }
-                    b'\r' if !self.line_cr => {
-                        self.line_cr = true;
-                        continue;
-                    }
-                    _ => {}
-                }
-                if std::mem::take(&mut self.line_cr) {
-                    self.keep(b'\r');
-                }
-            }
-            match b {
-                b'\n' => self.line_len = 0,
-                b'\r' => {}
-                _ => {
-                    if self.line_len < 9 {
-                        self.prefix[self.line_len] = b.to_ascii_lowercase();
-                    }
-                    self.line_len += 1;
-                    if self.line_len == 9 && &self.prefix == b"received:" {
-                        self.received += 1;
-                    }
-                }
-            }
-            self.keep(b);
-        }
-    }
-
-    fn keep(&mut self, b: u8) {
-        if self.section.len() < MAX_HEADER_SECTION {
-            self.section.push(b);
-        } else {
-            self.overflow = true;
-        }
-    }
-}
-
-/// The header section of a stored message, read exactly as the session
-/// read it when the message was received: at most [`MAX_HEADER_SECTION`]
-/// bytes, and whether that was all of it.
-pub fn header_section(message: &[u8]) -> (Vec<u8>, bool) {
-    let mut h = HeaderScan::default();
-    h.scan(message);
-    (h.section, !h.overflow)
-}
-
-/// RFC 5322 date-time in UTC, e.g. "Mon, 23 Nov 2026 18:35:00 +0000".
-pub fn rfc5322_date(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Civil-from-days (proleptic Gregorian), after H. Hinnant's algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MON: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
-        WD[days.rem_euclid(7) as usize],
-        day,
-        MON[(month - 1) as usize],
-        year,
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(1_795_459_500),
-            "Mon, 23 Nov 2026 18:45:00 +0000"
-        );
-        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
-    }
-
-    #[test]
-    fn header_scan() {
-        let mut h = HeaderScan::default();
-        h.scan_own(b"Received: by us\r\n");
-        h.scan(b"Received: a\r\n\tb\r\nRECEIVED: c\r\nX: y\r\n");
-        h.scan(b"\r\nReceived: in body\r\n");
-        assert_eq!(h.received, 2);
-        assert!(!h.overflow);
-        assert_eq!(
-            h.section,
-            b"Received: by us\r\nReceived: a\r\n\tb\r\nRECEIVED: c\r\nX: y\r\n"
-        );
-        let whole = b"Received: by us\r\nReceived: a\r\n\tb\r\nRECEIVED: c\r\nX: y\r\n\r\nbody\r\n";
-        assert_eq!(header_section(whole), (h.section.clone(), true));
-    }
-
-    #[test]
-    fn header_scan_is_bounded() {
-        let mut h = HeaderScan::default();
-        let big = format!("X-Pad: {}\r\n", "a".repeat(MAX_HEADER_SECTION));
-        h.scan(big.as_bytes());
-        h.scan(b"From: hidden@x.test\r\n\r\n");
-        assert!(h.overflow);
-        assert_eq!(h.section.len(), MAX_HEADER_SECTION);
-        let (section, complete) = header_section(format!("{big}\r\nbody").as_bytes());
-        assert!(!complete);
-        assert_eq!(section, h.section);
-        // A header section that fills the limit exactly is complete.
-        let exact = format!("X: {}", "b".repeat(MAX_HEADER_SECTION - 5));
-        let (section, complete) = header_section(format!("{exact}\r\n\r\nbody").as_bytes());
-        assert!(complete);
-        assert_eq!(section.len(), MAX_HEADER_SECTION);
     }
 }

@@ -3,37 +3,20 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use super::command::{MailFrom, RcptTo};
 use super::reply::{self, Reply};
-use super::session::{Action, AuthOutcome, Host, ServerSession, SessionConfig};
+use super::session::{Action, AuthOutcome, Decision, Host, ServerSession, SessionConfig};
+use super::stage::Verdict;
 
 #[derive(Default)]
 struct FakeHost {
     next_id: u32,
     relay_ok: bool,
     space_ok: bool,
-    /// What check_message was given: (header, complete, recipients).
+    /// What the Content decision was given: (header, complete, recipients).
     checked: Vec<(Vec<u8>, bool, Vec<String>)>,
 }
 
 impl Host for FakeHost {
-    fn check_mail(&mut self, _mail: &MailFrom) -> Result<(), Reply> {
-        if self.space_ok {
-            Ok(())
-        } else {
-            Err(reply::INSUFFICIENT_STORAGE)
-        }
-    }
-    fn check_rcpt(&mut self, _mail: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply> {
-        if self.relay_ok
-            || rcpt.rcpt.domain.as_str() == "local.test"
-            || rcpt.rcpt.domain.as_str() == "mx.test"
-        {
-            Ok(())
-        } else {
-            Err(reply::RELAY_DENIED)
-        }
-    }
     fn new_queue_id(&mut self) -> String {
         self.next_id += 1;
         format!("ID{}", self.next_id)
@@ -41,20 +24,62 @@ impl Host for FakeHost {
     fn now(&mut self) -> i64 {
         1_795_459_500
     }
-    fn check_message(
-        &mut self,
-        facts: &super::session::MessageFacts<'_>,
-        rcpts: &[super::envelope::Recipient],
-    ) -> Result<(), Reply> {
-        self.checked.push((
-            facts.header.to_vec(),
-            facts.header_complete,
-            rcpts.iter().map(|r| r.address.clone()).collect(),
-        ));
-        if memchr::memmem::find(facts.header, b"X-Refuse:").is_some() {
-            return Err(reply::DELIVERED_TO_LOOP);
+}
+
+impl FakeHost {
+    /// The verdict table of these tests: no room refuses MAIL, remote
+    /// recipients need `relay_ok`, a header with X-Refuse: is refused.
+    fn verdict(&mut self, d: Decision<'_>) -> Verdict {
+        match d {
+            Decision::Connect | Decision::Helo { .. } => Verdict::accept(),
+            Decision::Mail { .. } if !self.space_ok => Verdict::Reject(reply::INSUFFICIENT_STORAGE),
+            Decision::Mail { .. } => Verdict::accept(),
+            Decision::Rcpt { rcpt, .. } => {
+                let d = rcpt.rcpt.domain.as_str();
+                if self.relay_ok || d == "local.test" || d == "mx.test" {
+                    Verdict::accept()
+                } else {
+                    Verdict::Reject(reply::RELAY_DENIED)
+                }
+            }
+            Decision::Content {
+                rcpts,
+                header,
+                header_complete,
+                ..
+            } => {
+                self.checked.push((
+                    header.to_vec(),
+                    header_complete,
+                    rcpts.iter().map(|r| r.address.clone()).collect(),
+                ));
+                if memchr::memmem::find(header, b"X-Refuse:").is_some() {
+                    Verdict::Reject(reply::DELIVERED_TO_LOOP)
+                } else {
+                    Verdict::accept()
+                }
+            }
         }
-        Ok(())
+    }
+}
+
+/// Feeds `input`, answering every decision with the host's verdict, until
+/// the session wants something else: returns the bytes consumed and that
+/// action (never `Decide`).
+fn feed(s: &mut ServerSession, input: &[u8], host: &mut FakeHost) -> (usize, Action) {
+    let mut pos = 0;
+    loop {
+        let (n, a) = s.feed(&input[pos..], host);
+        pos += n;
+        match a {
+            Action::Decide(stage) => {
+                let d = s.decision().expect("a decision is pending");
+                assert_eq!(d.stage(), stage);
+                let v = host.verdict(d);
+                s.decided(v);
+            }
+            a => return (pos, a),
+        }
     }
 }
 
@@ -92,14 +117,13 @@ fn run_with(cfg: SessionConfig, chunks: &[&[u8]]) -> Run {
         space_ok: true,
         ..Default::default()
     };
-    s.greeting();
     let mut msgs = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     let mut closed = false;
     'outer: for c in chunks {
         buf.extend_from_slice(c);
         loop {
-            let (n, a) = s.feed(&buf, &mut host);
+            let (n, a) = feed(&mut s, &buf, &mut host);
             buf.drain(..n);
             match a {
                 Action::NeedInput => break,
@@ -116,6 +140,7 @@ fn run_with(cfg: SessionConfig, chunks: &[&[u8]]) -> Run {
                     s.commit_result(Ok(id));
                 }
                 Action::Abort => s.body().clear(),
+                Action::Decide(_) => unreachable!("feed() answers every decision"),
                 Action::StartTls => {
                     // Whatever followed STARTTLS in the buffer is dropped.
                     buf.clear();
@@ -258,7 +283,7 @@ fn long_lines() {
     };
     let chunk = vec![b'x'; 4096];
     for _ in 0..100 {
-        let (n, a) = s.feed(&chunk, &mut host);
+        let (n, a) = feed(&mut s, &chunk, &mut host);
         assert_eq!(a, Action::NeedInput);
         assert!(chunk.len() - n <= 2048);
         if n == chunk.len() {
@@ -466,7 +491,7 @@ fn relay_and_space_verdicts_are_the_hosts() {
         space_ok: false,
         ..Default::default()
     };
-    s.feed(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n", &mut host);
+    feed(&mut s, b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n", &mut host);
     assert!(String::from_utf8_lossy(s.output()).contains("452 4.3.1"));
 }
 
@@ -481,10 +506,10 @@ fn commit_failure_is_reported_and_session_goes_on() {
     };
     let input =
         b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n";
-    let (n, a) = s.feed(input, &mut host);
+    let (n, a) = feed(&mut s, input, &mut host);
     assert_eq!(a, Action::Commit);
     s.commit_result(Err(reply::LOCAL_ERROR));
-    let (_, a) = s.feed(&input[n..], &mut host);
+    let (_, a) = feed(&mut s, &input[n..], &mut host);
     assert_eq!(a, Action::NeedInput);
     let out = String::from_utf8_lossy(s.output()).into_owned();
     assert!(out.contains("451 4.3.0"));
@@ -588,11 +613,12 @@ fn tls_started_forgets_everything() {
         checked: Vec::new(),
     };
     let input = b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHB3\r\n";
-    let (n, a) = s.feed(input, &mut host);
+    let (n, a) = feed(&mut s, input, &mut host);
     assert_eq!(a, Action::Authenticate);
     s.auth_result(AuthOutcome::Success("alice".into()));
     let rest = b"MAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 100\r\nX-A: 1\r\n";
-    let (_, a) = s.feed(
+    let (_, a) = feed(
+        &mut s,
         &input[n..]
             .iter()
             .chain(rest.iter())
@@ -611,7 +637,7 @@ fn tls_started_forgets_everything() {
     assert!(!s.has_open_message());
     // The session starts over: MAIL before EHLO is out of sequence.
     s.output().clear();
-    let (_, a) = s.feed(b"MAIL FROM:<a@b.test>\r\n", &mut host);
+    let (_, a) = feed(&mut s, b"MAIL FROM:<a@b.test>\r\n", &mut host);
     assert_eq!(a, Action::NeedInput);
     assert!(
         String::from_utf8_lossy(s.output()).starts_with("503 5.5.1 Error: send HELO/EHLO first")
@@ -652,10 +678,10 @@ fn auth_busy_is_temporary_and_not_a_failure() {
     };
     s.tls_started("TLSv1.3 with cipher TEST".into());
     for _ in 0..5 {
-        let (_, a) = s.feed(b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHB3\r\n", &mut host);
+        let (_, a) = feed(&mut s, b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHB3\r\n", &mut host);
         assert_eq!(a, Action::Authenticate);
         s.auth_result(AuthOutcome::Busy);
-        s.feed(b"", &mut host);
+        feed(&mut s, b"", &mut host);
     }
     let out = String::from_utf8_lossy(s.output()).into_owned();
     assert_eq!(out.matches("454 4.7.0").count(), 5, "{out}");
@@ -805,7 +831,7 @@ fn end_of_data_check_gets_header_section_and_recipients() {
     let r = run_with(c, &[big.as_bytes()]);
     let (header, complete, _) = &r.checked[0];
     assert!(!complete);
-    assert_eq!(header.len(), super::session::MAX_HEADER_SECTION);
+    assert_eq!(header.len(), crate::message::MAX_HEADER_SECTION);
 }
 
 /// A HELO/EHLO name with a TAB or another control character is refused;
@@ -834,4 +860,147 @@ fn postmaster_at_address_literal_is_local() {
         r.out
     );
     assert_eq!(r.msgs[0].2, ["PostMaster@mx.test", "postmaster@mx.test"]);
+}
+
+/// A session driven with verdicts from `verdict`: the output, each
+/// committed message's header edits, whether it closed, and the stages
+/// decided, in order.
+fn drive(
+    input: &[u8],
+    mut verdict: impl FnMut(Decision<'_>) -> Verdict,
+) -> (String, Vec<Vec<u8>>, bool, Vec<super::stage::Stage>) {
+    let mut s = ServerSession::new(Arc::new(cfg()), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    let mut host = FakeHost::default();
+    let mut pos = 0;
+    let mut edits = Vec::new();
+    let mut stages = Vec::new();
+    let mut closed = false;
+    for _ in 0..1000 {
+        let (n, a) = s.feed(&input[pos..], &mut host);
+        pos += n;
+        match a {
+            Action::NeedInput => break,
+            Action::Decide(stage) => {
+                stages.push(stage);
+                let v = verdict(s.decision().unwrap());
+                s.decided(v);
+            }
+            Action::Commit => {
+                edits.push(s.header_edits().unwrap().as_bytes().to_vec());
+                let id = s.queue_id().unwrap().to_string();
+                s.body().clear();
+                s.commit_result(Ok(id));
+            }
+            Action::Abort => s.body().clear(),
+            Action::Close => {
+                closed = true;
+                break;
+            }
+            a => panic!("unexpected {a:?}"),
+        }
+    }
+    (
+        String::from_utf8_lossy(s.output()).into_owned(),
+        edits,
+        closed,
+        stages,
+    )
+}
+
+/// RFC 5321 §3.1: a connection refused at the start gets the refusal
+/// instead of the greeting, then 503 to everything until QUIT.
+#[test]
+fn refused_at_connect_only_quit_works() {
+    let (out, edits, closed, stages) =
+        drive(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nQUIT\r\n", |d| match d {
+            Decision::Connect => Verdict::Reject(Reply::new(554, "5.7.1", "blocked")),
+            _ => panic!("decided after a refused connect: {:?}", d.stage()),
+        });
+    assert_eq!(stages, [super::stage::Stage::Connect]);
+    assert!(!out.contains("220"), "{out}");
+    assert_eq!(
+        out,
+        "554 5.7.1 blocked\r\n503 5.5.1 Error: this connection was refused; send QUIT\r\n503 5.5.1 Error: this connection was refused; send QUIT\r\n221 2.0.0 Bye\r\n"
+    );
+    assert!(closed);
+    assert!(edits.is_empty());
+}
+
+/// Pipelined commands are decided one after the other, in order, and a
+/// drop ends the session at once: nothing after it is decided or answered.
+#[test]
+fn decisions_in_order_and_drop_closes() {
+    let input = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nRCPT TO:<v@local.test>\r\nRCPT TO:<w@local.test>\r\nDATA\r\n";
+    let mut rcpts = 0;
+    let (out, _, closed, stages) = drive(input, |d| match d {
+        Decision::Rcpt { accepted, .. } => {
+            assert_eq!(accepted.len(), rcpts);
+            rcpts += 1;
+            if rcpts == 2 {
+                Verdict::Drop(reply::SHUTTING_DOWN)
+            } else {
+                Verdict::accept()
+            }
+        }
+        _ => Verdict::accept(),
+    });
+    use super::stage::Stage::*;
+    assert_eq!(stages, [Connect, Helo, Mail, Rcpt, Rcpt]);
+    assert!(closed);
+    assert!(
+        out.ends_with("250 2.1.5 Ok\r\n421 4.3.2 Service shutting down, closing connection\r\n"),
+        "{out}"
+    );
+}
+
+/// Header edits accepted at MAIL, RCPT and the end of the content all
+/// reach the committed message, in that order; a transaction that was
+/// reset leaves none of its edits to the next one.
+#[test]
+fn header_edits_belong_to_their_transaction() {
+    let input = b"EHLO c\r\nMAIL FROM:<first@b.test>\r\nRSET\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n";
+    let (out, edits, _, _) = drive(input, |d| {
+        let mut e = crate::message::HeaderEdits::new();
+        match d {
+            Decision::Mail { mail } => {
+                e.add("X-Mail", &mail.sender.as_ref().unwrap().address());
+            }
+            Decision::Rcpt { rcpt, .. } => {
+                e.add("X-Rcpt", &rcpt.rcpt.address());
+            }
+            Decision::Content { header, .. } => {
+                assert!(memchr::memmem::find(header, b"X-Mail").is_none());
+                e.add("X-Content", "checked");
+            }
+            _ => {}
+        }
+        Verdict::Accept(e)
+    });
+    assert!(out.contains("250 2.0.0 Ok: queued as ID1"), "{out}");
+    assert_eq!(edits.len(), 1);
+    assert_eq!(
+        String::from_utf8_lossy(&edits[0]),
+        "X-Mail: a@b.test\r\nX-Rcpt: u@local.test\r\nX-Content: checked\r\n"
+    );
+}
+
+/// A refused EHLO leaves the session without HELO; a refused message
+/// gets the verdict's reply and is aborted.
+#[test]
+fn refused_helo_and_refused_content() {
+    let (out, edits, _, _) = drive(
+        b"EHLO bad\r\nMAIL FROM:<a@b.test>\r\nEHLO good\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n",
+        |d| match d {
+            Decision::Helo { name: "bad", .. } => Verdict::Reject(Reply::new(550, "5.7.1", "no")),
+            Decision::Content { .. } => Verdict::Reject(Reply::new(550, "5.7.1", "spam")),
+            _ => Verdict::accept(),
+        },
+    );
+    assert!(
+        out.contains("550 5.7.1 no\r\n503 5.5.1 Error: send HELO/EHLO first\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("354"), "{out}");
+    assert!(out.ends_with("550 5.7.1 spam\r\n250 2.0.0 Ok\r\n"), "{out}");
+    assert!(edits.is_empty());
 }

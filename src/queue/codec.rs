@@ -15,7 +15,11 @@ use crate::proto::{BodyType, Envelope, Notify, Recipient, Ret};
 
 pub(crate) const MSG_MAGIC: &[u8; 4] = b"PGNQ";
 pub(crate) const STATUS_MAGIC: &[u8; 4] = b"PGNS";
-pub(crate) const VERSION: u8 = 1;
+/// Message files: version 2 adds the EDITS and MSGID records; version 1
+/// files (without them) still read.
+pub(crate) const MSG_VERSION: u8 = 2;
+/// Status files.
+pub(crate) const STATUS_VERSION: u8 = 1;
 /// Magic plus version.
 pub(crate) const PREAMBLE_LEN: usize = 5;
 /// Type byte plus little-endian u32 length.
@@ -39,6 +43,12 @@ pub(crate) mod rec {
     pub const AUTH: u8 = b'A';
     pub const RCPT: u8 = b'R';
     pub const BODY: u8 = b'B';
+    /// Version 2, optional, after the body: header fields decisions added
+    /// at commit, to prepend to the message when it is read.
+    pub const EDITS: u8 = b'X';
+    /// Version 2, optional, after EDITS: the Message-ID found in the
+    /// header section at receipt.
+    pub const MSGID: u8 = b'I';
     pub const END: u8 = b'E';
     /// Status file only: message-level next attempt time.
     pub const NEXT: u8 = b'N';
@@ -85,7 +95,7 @@ fn ret_code(r: Option<Ret>) -> u8 {
 pub(crate) fn encode_head(id: QueueId, arrival: i64, env: &Envelope) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + env.recipients.len() * 64);
     out.extend_from_slice(MSG_MAGIC);
-    out.push(VERSION);
+    out.push(MSG_VERSION);
 
     let mut meta = [0u8; 16];
     meta[..8].copy_from_slice(&id.0.to_le_bytes());
@@ -151,13 +161,44 @@ pub(crate) fn msg_end_prefix(body_len: u64) -> [u8; MSG_END_LEN - 4] {
     e
 }
 
+/// What is recorded about a message besides its envelope and body:
+/// version 2's EDITS and MSGID records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extras {
+    /// Header fields to prepend (whole field lines, CRLF), or empty.
+    pub edits: Vec<u8>,
+    /// The Message-ID found at receipt, with its angle brackets.
+    pub message_id: Option<String>,
+}
+
+impl Extras {
+    /// The records that follow the body, and the END record up to its CRC.
+    pub(crate) fn tail(&self, body_len: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.edits.is_empty() {
+            put_record(&mut out, rec::EDITS, &self.edits);
+        }
+        if let Some(id) = &self.message_id {
+            put_record(&mut out, rec::MSGID, id.as_bytes());
+        }
+        out.extend_from_slice(&msg_end_prefix(body_len));
+        out
+    }
+}
+
 /// Encodes a whole message file. The streaming writer produces exactly these
 /// bytes for the same input.
-pub fn encode_message(id: QueueId, arrival: i64, env: &Envelope, body: &[u8]) -> Vec<u8> {
+pub fn encode_message(
+    id: QueueId,
+    arrival: i64,
+    env: &Envelope,
+    body: &[u8],
+    extras: &Extras,
+) -> Vec<u8> {
     let mut out = encode_head(id, arrival, env);
-    out.reserve(body.len() + body.len() / CHUNK * REC_HEADER_LEN + 32);
+    out.reserve(body.len() + body.len() / CHUNK * REC_HEADER_LEN + extras.edits.len() + 64);
     put_body_chunks(&mut out, body);
-    out.extend_from_slice(&msg_end_prefix(body.len() as u64));
+    out.extend_from_slice(&extras.tail(body.len() as u64));
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -185,7 +226,7 @@ fn state_code(rs: &RcptStatus) -> u8 {
 pub fn encode_status(st: &MessageStatus) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + st.rcpts.len() * 64);
     out.extend_from_slice(STATUS_MAGIC);
-    out.push(VERSION);
+    out.push(STATUS_VERSION);
     put_record(&mut out, rec::NEXT, &st.next_attempt.to_le_bytes());
     let flags = if st.hold { flag::HOLD } else { 0 }
         | if st.delay_warned {
@@ -262,17 +303,23 @@ fn utf8(what: &str, b: &[u8]) -> Result<String, String> {
     String::from_utf8(b.to_vec()).map_err(|_| format!("{what} is not valid UTF-8"))
 }
 
-/// Checks the preamble and the trailing CRC32 of a whole file.
-fn check_frame(bytes: &[u8], magic: &[u8; 4], min_len: usize) -> Result<(), String> {
+/// Checks the preamble and the trailing CRC32 of a whole file; returns
+/// its format version (one of `versions`).
+fn check_frame(
+    bytes: &[u8],
+    magic: &[u8; 4],
+    versions: &[u8],
+    min_len: usize,
+) -> Result<u8, String> {
     match bytes.get(..4) {
         Some(m) if m == magic => {}
         _ => return Err("bad magic".into()),
     }
-    match bytes.get(4) {
-        Some(&VERSION) => {}
+    let version = match bytes.get(4) {
+        Some(v) if versions.contains(v) => *v,
         Some(v) => return Err(format!("unknown format version {v}")),
         None => return Err("truncated preamble".into()),
-    }
+    };
     if bytes.len() < min_len {
         return Err("file too short".into());
     }
@@ -285,7 +332,7 @@ fn check_frame(bytes: &[u8], magic: &[u8; 4], min_len: usize) -> Result<(), Stri
             "checksum mismatch (stored {stored:08x}, computed {actual:08x})"
         ));
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Builds an envelope from its records, enforcing their order:
@@ -451,7 +498,7 @@ pub(crate) fn parse_head(bytes: &[u8]) -> Result<HeadParse, String> {
     if &bytes[..4] != MSG_MAGIC {
         return Err("bad magic".into());
     }
-    if bytes[4] != VERSION {
+    if bytes[4] != MSG_VERSION && bytes[4] != 1 {
         return Err(format!("unknown format version {}", bytes[4]));
     }
     let mut pos = PREAMBLE_LEN;
@@ -485,12 +532,18 @@ pub(crate) struct Decoded {
     pub envelope: Envelope,
     /// Present only when the caller asked for it.
     pub body: Option<Vec<u8>>,
+    pub extras: Extras,
 }
 
 /// Verifies and decodes a complete message file. With `want_body` false the
 /// body is still checked (CRC, record grammar, length) but not copied.
 pub(crate) fn decode_message_bytes(bytes: &[u8], want_body: bool) -> Result<Decoded, String> {
-    check_frame(bytes, MSG_MAGIC, PREAMBLE_LEN + MSG_END_LEN)?;
+    let version = check_frame(
+        bytes,
+        MSG_MAGIC,
+        &[1, MSG_VERSION],
+        PREAMBLE_LEN + MSG_END_LEN,
+    )?;
     let mut recs = Records {
         buf: bytes,
         pos: PREAMBLE_LEN,
@@ -499,10 +552,35 @@ pub(crate) fn decode_message_bytes(bytes: &[u8], want_body: bool) -> Result<Deco
     let mut body = want_body.then(Vec::new);
     let mut body_len: u64 = 0;
     let mut in_body = false;
+    let mut extras = Extras::default();
+    // After the body: EDITS, then MSGID, each at most once (version 2).
+    let mut tail_stage = 0u8;
     loop {
         let at = recs.pos;
         let (ty, p) = recs.next()?.ok_or("missing END record")?;
         match ty {
+            rec::EDITS | rec::MSGID => {
+                let stage = if ty == rec::EDITS { 1 } else { 2 };
+                if version < 2 || stage <= tail_stage {
+                    return Err(format!(
+                        "record '{}' out of place at offset {at}",
+                        char::from(ty)
+                    ));
+                }
+                tail_stage = stage;
+                in_body = true;
+                if ty == rec::EDITS {
+                    if p.is_empty() {
+                        return Err(format!("empty EDITS record at offset {at}"));
+                    }
+                    extras.edits = p.to_vec();
+                } else {
+                    extras.message_id = Some(utf8("Message-ID", p)?);
+                }
+            }
+            rec::BODY if tail_stage > 0 => {
+                return Err(format!("body record after EDITS/MSGID at offset {at}"));
+            }
             rec::BODY => {
                 if p.is_empty() || p.len() > CHUNK {
                     return Err(format!("bad body record length {} at offset {at}", p.len()));
@@ -527,6 +605,7 @@ pub(crate) fn decode_message_bytes(bytes: &[u8], want_body: bool) -> Result<Deco
                     arrival,
                     envelope,
                     body,
+                    extras,
                 });
             }
             _ if in_body => {
@@ -562,6 +641,7 @@ pub(crate) fn decode_status_bytes(bytes: &[u8]) -> Result<MessageStatus, String>
     check_frame(
         bytes,
         STATUS_MAGIC,
+        &[STATUS_VERSION],
         PREAMBLE_LEN + REC_HEADER_LEN + 8 + STATUS_END_LEN,
     )?;
     let mut recs = Records {

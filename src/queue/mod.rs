@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use codec::{encode_message, encode_status};
+pub use codec::{encode_message, encode_status, Extras};
 pub use id::{ParseQueueIdError, QueueId};
 pub use read::{list, read_message, Summary, SummaryRcpt};
 pub use writer::MessageWriter;
@@ -217,7 +217,36 @@ pub struct StoredMessage {
     pub arrival: i64,
     pub envelope: Envelope,
     pub status: MessageStatus,
+    /// The message as received (our Received: field first).
     pub body: Vec<u8>,
+    /// Header fields decisions added at commit (whole field lines, CRLF),
+    /// which go in front of `body`: see [`StoredMessage::content`].
+    pub edits: Vec<u8>,
+    /// The Message-ID found in the header section at receipt.
+    pub message_id: Option<String>,
+}
+
+impl StoredMessage {
+    /// The message as it is delivered and shown: the header edits, then
+    /// the message as received.
+    pub fn content(&self) -> std::borrow::Cow<'_, [u8]> {
+        if self.edits.is_empty() {
+            std::borrow::Cow::Borrowed(&self.body)
+        } else {
+            let mut v = Vec::with_capacity(self.edits.len() + self.body.len());
+            v.extend_from_slice(&self.edits);
+            v.extend_from_slice(&self.body);
+            std::borrow::Cow::Owned(v)
+        }
+    }
+
+    /// What the queue file records besides the envelope and body.
+    pub fn extras(&self) -> Extras {
+        Extras {
+            edits: self.edits.clone(),
+            message_id: self.message_id.clone(),
+        }
+    }
 }
 
 /// What [`Queue::open`] found.
@@ -243,6 +272,8 @@ pub fn decode_message(bytes: &[u8]) -> Result<StoredMessage, ReadError> {
         envelope: d.envelope,
         status,
         body: d.body.unwrap_or_default(),
+        edits: d.extras.edits,
+        message_id: d.extras.message_id,
     })
 }
 

@@ -139,7 +139,7 @@ async fn writer_output_equals_encode_message() {
             let on_disk = fs::read(tmp.path().join("queue").join(id.to_string())).unwrap();
             assert_eq!(
                 on_disk,
-                encode_message(id, 1_700_000_000, &env, &body),
+                encode_message(id, 1_700_000_000, &env, &body, &Extras::default()),
                 "size {size} piece {piece}"
             );
             let m = read_message(tmp.path(), id).unwrap();
@@ -300,7 +300,7 @@ async fn open_recovers_quarantines_and_cleans() {
 #[test]
 fn every_single_byte_flip_is_detected() {
     let env = envelope(2);
-    let bytes = encode_message(QueueId(77), 5, &env, b"body\r\n");
+    let bytes = encode_message(QueueId(77), 5, &env, b"body\r\n", &Extras::default());
     for i in 0..bytes.len() {
         for bit in [0x01u8, 0x80] {
             let mut b = bytes.clone();
@@ -308,10 +308,10 @@ fn every_single_byte_flip_is_detected() {
             assert!(decode_message(&b).is_err(), "flip at {i}");
         }
     }
-    let mut v2 = bytes.clone();
-    v2[MSG_MAGIC.len()] = 2;
-    assert!(matches!(decode_message(&v2), Err(ReadError::Corrupt(why)) if why.contains("version")));
-    assert_eq!(&bytes[..PREAMBLE_LEN], b"PGNQ\x01");
+    let mut v3 = bytes.clone();
+    v3[MSG_MAGIC.len()] = 3;
+    assert!(matches!(decode_message(&v3), Err(ReadError::Corrupt(why)) if why.contains("version")));
+    assert_eq!(&bytes[..PREAMBLE_LEN], b"PGNQ\x02");
 }
 
 #[tokio::test]
@@ -328,7 +328,7 @@ async fn ids_increase_across_restarts() {
         // A message from a machine whose clock ran ahead.
         fs::write(
             tmp.path().join("queue").join(planted.to_string()),
-            encode_message(planted, 0, &plain_envelope(), b"y"),
+            encode_message(planted, 0, &plain_envelope(), b"y", &Extras::default()),
         )
         .unwrap();
     }
@@ -565,7 +565,11 @@ fn recovery_time() {
     let plant = Instant::now();
     for i in 0..n {
         let id = QueueId(1_700_000_000_000_000 + i);
-        fs::write(qd.join(id.to_string()), encode_message(id, 0, &env, &body)).unwrap();
+        fs::write(
+            qd.join(id.to_string()),
+            encode_message(id, 0, &env, &body, &Extras::default()),
+        )
+        .unwrap();
     }
     println!("planted {n} messages in {:?}", plant.elapsed());
     let (q, rec) = Queue::open(&spool, 0).unwrap();
@@ -614,10 +618,8 @@ async fn list_reads_long_envelopes_and_skips_damage() {
     ));
 }
 
-/// The worked example in docs/queue.md, byte for byte.
-#[test]
-fn golden_example_matches_docs() {
-    let env = Envelope {
+fn golden_envelope() -> Envelope {
+    Envelope {
         sender: "a@b.example".into(),
         recipients: vec![Recipient {
             address: "d@e.example".into(),
@@ -632,8 +634,55 @@ fn golden_example_matches_docs() {
         helo: "c.example".into(),
         protocol: "ESMTP".into(),
         auth_user: None,
-    };
-    let hex = "50 47 4E 51 01
+    }
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    hex.split_whitespace()
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect()
+}
+
+/// A version 1 file (written before header edits existed), planted in a
+/// spool: it verifies at start-up, reads with no edits and no Message-ID,
+/// and is listed like any other.
+#[test]
+fn planted_version_1_file_still_reads() {
+    let v1 = hex_bytes(V1_EXAMPLE);
+    let id = QueueId(0x0006_09D4_A7A7_E1C0);
+    let m = decode_message(&v1).unwrap();
+    assert_eq!(m.envelope, golden_envelope());
+    assert_eq!(m.body, b"Hi\r\n");
+    assert!(m.edits.is_empty());
+    assert_eq!(m.message_id, None);
+    let tmp = tempfile::tempdir().unwrap();
+    drop(Queue::open(tmp.path(), 0).unwrap());
+    fs::write(tmp.path().join("queue").join(id.to_string()), &v1).unwrap();
+    let (q, rec) = Queue::open(tmp.path(), 0).unwrap();
+    assert_eq!((rec.loaded, rec.corrupt), (1, 0));
+    assert_eq!(q.read(id).unwrap().body, b"Hi\r\n");
+    assert_eq!(list(tmp.path()).unwrap()[0].size, 4);
+    // A version 1 file cannot carry version 2 records.
+    let with_edits = encode_message(
+        id,
+        1_700_000_000,
+        &golden_envelope(),
+        b"Hi\r\n",
+        &Extras {
+            edits: b"X-A: b\r\n".to_vec(),
+            message_id: None,
+        },
+    );
+    let mut as_v1 = with_edits.clone();
+    as_v1[4] = 1;
+    let n = as_v1.len();
+    let crc = crc32fast::hash(&as_v1[..n - 4]);
+    as_v1[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    assert!(decode_message(&as_v1).is_err());
+    assert!(decode_message(&with_edits).is_ok());
+}
+
+const V1_EXAMPLE: &str = "50 47 4E 51 01
         4D 10 00 00 00  C0 E1 A7 A7 D4 09 06 00 00 F1 53 65 00 00 00 00
         53 0B 00 00 00  61 40 62 2E 65 78 61 6D 70 6C 65
         50 08 00 00 00  00 00 00 04 C0 00 02 07
@@ -642,14 +691,35 @@ fn golden_example_matches_docs() {
         52 11 00 00 00  04 00 0B 00 00 00 64 40 65 2E 65 78 61 6D 70 6C 65
         42 04 00 00 00  48 69 0D 0A
         45 0C 00 00 00  04 00 00 00 00 00 00 00 09 28 65 70";
-    let expected: Vec<u8> = hex
-        .split_whitespace()
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
+
+/// The worked example in docs/queue.md, byte for byte: version 2, with a
+/// header edit and the Message-ID.
+#[test]
+fn golden_example_matches_docs() {
     let id = QueueId(0x0006_09D4_A7A7_E1C0);
-    assert_eq!(encode_message(id, 1_700_000_000, &env, b"Hi\r\n"), expected);
-    assert_eq!(expected.len(), 127);
+    let extras = Extras {
+        edits: b"X-A: b\r\n".to_vec(),
+        message_id: Some("<1@c>".into()),
+    };
+    let bytes = encode_message(id, 1_700_000_000, &golden_envelope(), b"Hi\r\n", &extras);
+    let shown: Vec<String> = bytes.iter().map(|b| format!("{b:02X}")).collect();
+    assert_eq!(bytes, hex_bytes(V2_EXAMPLE), "{}", shown.join(" "));
+    let m = decode_message(&bytes).unwrap();
+    assert_eq!(m.content().as_ref(), b"X-A: b\r\nHi\r\n");
+    assert_eq!(m.message_id.as_deref(), Some("<1@c>"));
 }
+
+const V2_EXAMPLE: &str = "50 47 4E 51 02
+        4D 10 00 00 00  C0 E1 A7 A7 D4 09 06 00 00 F1 53 65 00 00 00 00
+        53 0B 00 00 00  61 40 62 2E 65 78 61 6D 70 6C 65
+        50 08 00 00 00  00 00 00 04 C0 00 02 07
+        48 09 00 00 00  63 2E 65 78 61 6D 70 6C 65
+        57 05 00 00 00  45 53 4D 54 50
+        52 11 00 00 00  04 00 0B 00 00 00 64 40 65 2E 65 78 61 6D 70 6C 65
+        42 04 00 00 00  48 69 0D 0A
+        58 08 00 00 00  58 2D 41 3A 20 62 0D 0A
+        49 05 00 00 00  3C 31 40 63 3E
+        45 0C 00 00 00  04 00 00 00 00 00 00 00 9F 47 70 99";
 
 #[test]
 fn handles_are_thread_safe() {
@@ -731,7 +801,7 @@ async fn delivered_files_are_emptied_and_reused() {
     assert_eq!(m.body, body, "nothing of the old content");
     assert_eq!(
         std::fs::metadata(&path2).unwrap().len() as usize,
-        encode_message(id2, 1_700_000_000, &envelope(2), &body).len()
+        encode_message(id2, 1_700_000_000, &envelope(2), &body, &Extras::default()).len()
     );
     // Pooled files survive a restart and are not messages.
     q.remove(id2).unwrap();

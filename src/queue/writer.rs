@@ -64,6 +64,8 @@ pub struct MessageWriter {
     /// An earlier operation failed or was cancelled midway: the writer can
     /// only be dropped.
     broken: bool,
+    /// Recorded after the body at commit.
+    extras: codec::Extras,
 }
 
 /// Life of the temporary file, shared between the writer and its I/O task
@@ -142,7 +144,17 @@ impl MessageWriter {
             tmp_path: None,
             tmp_state: Arc::new(AtomicU8::new(TmpState::NONE)),
             broken: false,
+            extras: codec::Extras::default(),
         }
+    }
+
+    /// Header fields to prepend to the message (whole field lines, CRLF)
+    /// and its Message-ID, recorded with it at commit.
+    pub fn set_extras(&mut self, edits: &[u8], message_id: Option<String>) {
+        self.extras = codec::Extras {
+            edits: edits.to_vec(),
+            message_id,
+        };
     }
 
     /// Body bytes received so far.
@@ -237,7 +249,7 @@ impl MessageWriter {
             let Some(mut spill) = self.spill.take() else {
                 return Err(broken_error());
             };
-            let end = codec::msg_end_prefix(self.body_len);
+            let end = self.extras.tail(self.body_len);
             tokio::task::spawn_blocking(move || -> io::Result<u64> {
                 spill.write_chunks(&body, &end)?;
                 let crc = spill.crc.finalize();
@@ -247,7 +259,7 @@ impl MessageWriter {
             })
         } else {
             check_envelope(&self.env)?;
-            let bytes = codec::encode_message(id, self.arrival, &self.env, &body);
+            let bytes = codec::encode_message(id, self.arrival, &self.env, &body, &self.extras);
             // Kept for the first delivery attempt; forgotten if this fails.
             q.remember_recent(super::StoredMessage {
                 id,
@@ -255,6 +267,8 @@ impl MessageWriter {
                 status: super::MessageStatus::all_pending(self.env.recipients.len()),
                 envelope: self.env.clone(),
                 body,
+                edits: mem::take(&mut self.extras.edits),
+                message_id: self.extras.message_id.take(),
             });
             self.tmp_path = Some(path.clone());
             let state = Arc::clone(&self.tmp_state);

@@ -22,12 +22,12 @@ use crate::config::client_network;
 use crate::config::{BareNewline, Config, ListenerConfig, ListenerMode};
 use crate::live::{Live, Snapshot};
 use crate::policy::Client;
-use crate::proto::command::{MailFrom, RcptTo};
 use crate::proto::reply::{self, Reply};
-use crate::proto::{Action, AuthOutcome, Host, MessageFacts, ServerSession, SessionConfig};
+use crate::proto::{Action, AuthOutcome, Host, ServerSession, SessionConfig};
 use crate::queue::{MessageWriter, Queue, QueueError, QueueId};
 use crate::telemetry::clean;
 
+mod decide;
 pub mod tls;
 use tls::Tls;
 
@@ -272,6 +272,10 @@ async fn accept_local(
         // Local programs may send anywhere, as with Postfix's sendmail.
         let mut client = snap.policy.client(IpAddr::V4(Ipv4Addr::LOCALHOST), false);
         client.trusted = true;
+        client.local = Some(crate::policy::LocalUser {
+            uid: user.uid,
+            name: user.name.clone(),
+        });
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -616,40 +620,6 @@ struct ConnHost<'a> {
 }
 
 impl Host for ConnHost<'_> {
-    fn check_mail(&mut self, mail: &MailFrom) -> Result<(), Reply> {
-        let r = self
-            .snap
-            .policy
-            .check_mail(&self.client, mail, self.shared.queue.space_ok());
-        if let Err(reply) = &r {
-            count_class(&crate::metrics::get().mail_refused, reply.code);
-            let from = mail
-                .sender
-                .as_ref()
-                .map(|m| m.address())
-                .unwrap_or_default();
-            info!(from = %clean(&from), reply = %reply, "sender refused");
-        }
-        r
-    }
-
-    fn check_rcpt(&mut self, _mail: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply> {
-        let r = self.snap.policy.check_rcpt(&self.client, rcpt);
-        if let Err(reply) = &r {
-            count_class(&crate::metrics::get().rcpt_refused, reply.code);
-            info!(to = %clean(&rcpt.rcpt.address()), reply = %reply, "recipient refused");
-        }
-        r
-    }
-
-    fn check_message(
-        &mut self,
-        facts: &MessageFacts<'_>,
-        rcpts: &[crate::proto::Recipient],
-    ) -> Result<(), Reply> {
-        self.snap.policy.check_message(&self.client, facts, rcpts)
-    }
-
     fn new_queue_id(&mut self) -> String {
         let id = self.shared.queue.new_id();
         self.last_id = Some(id);
@@ -719,6 +689,10 @@ impl Incoming {
     ) {
         self.push(s, host, queue).await;
         let env = s.envelope();
+        if let Some(w) = self.writer.as_mut() {
+            let edits = s.header_edits().map(|e| e.as_bytes()).unwrap_or_default();
+            w.set_extras(edits, s.message_id());
+        }
         let result = match (self.failed.take(), self.writer.take()) {
             (Some(e), _) => Err(e),
             (None, Some(w)) => queue.commit(w).await,
@@ -973,8 +947,13 @@ async fn connection(
     let mut incoming = Incoming::default();
     let mut buf: Vec<u8> = Vec::new();
     let mut stopping = *stop.borrow();
-    s.greeting();
     let result: io::Result<&str> = async {
+        // The Connect decision, before any byte is read: the greeting, or
+        // the refusal that replaces it.
+        if let (_, Action::Decide(_)) = s.feed(&[], &mut host) {
+            let v = decide::decide(shared, &host, &s).await;
+            s.decided(v);
+        }
         loop {
             if !s.output().is_empty() {
                 let out = std::mem::take(s.output());
@@ -1019,13 +998,16 @@ async fn connection(
                     }
                     Action::Commit => incoming.commit(&mut s, &host, &shared.queue, kind).await,
                     Action::Abort => {
-                        let last = String::from_utf8_lossy(s.output()).lines().last().unwrap_or("").to_string();
-                        if let Ok(code) = last.get(..3).unwrap_or("").parse::<u16>() {
-                            count_class(&crate::metrics::get().messages_refused, code);
+                        if let Some(r) = s.take_refusal() {
+                            count_class(&crate::metrics::get().messages_refused, r.code);
+                            info!(queue_id = %host.last_id.map(|i| i.to_string()).unwrap_or_default(), reply = %r, "message refused");
                         }
-                        info!(queue_id = %host.last_id.map(|i| i.to_string()).unwrap_or_default(), reply = %last, "message refused");
                         incoming = Incoming { accepted: std::mem::take(&mut incoming.accepted), ..Incoming::default() };
                         s.body().clear();
+                    }
+                    Action::Decide(_) => {
+                        let v = decide::decide(shared, &host, &s).await;
+                        s.decided(v);
                     }
                     Action::Authenticate => authenticate(shared, &mut s, &mut host).await,
                     Action::StartTls => {

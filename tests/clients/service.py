@@ -137,7 +137,7 @@ def t_metrics(srv, port):
     try:
         from prometheus_client.parser import text_string_to_metric_families
     except ImportError:
-        raise Failure("python module prometheus_client is not installed (pip install prometheus-client)")
+        raise Failure("python module prometheus_client is not installed (Debian package python3-prometheus-client, for /usr/bin/python3)")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         check(r.status == 200, f"status {r.status}")
         ctype = r.headers.get("Content-Type", "")

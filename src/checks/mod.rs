@@ -1,0 +1,25 @@
+//! Facts for inbound decisions: what is known or looked up about a client
+//! and its mail at each stage, gathered by the server before the policy
+//! decides ([`crate::policy::Policy::decide`]). Facts are plain values and
+//! never a reply: only the policy refuses. Lookups that wait (DNS, state
+//! tables) run here, each under a deadline, and a timed-out lookup is a
+//! fact too ("temperror"), never a refusal by itself.
+//!
+//! May use `dns`, `state`, `message` and `config`; never `queue`,
+//! `server` or `delivery`. Untrusted data (client names, addresses,
+//! headers) reaches it.
+
+/// What the policy knows at a stage besides the dialog itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// The spool has room for new mail (above its free-space reserve).
+    pub spool_has_space: bool,
+}
+
+impl Default for Facts {
+    fn default() -> Facts {
+        Facts {
+            spool_has_space: true,
+        }
+    }
+}

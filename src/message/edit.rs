@@ -1,0 +1,102 @@
+//! Header edits: fields a decision adds to a message, prepended to it when
+//! it is committed (Authentication-Results, DKIM-Signature,
+//! X-Authentication-Warning, ...). The queue stores them as their own
+//! record, and readers of a queued message see them in front of the
+//! message as received.
+
+use super::header::push_field;
+
+/// Most bytes of edits one message may carry.
+pub const MAX_EDITS: usize = 64 * 1024;
+
+/// Header fields to prepend, in the order they will appear.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Complete field lines, folded, each ending in CRLF.
+    bytes: Vec<u8>,
+}
+
+impl HeaderEdits {
+    pub fn new() -> HeaderEdits {
+        HeaderEdits::default()
+    }
+
+    /// Adds `name: value` below the fields already added, folded
+    /// (RFC 5322 §2.2.3). Control characters in the value become spaces,
+    /// so a value can never end the field or add another; a name that is
+    /// not a valid field name (RFC 5322 §3.6.8), or a field that would take
+    /// the edits past [`MAX_EDITS`], is left out and false is returned.
+    pub fn add(&mut self, name: &str, value: &str) -> bool {
+        let name_ok =
+            !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
+        if !name_ok {
+            return false;
+        }
+        let value: String = value
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let mut field = String::with_capacity(name.len() + value.len() + 8);
+        push_field(&mut field, name, value.trim());
+        if self.bytes.len() + field.len() > MAX_EDITS {
+            return false;
+        }
+        self.bytes.extend_from_slice(field.as_bytes());
+        true
+    }
+
+    /// Adds every field of `other` below these.
+    pub fn extend(&mut self, other: HeaderEdits) {
+        if self.bytes.len() + other.bytes.len() <= MAX_EDITS {
+            self.bytes.extend_from_slice(&other.bytes);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The field lines, CRLF line ends.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Edits as stored: whole field lines, checked to be nothing else (a
+    /// damaged or planted record gives None).
+    pub fn from_stored(bytes: &[u8]) -> Option<HeaderEdits> {
+        let ok = bytes.len() <= MAX_EDITS
+            && (bytes.is_empty() || bytes.ends_with(b"\r\n"))
+            && !bytes.starts_with(b" ")
+            && !bytes.starts_with(b"\t")
+            && !bytes.windows(4).any(|w| w == b"\r\n\r\n")
+            && !bytes.starts_with(b"\r\n")
+            && bytes.iter().all(|&b| b != 0);
+        ok.then(|| HeaderEdits {
+            bytes: bytes.to_vec(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_folded_and_cannot_escape() {
+        let mut e = HeaderEdits::new();
+        assert!(e.add("X-Test", "a\r\nInjected: yes"));
+        assert!(!e.add("Bad Name", "x"));
+        assert!(!e.add("", "x"));
+        assert!(e.add("Authentication-Results", &"word ".repeat(30)));
+        let text = String::from_utf8(e.as_bytes().to_vec()).unwrap();
+        assert!(text.starts_with("X-Test: a  Injected: yes\r\n"), "{text}");
+        assert!(!text.contains("\r\nInjected"));
+        assert!(text.lines().all(|l| l.len() <= 78));
+        assert_eq!(HeaderEdits::from_stored(e.as_bytes()), Some(e.clone()));
+        assert_eq!(HeaderEdits::from_stored(b"X: y\r\n\r\nbody"), None);
+        assert_eq!(HeaderEdits::from_stored(b" cont\r\n"), None);
+        let mut big = HeaderEdits::new();
+        while big.add("X-Pad", &"p".repeat(900)) {}
+        assert!(big.as_bytes().len() <= MAX_EDITS);
+    }
+}
