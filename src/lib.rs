@@ -31,6 +31,7 @@ pub mod dns;
 pub mod live;
 pub mod message;
 pub mod metrics;
+pub mod net;
 pub mod policy;
 pub mod proto;
 pub mod queue;

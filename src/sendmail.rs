@@ -12,14 +12,13 @@
 //! scanned for header fields and copied) and the daemon's replies (parsed
 //! by the client state machine).
 
-use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::message::header::{has_field, split_header, without_field};
 use crate::proto::client::{
-    ClientConfig, ClientEvent, ClientSession, OutMessage, RcptOutcome, SessionOutcome, StartTls,
+    ClientConfig, ClientSession, OutMessage, RcptOutcome, SessionOutcome, StartTls,
 };
 use crate::proto::envelope::{BodyType, Notify, Recipient, Ret};
 
@@ -319,7 +318,8 @@ pub struct Outcome {
     pub refused: Vec<(String, String, bool)>,
 }
 
-/// Hands the message to the daemon at `socket`.
+/// Hands the message to the daemon at `socket`, through the same client
+/// driver the daemon's own deliveries use, on a runtime of its own.
 pub fn submit(
     socket: &Path,
     sender: &str,
@@ -327,17 +327,39 @@ pub fn submit(
     msg: &[u8],
     o: &Options,
 ) -> Result<Outcome, (u8, String)> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
-        (
-            exit::TEMPFAIL,
-            format!(
-                "cannot reach the mail server at {}: {e} (is pigeon running?)",
-                socket.display()
-            ),
-        )
-    })?;
-    let _ = stream.set_read_timeout(Some(TIMEOUT));
-    let _ = stream.set_write_timeout(Some(TIMEOUT));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (exit::IOERR, format!("cannot start: {e}")))?;
+    rt.block_on(submit_async(socket, sender, rcpts, msg, o))
+}
+
+async fn submit_async(
+    socket: &Path,
+    sender: &str,
+    rcpts: &[String],
+    msg: &[u8],
+    o: &Options,
+) -> Result<Outcome, (u8, String)> {
+    let connected = tokio::time::timeout(TIMEOUT, tokio::net::UnixStream::connect(socket)).await;
+    let mut stream = match connected {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err((
+                exit::TEMPFAIL,
+                format!(
+                    "cannot reach the mail server at {}: {e} (is pigeon running?)",
+                    socket.display()
+                ),
+            ))
+        }
+        Err(_) => {
+            return Err((
+                exit::TEMPFAIL,
+                format!("the mail server at {} does not answer", socket.display()),
+            ))
+        }
+    };
     let mut cfg = ClientConfig::new("localhost");
     cfg.use_starttls = StartTls::Never;
     let mut client = ClientSession::new(cfg);
@@ -362,47 +384,8 @@ pub fn submit(
         ret: o.ret,
         envid: o.envid.clone(),
     };
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut sent = false;
-    let mut result = None;
-    let mut refusal = None;
-    let outcome = loop {
-        match client.poll() {
-            ClientEvent::Send(b) => {
-                if stream.write_all(&b).is_err() {
-                    client.connection_lost();
-                }
-            }
-            ClientEvent::NeedInput => match stream.read(&mut buf) {
-                Ok(n) if n > 0 => {
-                    let mut fed = 0;
-                    while fed < n {
-                        let used = client.feed(&buf[fed..n]);
-                        if used == 0 {
-                            break;
-                        }
-                        fed += used;
-                    }
-                }
-                _ => client.connection_lost(),
-            },
-            ClientEvent::StartTls => client.connection_lost(),
-            ClientEvent::NeedBody => client.body_chunk(msg, true),
-            ClientEvent::Ready => {
-                if sent {
-                    client.quit();
-                } else {
-                    sent = true;
-                    if let Err(r) = client.send_message(&out) {
-                        refusal = Some(r);
-                        client.quit();
-                    }
-                }
-            }
-            ClientEvent::TransactionDone(r) => result = Some(r),
-            ClientEvent::Closed(o) => break o,
-        }
-    };
+    let one = crate::net::client_driver::send_one(&mut client, &mut stream, &out, &[msg]).await;
+    let (refusal, result, outcome) = (one.refused, one.result, one.outcome);
     if let Some(r) = refusal {
         return Err((exit::DATAERR, r.text));
     }

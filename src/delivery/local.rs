@@ -14,7 +14,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
 use tracing::{info, warn};
 
@@ -25,8 +25,7 @@ use super::{BoxFuture, Job};
 use crate::directory::{Destination, MailboxTarget, Unresolved};
 use crate::live::Live;
 use crate::proto::client::{
-    ClientConfig, ClientEvent, ClientSession, OutMessage, Refusal, SessionOutcome, StartTls,
-    TransactionResult,
+    ClientConfig, ClientSession, OutMessage, Refusal, SessionOutcome, StartTls, TransactionResult,
 };
 use crate::proto::envelope::{Envelope, Notify, Recipient};
 use crate::queue::Queue;
@@ -342,57 +341,10 @@ async fn lmtp_session<S: AsyncRead + AsyncWrite + Unpin>(
     ccfg.lmtp = true;
     ccfg.use_starttls = StartTls::Never;
     let mut client = ClientSession::new(ccfg);
-    let mut buf: Vec<u8> = Vec::new();
-    let mut sent = false;
-    let mut result = None;
-    loop {
-        match client.poll() {
-            ClientEvent::Send(bytes) => {
-                let t = Duration::from_secs(client.timeout_class().secs());
-                let ok = matches!(
-                    timeout(t, async {
-                        stream.write_all(&bytes).await?;
-                        stream.flush().await
-                    })
-                    .await,
-                    Ok(Ok(()))
-                );
-                if !ok {
-                    client.connection_lost();
-                }
-            }
-            ClientEvent::NeedInput => {
-                let t = Duration::from_secs(client.timeout_class().secs());
-                buf.reserve(4096);
-                match timeout(t, stream.read_buf(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => {
-                        let used = client.feed(&buf);
-                        buf.drain(..used.min(buf.len()));
-                    }
-                    _ => client.connection_lost(),
-                }
-            }
-            // Never asked for: STARTTLS is off for LMTP.
-            ClientEvent::StartTls => client.connection_lost(),
-            ClientEvent::NeedBody => client.body_chunk(body, true),
-            ClientEvent::Ready => {
-                if sent {
-                    client.quit();
-                } else {
-                    sent = true;
-                    if let Err(r) = client.send_message(out) {
-                        client.quit();
-                        let _ = stream.shutdown().await;
-                        return Err(r);
-                    }
-                }
-            }
-            ClientEvent::TransactionDone(r) => result = Some(r),
-            ClientEvent::Closed(o) => {
-                let _ = stream.shutdown().await;
-                return Ok((result, o));
-            }
-        }
+    let r = crate::net::client_driver::send_one(&mut client, &mut stream, out, &[body]).await;
+    match r.refused {
+        Some(refusal) => Err(refusal),
+        None => Ok((r.result, r.outcome)),
     }
 }
 

@@ -15,6 +15,8 @@ pub mod local;
 pub mod maildir;
 pub mod remote;
 pub mod retry;
+pub mod route;
+pub mod tls_policy;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

@@ -1,257 +1,35 @@
-//! The remote SMTP transport: finds where a domain's mail goes (relay
-//! host, per-domain route, or MX records, with implicit and null MX), tries
-//! the hosts in order, and drives the sans-IO client over TCP, with
-//! STARTTLS (opportunistic or required, certificate verification logged),
-//! until each recipient has an outcome. Reports events; never decides
-//! retries or bounces. Untrusted bytes (remote replies, DNS answers) reach
-//! the client state machine only.
+//! The remote SMTP transport: takes the hosts [`super::route`] names,
+//! connects to each in turn, and drives the sans-IO client over TCP with
+//! the one client driver ([`crate::net::client_driver`]), STARTTLS as
+//! [`super::tls_policy`] requires, until each recipient has an outcome.
+//! Keeps idle connections for the next message to the same destination.
+//! Reports events; never decides retries or bounces. Untrusted bytes
+//! (remote replies, DNS answers) reach the client state machine only.
 
 use std::collections::HashMap;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{info, warn};
 
 use super::classify::Event;
+use super::route;
+use super::tls_policy::{self, Tls};
 use super::{BoxFuture, Job};
-use crate::config::{Config, IpPreference as CfgIpPreference, TlsPolicy};
-use crate::dns::{DnsError, IpPreference, MxAnswer, Resolver};
+use crate::config::{Config, IpPreference as CfgIpPreference};
+use crate::dns::{DnsError, IpPreference, Resolver};
 use crate::live::Live;
+use crate::net::client_driver::{drive, Stop};
+use crate::net::Stream;
 use crate::proto::client::{
-    ClientConfig, ClientEvent, ClientSession, OutMessage, RcptOutcome, ServerReply, SessionOutcome,
-    Stage, StartTls,
+    ClientConfig, ClientSession, OutMessage, RcptOutcome, ServerReply, SessionOutcome, Stage,
 };
 use crate::proto::sasl::Credentials;
 
-/// How long a TLS failure with a host makes later attempts go without TLS
-/// (when the policy allows falling back).
-const TLS_FALLBACK_MEMORY: Duration = Duration::from_secs(24 * 3600);
-
-/// Where mail for a domain goes next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Hop {
-    /// A named host (or IP literal), no MX lookup: "[host]:port".
-    Direct { host: String, port: u16 },
-    /// The MX hosts of a domain (or of a relay host given without brackets).
-    Mx { domain: String, port: u16 },
-}
-
-/// Parses "[host]:port", "[host]", "host:port" or "host".
-fn parse_hop(s: &str, default_port: u16) -> Option<Hop> {
-    let s = s.trim();
-    if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None if after.is_empty() => default_port,
-            None => return None,
-        };
-        if host.is_empty() {
-            return None;
-        }
-        return Some(Hop::Direct {
-            host: host.to_ascii_lowercase(),
-            port,
-        });
-    }
-    let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().ok()?),
-        None => (s, default_port),
-    };
-    if host.is_empty() {
-        return None;
-    }
-    Some(Hop::Mx {
-        domain: host.to_ascii_lowercase(),
-        port,
-    })
-}
-
-/// Opportunistic TLS: accept any certificate, but record whether it would
-/// have verified against the system's roots, for the log.
-#[derive(Debug)]
-struct RecordingVerifier {
-    inner: Option<Arc<rustls::client::WebPkiServerVerifier>>,
-    seen: Mutex<HashMap<String, bool>>,
-    require: bool,
-}
-
-impl ServerCertVerifier for RecordingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = match &self.inner {
-            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
-            None => Err(rustls::Error::General("no trusted roots".into())),
-        };
-        let ok = verified.is_ok();
-        if let Ok(mut m) = self.seen.lock() {
-            if m.len() > 10_000 {
-                m.clear();
-            }
-            m.insert(server_name.to_str().to_string(), ok);
-        }
-        if self.require {
-            verified
-        } else {
-            Ok(ServerCertVerified::assertion())
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
-}
-
-/// The certificates of a PEM file of trust anchors (`delivery.tls_ca_file`).
-pub fn load_ca_file(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    use rustls::pki_types::pem::PemObject;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
-    if meta.len() > 16 << 20 {
-        return Err(format!("{path}: larger than 16 MiB"));
-    }
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{path}: {e}"))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{path}: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{path}: no certificate in it"));
-    }
-    let mut store = rustls::RootCertStore::empty();
-    for c in &certs {
-        store
-            .add(c.clone())
-            .map_err(|e| format!("{path}: not a usable trust anchor: {e}"))?;
-    }
-    Ok(certs)
-}
-
-/// The TLS client set-up for one policy: the system's roots (which honour
-/// `SSL_CERT_FILE`) plus `extra` trust anchors.
-fn connector(
-    require: bool,
-    extra: &[CertificateDer<'static>],
-) -> (tokio_rustls::TlsConnector, Arc<RecordingVerifier>) {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for c in native.certs.into_iter().chain(extra.iter().cloned()) {
-        let _ = roots.add(c);
-    }
-    let inner = if roots.is_empty() {
-        None
-    } else {
-        rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::new(provider()),
-        )
-        .build()
-        .ok()
-    };
-    let verifier = Arc::new(RecordingVerifier {
-        inner,
-        seen: Mutex::new(HashMap::new()),
-        require,
-    });
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map(|b| {
-            b.dangerous()
-                .with_custom_certificate_verifier(verifier.clone())
-                .with_no_client_auth()
-        });
-    let cfg = match cfg {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "TLS client setup failed; using defaults");
-            rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
-                .with_safe_default_protocol_versions()
-                .map(|b| {
-                    b.dangerous()
-                        .with_custom_certificate_verifier(verifier.clone())
-                        .with_no_client_auth()
-                })
-                .unwrap_or_else(|_| {
-                    rustls::ClientConfig::builder()
-                        .dangerous()
-                        .with_custom_certificate_verifier(verifier.clone())
-                        .with_no_client_auth()
-                })
-        }
-    };
-    (tokio_rustls::TlsConnector::from(Arc::new(cfg)), verifier)
-}
-
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl Stream {
-    async fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.write_all(b).await,
-            Stream::Tls(s) => {
-                s.write_all(b).await?;
-                s.flush().await
-            }
-        }
-    }
-
-    async fn read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        buf.reserve(8192);
-        match self {
-            Stream::Plain(s) => s.read_buf(buf).await,
-            Stream::Tls(s) => s.read_buf(buf).await,
-        }
-    }
-}
+pub use tls_policy::load_ca_file;
 
 /// A connection kept open after a transaction, for the next message to the
 /// same destination.
@@ -283,13 +61,10 @@ pub struct RemoteTransport {
     /// a reload applies to the next attempt.
     live: Live,
     resolver: Arc<dyn Resolver>,
-    opportunistic: (tokio_rustls::TlsConnector, Arc<RecordingVerifier>),
-    required: (tokio_rustls::TlsConnector, Arc<RecordingVerifier>),
+    tls: Tls,
     /// Our listening addresses (fixed until a restart): mail routed to
     /// them, or to our host name, loops.
     own_addrs: Vec<SocketAddr>,
-    /// Hosts whose TLS handshake failed, and when.
-    tls_failed: Mutex<HashMap<String, Instant>>,
     /// Open connections waiting for the next message, by destination.
     idle: Mutex<HashMap<String, Vec<Idle>>>,
 }
@@ -297,21 +72,9 @@ pub struct RemoteTransport {
 impl RemoteTransport {
     pub fn new(live: Live, resolver: Arc<dyn Resolver>) -> RemoteTransport {
         let cfg = live.cfg();
-        let own_addrs = cfg.listeners.iter().map(|l| l.bind).collect();
-        // Checked when the configuration was loaded; a file that has gone
-        // bad since leaves only the system's roots.
-        let extra = match cfg.delivery.tls_ca_file.as_str() {
-            "" => Vec::new(),
-            path => load_ca_file(path).unwrap_or_else(|e| {
-                warn!(error = %e, "delivery.tls_ca_file not used");
-                Vec::new()
-            }),
-        };
         RemoteTransport {
-            opportunistic: connector(false, &extra),
-            required: connector(true, &extra),
-            own_addrs,
-            tls_failed: Mutex::new(HashMap::new()),
+            tls: Tls::new(&cfg),
+            own_addrs: cfg.listeners.iter().map(|l| l.bind).collect(),
             idle: Mutex::new(HashMap::new()),
             resolver,
             live,
@@ -322,66 +85,12 @@ impl RemoteTransport {
         self.live.cfg()
     }
 
-    fn hop(&self, domain: &str) -> Hop {
-        let cfg = self.cfg();
-        let d = &cfg.delivery;
-        if let Some(route) = d.routes.get(domain) {
-            if let Some(h) = parse_hop(route, d.remote_port) {
-                return h;
-            }
-        }
-        if !d.relay_host.is_empty() {
-            if let Some(h) = parse_hop(&d.relay_host, d.remote_port) {
-                return h;
-            }
-        }
-        Hop::Mx {
-            domain: domain.to_string(),
-            port: d.remote_port,
-        }
-    }
-
-    fn via_relay(&self, domain: &str) -> bool {
-        let cfg = self.cfg();
-        !cfg.delivery.routes.contains_key(domain) && !cfg.delivery.relay_host.is_empty()
-    }
-
     fn is_us(&self, ip: IpAddr, port: u16) -> bool {
         self.own_addrs.iter().any(|a| {
             a.port() == port
                 && (a.ip() == ip
                     || (a.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
         })
-    }
-
-    fn tls_recently_failed(&self, host: &str) -> bool {
-        let m = self.tls_failed.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(host)
-            .is_some_and(|t| t.elapsed() < TLS_FALLBACK_MEMORY)
-    }
-
-    fn remember_tls_failure(&self, host: &str) {
-        let mut m = self.tls_failed.lock().unwrap_or_else(|p| p.into_inner());
-        if m.len() > 10_000 {
-            m.retain(|_, t| t.elapsed() < TLS_FALLBACK_MEMORY);
-        }
-        m.insert(host.to_string(), Instant::now());
-    }
-
-    /// The hosts to try, in order, or the event that ends the attempt.
-    async fn hosts(&self, domain: &str) -> Result<(Vec<String>, u16), Event> {
-        match self.hop(domain) {
-            Hop::Direct { host, port } => Ok((vec![host], port)),
-            Hop::Mx {
-                domain: target,
-                port,
-            } => match self.resolver.mx(&target).await {
-                Ok(MxAnswer::Mx(list)) => Ok((list.into_iter().map(|m| m.host).collect(), port)),
-                Ok(MxAnswer::Implicit(d)) => Ok((vec![d], port)),
-                Ok(MxAnswer::NullMx) => Err(Event::NullMx),
-                Err(e) => Err(Event::Dns(e)),
-            },
-        }
     }
 
     fn reuse_window(&self) -> Duration {
@@ -398,16 +107,10 @@ impl RemoteTransport {
             !v.is_empty()
         });
         let v = idle.get_mut(key)?;
-        while let Some(mut c) = v.pop() {
-            // A plain connection the server has closed shows EOF at once.
-            if let Stream::Plain(s) = &mut c.stream {
-                let mut probe = [0u8; 1];
-                match s.try_read(&mut probe) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    _ => continue,
-                }
+        while let Some(c) = v.pop() {
+            if !c.stream.peer_closed() {
+                return Some(c);
             }
-            return Some(c);
         }
         None
     }
@@ -436,7 +139,8 @@ impl RemoteTransport {
                 }
             }
         }
-        let (hosts, port) = match self.hosts(&job.domain).await {
+        let hop = route::hop(&self.cfg().delivery, &job.domain);
+        let (hosts, port) = match route::hosts(self.resolver.as_ref(), hop).await {
             Ok(h) => h,
             Err(e) => return vec![e; n],
         };
@@ -498,19 +202,10 @@ impl RemoteTransport {
     async fn session(&self, job: &Job, host: &str, ip: IpAddr, conn: Conn) -> Attempt {
         let cfg = self.cfg();
         let d = &cfg.delivery;
-        let relay = self.via_relay(&job.domain);
-        let policy = if relay { d.relay_tls() } else { d.starttls };
+        let relay = route::via_relay(d, &job.domain);
+        let req = tls_policy::requirement(d, relay, self.tls.failed_recently(host));
         let mut ccfg = ClientConfig::new(cfg.server.hostname.clone());
-        ccfg.use_starttls = match policy {
-            TlsPolicy::None => StartTls::Never,
-            TlsPolicy::Required => StartTls::Required,
-            TlsPolicy::Opportunistic
-                if d.tls_fallback_plaintext && self.tls_recently_failed(host) =>
-            {
-                StartTls::Never
-            }
-            TlsPolicy::Opportunistic => StartTls::Opportunistic,
-        };
+        ccfg.use_starttls = req.starttls;
         if relay && !d.relay_login.is_empty() {
             ccfg.auth = Some(Credentials {
                 authzid: String::new(),
@@ -527,7 +222,8 @@ impl RemoteTransport {
         };
         let msg = &job.msg;
         let env = &msg.envelope;
-        let content = msg.content();
+        // The header edits made at receipt go in front of the message.
+        let body: [&[u8]; 2] = [&msg.edits, &msg.body];
         let out = OutMessage {
             sender: env.sender.clone(),
             recipients: job
@@ -535,7 +231,7 @@ impl RemoteTransport {
                 .iter()
                 .map(|&i| env.recipients[i].clone())
                 .collect(),
-            size: content.len() as u64,
+            size: (msg.edits.len() + msg.body.len()) as u64,
             body_type: env.body_type,
             smtputf8: env.smtputf8,
             ret: env.ret,
@@ -545,7 +241,7 @@ impl RemoteTransport {
         let (mut client, mut stream, mut tls_desc) = match conn {
             Conn::Fresh(tcp) => (
                 ClientSession::new(ccfg),
-                Stream::Plain(tcp),
+                Stream::Tcp(tcp),
                 String::from("none"),
             ),
             Conn::Reused(idle) => (idle.client, idle.stream, idle.tls),
@@ -557,73 +253,25 @@ impl RemoteTransport {
         let mut result = None;
         // None: the connection is kept for the next message.
         let outcome: Option<SessionOutcome> = loop {
-            match client.poll() {
-                ClientEvent::Send(bytes) => {
-                    let t = Duration::from_secs(client.timeout_class().secs());
-                    if !matches!(timeout(t, stream.write_all(&bytes)).await, Ok(Ok(()))) {
-                        client.connection_lost();
-                    }
-                }
-                ClientEvent::NeedInput => {
-                    let t = Duration::from_secs(client.timeout_class().secs());
-                    match timeout(t, stream.read_buf(&mut buf)).await {
-                        Ok(Ok(n)) if n > 0 => {
-                            let used = client.feed(&buf);
-                            buf.drain(..used.min(buf.len()));
-                        }
-                        _ => client.connection_lost(),
-                    }
-                }
-                ClientEvent::StartTls => {
+            match drive(&mut client, &mut stream, &mut buf, &body).await {
+                Stop::StartTls => {
                     buf.clear();
-                    let Stream::Plain(tcp) = stream else {
+                    let Stream::Tcp(tcp) = stream else {
                         return Attempt::TryNext(Event::Protocol("STARTTLS inside TLS".into()));
                     };
-                    let name = match ServerName::try_from(host.to_string()) {
-                        Ok(n) => n,
-                        Err(_) => ServerName::IpAddress(ip.into()),
-                    };
-                    let (conn, verifier) = if policy == TlsPolicy::Required {
-                        &self.required
-                    } else {
-                        &self.opportunistic
-                    };
-                    match timeout(Duration::from_secs(60), conn.connect(name.clone(), tcp)).await {
-                        Ok(Ok(s)) => {
-                            let c = s.get_ref().1;
-                            let verified = verifier
-                                .seen
-                                .lock()
-                                .ok()
-                                .and_then(|m| m.get(name.to_str().as_ref()).copied())
-                                .unwrap_or(false);
-                            tls_desc = format!(
-                                "{:?} {:?} certificate {}",
-                                c.protocol_version()
-                                    .unwrap_or(rustls::ProtocolVersion::Unknown(0)),
-                                c.negotiated_cipher_suite()
-                                    .map(|s| s.suite())
-                                    .unwrap_or(rustls::CipherSuite::Unknown(0)),
-                                if verified { "verified" } else { "not verified" }
-                            );
-                            stream = Stream::Tls(Box::new(s));
+                    match self.tls.handshake(req, host, ip, tcp).await {
+                        Ok((s, desc)) => {
+                            tls_desc = desc;
+                            stream = Stream::TlsClient(Box::new(s));
                             client.tls_established();
                         }
-                        Ok(Err(e)) => {
-                            self.remember_tls_failure(host);
+                        Err(e) => {
                             warn!(host = %remote, error = %e, "TLS handshake failed");
                             return Attempt::TryNext(Event::Tls(format!("{remote}: {e}")));
                         }
-                        Err(_) => {
-                            self.remember_tls_failure(host);
-                            return Attempt::TryNext(Event::Tls(format!(
-                                "{remote}: handshake timed out"
-                            )));
-                        }
                     }
                 }
-                ClientEvent::NeedBody => client.body_chunk(&content, true),
-                ClientEvent::Ready => {
+                Stop::Ready => {
                     if sent && keep_open && result.is_some() {
                         break None;
                     } else if sent {
@@ -647,8 +295,8 @@ impl RemoteTransport {
                         }
                     }
                 }
-                ClientEvent::TransactionDone(r) => result = Some(r),
-                ClientEvent::Closed(o) => break Some(o),
+                Stop::TransactionDone(r) => result = Some(r),
+                Stop::Closed(o) => break Some(o),
             }
         };
         let Some(outcome) = outcome else {
@@ -667,7 +315,7 @@ impl RemoteTransport {
                 },
             );
             return match r {
-                Some(r) => Attempt::Done(self.events(&r, &mta, dsn)),
+                Some(r) => Attempt::Done(rcpt_events(&r, &mta, dsn, false)),
                 None => Attempt::Done(vec![
                     Event::Protocol("no transaction result".into());
                     out.recipients.len()
@@ -690,7 +338,7 @@ impl RemoteTransport {
             return Attempt::Done(events);
         }
         if let Some(r) = result {
-            return Attempt::Done(self.events(&r, &mta, client.extensions().dsn));
+            return Attempt::Done(rcpt_events(&r, &mta, client.extensions().dsn, false));
         }
         Attempt::TryNext(match outcome {
             SessionOutcome::Refused { stage, reply } => {
@@ -719,19 +367,6 @@ impl RemoteTransport {
                 Event::Protocol(format!("{remote}: session ended without a transaction"))
             }
         })
-    }
-}
-
-impl RemoteTransport {
-    /// One event per recipient. `remote` names the server as a DSN's
-    /// Remote-MTA wants it (host name, or [ip]); `dsn`: it offered DSN.
-    fn events(
-        &self,
-        r: &crate::proto::client::TransactionResult,
-        remote: &str,
-        dsn: bool,
-    ) -> Vec<Event> {
-        rcpt_events(r, remote, dsn, false)
     }
 }
 
@@ -780,49 +415,6 @@ impl super::Transport for RemoteTransport {
     }
 
     fn destination(&self, domain: &str) -> String {
-        match self.hop(domain) {
-            Hop::Direct { host, port } => format!("[{host}]:{port}"),
-            Hop::Mx { domain, port } => format!("{domain}:{port}"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hops() {
-        assert_eq!(
-            parse_hop("[smtp.isp.test]:587", 25),
-            Some(Hop::Direct {
-                host: "smtp.isp.test".into(),
-                port: 587
-            })
-        );
-        assert_eq!(
-            parse_hop("[127.0.0.1]", 25),
-            Some(Hop::Direct {
-                host: "127.0.0.1".into(),
-                port: 25
-            })
-        );
-        assert_eq!(
-            parse_hop("relay.test:2525", 25),
-            Some(Hop::Mx {
-                domain: "relay.test".into(),
-                port: 2525
-            })
-        );
-        assert_eq!(
-            parse_hop("Relay.test", 25),
-            Some(Hop::Mx {
-                domain: "relay.test".into(),
-                port: 25
-            })
-        );
-        assert_eq!(parse_hop("[]:25", 25), None);
-        assert_eq!(parse_hop("[x]junk", 25), None);
-        assert_eq!(parse_hop("x:notaport", 25), None);
+        route::destination(&route::hop(&self.cfg().delivery, domain))
     }
 }
