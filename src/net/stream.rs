@@ -4,7 +4,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 /// Plain TCP, TLS over TCP (we the server, or we the client), or a local
@@ -28,6 +28,45 @@ impl Stream {
         let Stream::Tcp(s) = self else { return false };
         let mut probe = [0u8; 1];
         !matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+impl Stream {
+    /// Waits for data and appends it to `buf`, growing it by `chunk` when
+    /// it is nearly full. A plain or Unix connection holds no buffer while
+    /// it waits (readiness first, then the read), so idle sessions cost
+    /// little memory.
+    pub async fn read_into(&mut self, buf: &mut Vec<u8>, chunk: usize) -> io::Result<usize> {
+        macro_rules! read_when_ready {
+            ($s:expr) => {
+                loop {
+                    $s.readable().await?;
+                    if buf.capacity() - buf.len() < 1024 {
+                        buf.reserve(chunk);
+                    }
+                    match $s.try_read_buf(buf) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        r => return r,
+                    }
+                }
+            };
+        }
+        match self {
+            Stream::Tcp(s) => read_when_ready!(s),
+            Stream::Unix(s) => read_when_ready!(s),
+            Stream::TlsServer(_) | Stream::TlsClient(_) => {
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(chunk);
+                }
+                self.read_buf(buf).await
+            }
+        }
+    }
+
+    /// Writes all of `data` and flushes it (TLS buffers records).
+    pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write_all(data).await?;
+        self.flush().await
     }
 }
 

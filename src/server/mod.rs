@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{info, info_span, warn, Instrument};
@@ -21,6 +21,7 @@ use crate::auth::{Admission, Busy, FailureLimiter, Verifier};
 use crate::config::client_network;
 use crate::config::{BareNewline, Config, ListenerConfig, ListenerMode};
 use crate::live::{Live, Snapshot};
+use crate::net::Stream;
 use crate::policy::Client;
 use crate::proto::reply::{self, Reply};
 use crate::proto::{Action, AuthOutcome, Host, ServerSession, SessionConfig};
@@ -519,7 +520,7 @@ async fn accept_loop(
             connection(
                 &shared,
                 snap,
-                Stream::Plain(stream),
+                Stream::Tcp(stream),
                 client,
                 scfg,
                 Some(mode),
@@ -723,57 +724,6 @@ impl Incoming {
     }
 }
 
-/// The connection's byte stream: plain TCP, TLS over it, or the local
-/// submission socket.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    /// Waits for data and appends it to `buf`. A plain connection holds no
-    /// buffer while it waits, so idle sessions cost little memory.
-    async fn read_into(&mut self, buf: &mut Vec<u8>, chunk: usize) -> io::Result<usize> {
-        // Waits for readiness before growing the buffer.
-        macro_rules! read_when_ready {
-            ($s:expr) => {
-                loop {
-                    $s.readable().await?;
-                    if buf.capacity() - buf.len() < 1024 {
-                        buf.reserve(chunk);
-                    }
-                    match $s.try_read_buf(buf) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        r => return r,
-                    }
-                }
-            };
-        }
-        match self {
-            Stream::Plain(s) => read_when_ready!(s),
-            Stream::Unix(s) => read_when_ready!(s),
-            Stream::Tls(s) => {
-                if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(chunk);
-                }
-                s.read_buf(buf).await
-            }
-        }
-    }
-
-    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.write_all(data).await,
-            Stream::Unix(s) => s.write_all(data).await,
-            Stream::Tls(s) => {
-                s.write_all(data).await?;
-                s.flush().await
-            }
-        }
-    }
-}
-
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -800,7 +750,7 @@ async fn handshake(
             let desc = tls::describe(s.get_ref().1);
             let sni = s.get_ref().1.server_name().unwrap_or("").to_string();
             info!(tls = %desc, sni = %clean(&sni), "TLS established");
-            Ok((Stream::Tls(Box::new(s)), desc))
+            Ok((Stream::TlsServer(Box::new(s)), desc))
         }
     }
 }
@@ -912,7 +862,7 @@ async fn connection(
 ) {
     let kind = mode.map(kind_index).unwrap_or(LOCAL_KIND);
     let _open = OpenConn::new(kind);
-    if let Stream::Plain(tcp) = &stream {
+    if let Stream::Tcp(tcp) = &stream {
         let _ = tcp.set_nodelay(true);
     }
     let started = Instant::now();
@@ -924,7 +874,7 @@ async fn connection(
         s.set_local_user(u.uid, &u.name);
     }
     let mut stream = match (mode, stream) {
-        (Some(ListenerMode::Submissions), Stream::Plain(tcp)) => {
+        (Some(ListenerMode::Submissions), Stream::Tcp(tcp)) => {
             match handshake(shared, tcp, kind).await {
                 Ok((st, desc)) => {
                     s.tls_started(desc);
@@ -957,7 +907,7 @@ async fn connection(
         loop {
             if !s.output().is_empty() {
                 let out = std::mem::take(s.output());
-                match timeout(Duration::from_secs(limits.command_timeout_secs), stream.write_all(&out)).await {
+                match timeout(Duration::from_secs(limits.command_timeout_secs), stream.send(&out)).await {
                     Ok(r) => r?,
                     Err(_) => return Ok("write timeout"),
                 }
@@ -1012,7 +962,7 @@ async fn connection(
                     Action::Authenticate => authenticate(shared, &mut s, &mut host).await,
                     Action::StartTls => {
                         let out = std::mem::take(s.output());
-                        match timeout(Duration::from_secs(limits.command_timeout_secs), stream.write_all(&out)).await {
+                        match timeout(Duration::from_secs(limits.command_timeout_secs), stream.send(&out)).await {
                             Ok(r) => r?,
                             Err(_) => return Ok("write timeout"),
                         }
@@ -1023,7 +973,7 @@ async fn connection(
                         }
                         buf = Vec::new();
                         start = 0;
-                        let Stream::Plain(tcp) = stream else {
+                        let Stream::Tcp(tcp) = stream else {
                             return Ok("STARTTLS inside TLS");
                         };
                         match handshake(shared, tcp, kind).await {
