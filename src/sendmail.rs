@@ -442,7 +442,7 @@ async fn submit_async(
 
 fn reply_text(r: &crate::proto::client::ServerReply) -> String {
     match r.enhanced {
-        Some((c, s, d)) => format!("{} {c}.{s}.{d} {}", r.code, r.text.replace('\n', " ")),
+        Some(e) => format!("{} {e} {}", r.code, r.text.replace('\n', " ")),
         None => format!("{} {}", r.code, r.text.replace('\n', " ")),
     }
 }

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use pigeon::proto::reply::EnhancedCode;
 use pigeon::proto::{BodyType, Envelope, Notify, Recipient, Ret};
 use pigeon::queue::{
     decode_message, decode_status, encode_message, encode_status, DsnOwed, Extras, MessageStatus,
@@ -95,12 +96,18 @@ fn status() -> impl Strategy<Value = MessageStatus> {
         Some(DsnOwed::Relayed),
         Some(DsnOwed::Expanded),
     ]);
-    let rcpt = (state, any::<u32>(), any::<i64>(), text(), owed).prop_map(
-        |(state, attempts, next_attempt, last_reply, dsn_owed)| RcptStatus {
+    let code = prop::option::of((
+        prop::sample::select(vec![2u8, 4, 5]),
+        0u16..1000,
+        0u16..1000,
+    ));
+    let rcpt = (state, any::<u32>(), any::<i64>(), text(), owed, code).prop_map(
+        |(state, attempts, next_attempt, last_reply, dsn_owed, code)| RcptStatus {
             state,
             attempts,
             next_attempt,
             last_reply,
+            status: code.map(|(c, s, d)| EnhancedCode::new(c, s, d)),
             dsn_owed,
         },
     );

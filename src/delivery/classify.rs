@@ -5,6 +5,7 @@
 //! only ever match on [`Verdict`]; nothing else parses reply strings.
 
 use crate::dns::DnsError;
+use crate::proto::reply::EnhancedCode;
 
 /// What happened when trying to deliver to one recipient.
 #[derive(Debug, Clone)]
@@ -40,7 +41,7 @@ pub enum Event {
     /// after the data, or at the greeting).
     Reply {
         code: u16,
-        enhanced: Option<String>,
+        enhanced: Option<EnhancedCode>,
         text: String,
         remote: String,
     },
@@ -106,45 +107,43 @@ pub enum Verdict {
         how: Success,
     },
     Transient {
-        status: String,
+        status: EnhancedCode,
         diagnostic: String,
         remote: Option<String>,
     },
     Permanent {
-        status: String,
+        status: EnhancedCode,
         diagnostic: String,
         remote: Option<String>,
     },
 }
 
-/// The status code of a reply: its enhanced code if it has a valid one of
-/// the right class, else a generic one for the class.
-fn reply_status(code: u16, enhanced: Option<&str>) -> String {
+/// The status code of a reply: its enhanced code if it has one of the
+/// right class, else the generic one for the class (RFC 3463 §3.1).
+fn reply_status(code: u16, enhanced: Option<EnhancedCode>) -> EnhancedCode {
     let class = (code / 100) as u8;
-    if let Some(e) = enhanced {
-        let mut parts = e.split('.');
-        let ok = matches!((parts.next(), parts.next(), parts.next(), parts.next()),
-            (Some(c), Some(s), Some(d), None)
-                if c.parse::<u8>() == Ok(class) && s.parse::<u16>().is_ok() && d.parse::<u16>().is_ok());
-        if ok {
-            return e.to_string();
-        }
-    }
-    match class {
-        2 => "2.0.0".into(),
-        4 => "4.0.0".into(),
-        _ => "5.0.0".into(),
+    match enhanced {
+        Some(e) if e.class == class => e,
+        _ => EnhancedCode::generic(match class {
+            2 => 2,
+            4 => 4,
+            _ => 5,
+        }),
     }
 }
 
+const fn ec(class: u8, subject: u16, detail: u16) -> EnhancedCode {
+    EnhancedCode::new(class, subject, detail)
+}
+
 pub fn classify(e: &Event) -> Verdict {
-    let t = |status: &str, diagnostic: String, remote: Option<String>| Verdict::Transient {
-        status: status.to_string(),
+    let t = |status: EnhancedCode, diagnostic: String, remote: Option<String>| Verdict::Transient {
+        status,
         diagnostic,
         remote,
     };
-    let p = |status: &str, diagnostic: String, remote: Option<String>| Verdict::Permanent {
-        status: status.to_string(),
+    let p = |status: EnhancedCode, diagnostic: String, remote: Option<String>| Verdict::Permanent {
+        status,
         diagnostic,
         remote,
     };
@@ -181,12 +180,14 @@ pub fn classify(e: &Event) -> Verdict {
         Event::Local { failure, detail } => {
             let d = detail.clone();
             match failure {
-                LocalFailure::UnknownUser => p("5.1.1", format!("no such user here: {d}"), None),
-                LocalFailure::Alias => p("5.4.6", format!("alias expansion failed: {d}"), None),
-                LocalFailure::NoMailbox => p("5.1.1", d, None),
-                LocalFailure::MailboxFull => t("4.2.2", d, None),
-                LocalFailure::DiskFull => t("4.3.1", d, None),
-                LocalFailure::Io => t("4.3.0", d, None),
+                LocalFailure::UnknownUser => {
+                    p(ec(5, 1, 1), format!("no such user here: {d}"), None)
+                }
+                LocalFailure::Alias => p(ec(5, 4, 6), format!("alias expansion failed: {d}"), None),
+                LocalFailure::NoMailbox => p(ec(5, 1, 1), d, None),
+                LocalFailure::MailboxFull => t(ec(4, 2, 2), d, None),
+                LocalFailure::DiskFull => t(ec(4, 3, 1), d, None),
+                LocalFailure::Io => t(ec(4, 3, 0), d, None),
             }
         }
         Event::Reply {
@@ -195,63 +196,65 @@ pub fn classify(e: &Event) -> Verdict {
             text,
             remote,
         } => {
-            let status = reply_status(*code, enhanced.as_deref());
+            let status = reply_status(*code, *enhanced);
             let diag = match enhanced {
                 Some(en) => format!("{code} {en} {text}"),
                 None => format!("{code} {text}"),
             };
             if (400..500).contains(code) {
-                t(&status, diag, Some(remote.clone()))
+                t(status, diag, Some(remote.clone()))
             } else if *code >= 500 {
-                p(&status, diag, Some(remote.clone()))
+                p(status, diag, Some(remote.clone()))
             } else {
                 // A 1xx/2xx/3xx where a failure was expected: the server
                 // is confused; try again later.
                 t(
-                    "4.5.0",
+                    ec(4, 5, 0),
                     format!("unexpected reply: {diag}"),
                     Some(remote.clone()),
                 )
             }
         }
-        Event::Dns(DnsError::NotFound(why)) => p("5.1.2", format!("domain not found: {why}"), None),
+        Event::Dns(DnsError::NotFound(why)) => {
+            p(ec(5, 1, 2), format!("domain not found: {why}"), None)
+        }
         Event::Dns(DnsError::Temporary(why)) => {
-            t("4.4.3", format!("DNS lookup failed: {why}"), None)
+            t(ec(4, 4, 3), format!("DNS lookup failed: {why}"), None)
         }
         Event::NullMx => p(
-            "5.1.10",
+            ec(5, 1, 10),
             "the recipient domain does not accept mail (null MX, RFC 7505)".into(),
             None,
         ),
         Event::Loop(host) => p(
-            "5.4.6",
+            ec(5, 4, 6),
             format!("mail for this domain loops back to myself ({host})"),
             None,
         ),
-        Event::Connect(why) => t("4.4.1", format!("cannot connect: {why}"), None),
-        Event::Tls(why) => t("4.7.5", format!("TLS failure: {why}"), None),
-        Event::Dropped(why) => t("4.4.2", format!("connection lost: {why}"), None),
+        Event::Connect(why) => t(ec(4, 4, 1), format!("cannot connect: {why}"), None),
+        Event::Tls(why) => t(ec(4, 7, 5), format!("TLS failure: {why}"), None),
+        Event::Dropped(why) => t(ec(4, 4, 2), format!("connection lost: {why}"), None),
         Event::TooBig(remote) => p(
-            "5.3.4",
+            ec(5, 3, 4),
             "message too big for the remote server".into(),
             Some(remote.clone()),
         ),
         Event::NeedsSmtputf8(remote) => p(
-            "5.6.7",
+            ec(5, 6, 7),
             "the message needs SMTPUTF8, which the remote server does not support".into(),
             Some(remote.clone()),
         ),
         Event::Needs8bit(remote) => p(
-            "5.6.3",
+            ec(5, 6, 3),
             "the message has 8-bit content, which the remote server does not support".into(),
             Some(remote.clone()),
         ),
         Event::Expired(last) => p(
-            "4.4.7",
+            ec(4, 4, 7),
             format!("message expired in the queue; last error: {last}"),
             None,
         ),
-        Event::Protocol(why) => t("4.5.0", format!("protocol error: {why}"), None),
+        Event::Protocol(why) => t(ec(4, 5, 0), format!("protocol error: {why}"), None),
     }
 }
 
@@ -262,7 +265,7 @@ mod tests {
     fn reply(code: u16, enh: Option<&str>) -> Verdict {
         classify(&Event::Reply {
             code,
-            enhanced: enh.map(str::to_string),
+            enhanced: enh.and_then(EnhancedCode::parse),
             text: "x".into(),
             remote: "mx".into(),
         })
@@ -271,16 +274,18 @@ mod tests {
     #[test]
     fn replies() {
         assert!(
-            matches!(reply(450, Some("4.2.0")), Verdict::Transient { status, .. } if status == "4.2.0")
+            matches!(reply(450, Some("4.2.0")), Verdict::Transient { status, .. } if status.to_string() == "4.2.0")
         );
         assert!(
-            matches!(reply(550, Some("5.1.1")), Verdict::Permanent { status, .. } if status == "5.1.1")
+            matches!(reply(550, Some("5.1.1")), Verdict::Permanent { status, .. } if status.to_string() == "5.1.1")
         );
         // An enhanced code of the wrong class is not trusted.
         assert!(
-            matches!(reply(550, Some("4.1.1")), Verdict::Permanent { status, .. } if status == "5.0.0")
+            matches!(reply(550, Some("4.1.1")), Verdict::Permanent { status, .. } if status.to_string() == "5.0.0")
         );
-        assert!(matches!(reply(421, None), Verdict::Transient { status, .. } if status == "4.0.0"));
+        assert!(
+            matches!(reply(421, None), Verdict::Transient { status, .. } if status.to_string() == "4.0.0")
+        );
         assert!(matches!(reply(250, None), Verdict::Transient { .. }));
     }
 
@@ -295,10 +300,10 @@ mod tests {
             Verdict::Transient { .. }
         ));
         assert!(
-            matches!(classify(&Event::NullMx), Verdict::Permanent { status, .. } if status == "5.1.10")
+            matches!(classify(&Event::NullMx), Verdict::Permanent { status, .. } if status.to_string() == "5.1.10")
         );
         assert!(
-            matches!(classify(&Event::Loop("me".into())), Verdict::Permanent { status, .. } if status == "5.4.6")
+            matches!(classify(&Event::Loop("me".into())), Verdict::Permanent { status, .. } if status.to_string() == "5.4.6")
         );
         assert!(matches!(
             classify(&Event::Connect("refused".into())),
@@ -309,13 +314,13 @@ mod tests {
             Verdict::Transient { .. }
         ));
         assert!(
-            matches!(classify(&Event::TooBig("mx".into())), Verdict::Permanent { status, .. } if status == "5.3.4")
+            matches!(classify(&Event::TooBig("mx".into())), Verdict::Permanent { status, .. } if status.to_string() == "5.3.4")
         );
         assert!(
-            matches!(classify(&Event::NeedsSmtputf8("mx".into())), Verdict::Permanent { status, .. } if status == "5.6.7")
+            matches!(classify(&Event::NeedsSmtputf8("mx".into())), Verdict::Permanent { status, .. } if status.to_string() == "5.6.7")
         );
         assert!(
-            matches!(classify(&Event::Expired("x".into())), Verdict::Permanent { status, .. } if status == "4.4.7")
+            matches!(classify(&Event::Expired("x".into())), Verdict::Permanent { status, .. } if status.to_string() == "4.4.7")
         );
     }
 
@@ -328,22 +333,22 @@ mod tests {
             })
         };
         assert!(
-            matches!(local(LocalFailure::UnknownUser), Verdict::Permanent { status, .. } if status == "5.1.1")
+            matches!(local(LocalFailure::UnknownUser), Verdict::Permanent { status, .. } if status.to_string() == "5.1.1")
         );
         assert!(
-            matches!(local(LocalFailure::NoMailbox), Verdict::Permanent { status, .. } if status == "5.1.1")
+            matches!(local(LocalFailure::NoMailbox), Verdict::Permanent { status, .. } if status.to_string() == "5.1.1")
         );
         assert!(
-            matches!(local(LocalFailure::Alias), Verdict::Permanent { status, .. } if status == "5.4.6")
+            matches!(local(LocalFailure::Alias), Verdict::Permanent { status, .. } if status.to_string() == "5.4.6")
         );
         assert!(
-            matches!(local(LocalFailure::DiskFull), Verdict::Transient { status, .. } if status == "4.3.1")
+            matches!(local(LocalFailure::DiskFull), Verdict::Transient { status, .. } if status.to_string() == "4.3.1")
         );
         assert!(
-            matches!(local(LocalFailure::MailboxFull), Verdict::Transient { status, .. } if status == "4.2.2")
+            matches!(local(LocalFailure::MailboxFull), Verdict::Transient { status, .. } if status.to_string() == "4.2.2")
         );
         assert!(
-            matches!(local(LocalFailure::Io), Verdict::Transient { status, .. } if status == "4.3.0")
+            matches!(local(LocalFailure::Io), Verdict::Transient { status, .. } if status.to_string() == "4.3.0")
         );
         assert!(matches!(
             classify(&Event::Stored {
@@ -370,7 +375,7 @@ mod tests {
         assert!(matches!(
             classify(&Event::Reply {
                 code: 452,
-                enhanced: Some("4.2.2".into()),
+                enhanced: EnhancedCode::parse("4.2.2"),
                 text: "over quota".into(),
                 remote: "lmtp".into()
             }),

@@ -31,6 +31,7 @@
 use crate::message::header::push_field;
 use crate::message::rfc5322_date;
 use crate::proto::envelope::{Notify, Ret};
+use crate::proto::reply::EnhancedCode;
 use base64::Engine;
 
 /// Longest piece of one word placed on a line of the text part.
@@ -89,7 +90,7 @@ pub struct DsnRecipient {
     pub action: DsnAction,
     /// Enhanced status code, e.g. "5.1.1", "4.4.1", "2.0.0". A value that is
     /// not of the form `c.s.d` is replaced by a generic code for the action.
-    pub status: String,
+    pub status: Option<EnhancedCode>,
     /// Host name or `[ip]` of the server that answered, for `Remote-MTA: dns; ...`.
     pub remote_mta: Option<String>,
     /// The remote reply text, e.g. "550 5.1.1 <bob@x>: user unknown", for
@@ -431,7 +432,7 @@ fn delivery_status(input: &DsnInput) -> String {
         let kind = if addr.is_ascii() { "rfc822" } else { "utf-8" };
         push_field(&mut s, "Final-Recipient", &format!("{kind}; {addr}"));
         push_field(&mut s, "Action", r.action.as_str());
-        push_field(&mut s, "Status", &status_code(r));
+        push_field(&mut s, "Status", &status_code(r).to_string());
         if let Some(mta) = &r.remote_mta {
             let mta = clean(mta, MAX_FIELD);
             if !mta.is_empty() {
@@ -461,27 +462,14 @@ fn delivery_status(input: &DsnInput) -> String {
     s
 }
 
-/// The recipient's status if it is a well-formed enhanced code (RFC 3463:
-/// class 2, 4 or 5, then 1-3 digits, then 1-3 digits), else a generic code
-/// matching the action.
-fn status_code(r: &DsnRecipient) -> String {
-    let parts: Vec<&str> = r.status.trim().split('.').collect();
-    let digits = |p: &str, max: usize| {
-        !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())
-    };
-    let well_formed = parts.len() == 3
-        && matches!(parts[0], "2" | "4" | "5")
-        && digits(parts[1], 3)
-        && digits(parts[2], 3);
-    if well_formed {
-        return r.status.trim().to_string();
-    }
-    match r.action {
-        DsnAction::Failed => "5.0.0",
-        DsnAction::Delayed => "4.0.0",
-        _ => "2.0.0",
-    }
-    .to_string()
+/// The recipient's status code, or a generic one matching the action when
+/// none is known (RFC 3464 §2.3.4 requires one).
+fn status_code(r: &DsnRecipient) -> EnhancedCode {
+    r.status.unwrap_or(match r.action {
+        DsnAction::Failed => EnhancedCode::generic(5),
+        DsnAction::Delayed => EnhancedCode::generic(4),
+        _ => EnhancedCode::generic(2),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -641,10 +629,10 @@ fn push_problem(t: &mut String, r: &DsnRecipient) {
         .as_deref()
         .map(|d| clean(d, MAX_DIAGNOSTIC))
         .filter(|d| !d.is_empty());
-    let reason = if mentions_full_mailbox(&r.status, diag.as_deref()) {
+    let reason = if mentions_full_mailbox(r.status, diag.as_deref()) {
         Some("The recipient's mailbox is full.")
     } else {
-        plain_reason(&status_code(r))
+        plain_reason(status_code(r))
     };
     if let Some(reason) = reason {
         push_wrapped(t, "    Reason: ", "            ", reason);
@@ -672,15 +660,12 @@ fn is_smtp_reply(diag: &str) -> bool {
 }
 
 /// A plain-words explanation of an enhanced status code (RFC 3463).
-fn plain_reason(status: &str) -> Option<&'static str> {
-    let mut it = status.split('.');
-    let class = it.next()?;
-    let subject: u16 = it.next()?.parse().ok()?;
-    let detail: u16 = it.next()?.parse().ok()?;
-    if class == "2" {
+fn plain_reason(status: EnhancedCode) -> Option<&'static str> {
+    let class = status.class;
+    if class == 2 {
         return None;
     }
-    Some(match (subject, detail) {
+    Some(match (status.subject, status.detail) {
         (1, 1) => "There is no mailbox with this address.",
         (1, 2) => "The part of the address after the @ could not be found.",
         (1, 3) => "The address is not written correctly.",
@@ -694,15 +679,14 @@ fn plain_reason(status: &str) -> Option<&'static str> {
         (4, 7) => "We tried for too long without success and had to give up.",
         (7, 1) => "The recipient's mail system refused to accept your message.",
         (7, _) => "The recipient's mail system refused your message because of its security rules.",
-        _ if class == "4" => "The recipient's mail system had a temporary problem.",
+        _ if class == 4 => "The recipient's mail system had a temporary problem.",
         _ => "The recipient's mail system could not accept your message.",
     })
 }
 
 /// Over quota: status x.2.2, or a reply that says so in words.
-fn mentions_full_mailbox(status: &str, diag: Option<&str>) -> bool {
-    let s = status.trim();
-    if s.ends_with(".2.2") && s.len() == 5 {
+fn mentions_full_mailbox(status: Option<EnhancedCode>, diag: Option<&str>) -> bool {
+    if status.is_some_and(|s| (s.subject, s.detail) == (2, 2)) {
         return true;
     }
     let Some(d) = diag else { return false };
@@ -720,19 +704,16 @@ fn mentions_full_mailbox(status: &str, diag: Option<&str>) -> bool {
 
 /// One piece of advice for a failed recipient, in plain words.
 fn advice_for(r: &DsnRecipient) -> &'static str {
-    if mentions_full_mailbox(&r.status, r.diagnostic.as_deref()) {
+    if mentions_full_mailbox(r.status, r.diagnostic.as_deref()) {
         return "The recipient's mailbox is full. You can try sending again \
                 later, or reach the recipient another way.";
     }
     let code = status_code(r);
-    let mut it = code.split('.').skip(1);
-    let subject = it.next().unwrap_or("");
-    let detail = it.next().unwrap_or("");
-    match (subject, detail) {
-        ("1", "1" | "2" | "3" | "10") => {
+    match (code.subject, code.detail) {
+        (1, 1 | 2 | 3 | 10) => {
             "Check the address for typing mistakes, then send your message again."
         }
-        ("2", "3") | ("3", "4") => {
+        (2, 3) | (3, 4) => {
             "Make your message smaller (for example, leave out large \
              attachments) and send it again."
         }
@@ -962,7 +943,7 @@ the numbers are attached.\r\n";
             final_recipient: addr.to_string(),
             original_recipient: None,
             action,
-            status: status.to_string(),
+            status: EnhancedCode::parse(status),
             remote_mta: None,
             diagnostic: None,
             last_attempt: None,

@@ -300,10 +300,7 @@ async fn lmtp_deliver(target: &str, helo: &str, job: &Job, rcpts: Vec<Recipient>
         Err(r) => {
             let e = Event::Reply {
                 code: if r.permanent { 554 } else { 451 },
-                enhanced: Some(format!(
-                    "{}.{}.{}",
-                    r.enhanced.0, r.enhanced.1, r.enhanced.2
-                )),
+                enhanced: Some(r.enhanced),
                 text: r.text,
                 remote: shown.clone(),
             };

@@ -33,6 +33,7 @@ use tracing::{info, warn, Instrument};
 use crate::config::{Config, DoubleBounce};
 use crate::live::Live;
 use crate::proto::envelope::{BodyType, Envelope, Notify, Recipient, Ret};
+use crate::proto::reply::EnhancedCode;
 use crate::queue::{DsnOwed, MessageStatus, Queue, QueueId, RcptState, RcptStatus, StoredMessage};
 use classify::{classify, Event, Success, Verdict};
 use dsn::{DsnAction, DsnRecipient};
@@ -510,11 +511,12 @@ async fn bounce_now(ctx: &Arc<Ctx>, id: QueueId) -> Result<(), String> {
         if rs.state == RcptState::Pending {
             rs.state = RcptState::Failed;
             rs.last_reply = "5.0.0 returned to sender by the mail administrator".into();
+            rs.status = Some(EnhancedCode::generic(5));
             rs.dsn_owed = Some(DsnOwed::Failed);
             report.push(dsn_rcpt(
                 &msg.envelope.recipients[i],
                 DsnAction::Failed,
-                "5.0.0",
+                rs.status,
                 None,
                 Some(rs.last_reply.clone()),
                 Some(now),
@@ -553,18 +555,13 @@ fn owed_reports(msg: &StoredMessage, st: &MessageStatus) -> Vec<(usize, DsnRecip
                 DsnOwed::Relayed => DsnAction::Relayed,
                 DsnOwed::Expanded => DsnAction::Expanded,
             };
-            let default = if action == DsnAction::Failed {
-                "5.0.0"
-            } else {
-                "2.0.0"
-            };
             let r = msg.envelope.recipients.get(i)?;
             Some((
                 i,
                 dsn_rcpt(
                     r,
                     action,
-                    status_of(&rs.last_reply, default),
+                    rs.status,
                     None,
                     Some(rs.last_reply.clone()),
                     None,
@@ -587,7 +584,7 @@ fn owed_of(action: DsnAction) -> Option<DsnOwed> {
 fn dsn_rcpt(
     r: &Recipient,
     action: DsnAction,
-    status: &str,
+    status: Option<EnhancedCode>,
     remote: Option<String>,
     diagnostic: Option<String>,
     last_attempt: Option<i64>,
@@ -596,7 +593,7 @@ fn dsn_rcpt(
         final_recipient: r.address.clone(),
         original_recipient: r.orcpt.clone(),
         action,
-        status: status.to_string(),
+        status,
         remote_mta: remote,
         diagnostic,
         last_attempt,
@@ -692,7 +689,10 @@ async fn send_dsn(
 /// header section only, so a forged loop cannot reflect a body to a
 /// forged sender.
 fn returned(ret: Option<Ret>, report: &[DsnRecipient]) -> Option<Ret> {
-    if report.iter().any(|r| r.status == "5.4.6") {
+    if report
+        .iter()
+        .any(|r| r.status == Some(EnhancedCode::new(5, 4, 6)))
+    {
         Some(Ret::Hdrs)
     } else {
         ret
@@ -818,6 +818,7 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                         info!(to = %rcpt.address, status = %status, reason = %diagnostic, retry_at = t, "deferred");
                         rs.next_attempt = t;
                         rs.last_reply = format!("{status} {diagnostic}");
+                        rs.status = Some(*status);
                         continue;
                     }
                     // Queued too long: this temporary failure is final.
@@ -852,6 +853,7 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                         info!(to = %rcpt.address, relay = %remote, reply = %reply, "delivered");
                         rs.state = RcptState::Delivered;
                         rs.last_reply = reply;
+                        rs.status = Some(EnhancedCode::generic(2));
                         let action = match how {
                             Success::Relayed => DsnAction::Relayed,
                             Success::Delivered => DsnAction::Delivered,
@@ -866,7 +868,7 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                                 dsn_rcpt(
                                     rcpt,
                                     action,
-                                    "2.0.0",
+                                    rs.status,
                                     mta,
                                     Some(rs.last_reply.clone()),
                                     Some(now),
@@ -883,13 +885,14 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                         warn!(to = %rcpt.address, status = %status, reason = %diagnostic, "failed");
                         rs.state = RcptState::Failed;
                         rs.last_reply = format!("{status} {diagnostic}");
+                        rs.status = Some(status);
                         if dsn::should_notify(rcpt.notify, DsnAction::Failed) {
                             failed_now.push((
                                 i,
                                 dsn_rcpt(
                                     rcpt,
                                     DsnAction::Failed,
-                                    &status,
+                                    Some(status),
                                     remote,
                                     Some(diagnostic),
                                     Some(now),
@@ -929,7 +932,7 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                 let mut dr = dsn_rcpt(
                     r,
                     DsnAction::Delayed,
-                    status_of(&rs.last_reply, "4.0.0"),
+                    rs.status.filter(|s| s.is_transient()),
                     None,
                     Some(rs.last_reply.clone()),
                     Some(now),
@@ -996,16 +999,6 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
     Next::At(st.next_attempt)
 }
 
-/// The status code at the start of a stored "x.y.z text" reply, or `default`.
-fn status_of<'a>(last: &'a str, default: &'a str) -> &'a str {
-    let code = last.split(' ').next().unwrap_or("");
-    if code.len() >= 5 && code.as_bytes()[1] == b'.' {
-        code
-    } else {
-        default
-    }
-}
-
 #[cfg(test)]
 mod dsn_body_type_tests {
     use super::*;
@@ -1032,7 +1025,7 @@ mod dsn_body_type_tests {
                     notify: Notify::default(),
                 },
                 DsnAction::Failed,
-                status,
+                EnhancedCode::parse(status),
                 None,
                 None,
                 None,
@@ -1054,7 +1047,7 @@ mod dsn_body_type_tests {
                 notify: Notify::default(),
             },
             DsnAction::Failed,
-            "5.1.1",
+            EnhancedCode::parse("5.1.1"),
             None,
             Some("550 no such user".into()),
             Some(1_700_000_000),

@@ -279,13 +279,14 @@ impl RemoteTransport {
                     } else {
                         sent = true;
                         if let Err(r) = client.send_message(&out) {
-                            let e = match r.enhanced {
+                            let e = match (r.enhanced.class, r.enhanced.subject, r.enhanced.detail)
+                            {
                                 (5, 3, 4) => Event::TooBig(mta.clone()),
                                 (5, 6, 7) => Event::NeedsSmtputf8(mta.clone()),
                                 (5, 6, 3) => Event::Needs8bit(mta.clone()),
-                                (c, s, dd) => Event::Reply {
+                                _ => Event::Reply {
                                     code: if r.permanent { 554 } else { 451 },
-                                    enhanced: Some(format!("{c}.{s}.{dd}")),
+                                    enhanced: Some(r.enhanced),
                                     text: r.text.clone(),
                                     remote: mta.clone(),
                                 },
@@ -395,7 +396,7 @@ pub(super) fn rcpt_events(
 
 fn reply_text(r: &ServerReply) -> String {
     match r.enhanced {
-        Some((c, s, d)) => format!("{c}.{s}.{d} {}", r.text.replace('\n', " ")),
+        Some(e) => format!("{e} {}", r.text.replace('\n', " ")),
         None => r.text.replace('\n', " "),
     }
 }
@@ -403,7 +404,7 @@ fn reply_text(r: &ServerReply) -> String {
 pub(super) fn reply_event(r: &ServerReply, remote: &str) -> Event {
     Event::Reply {
         code: r.code,
-        enhanced: r.enhanced.map(|(c, s, d)| format!("{c}.{s}.{d}")),
+        enhanced: r.enhanced,
         text: r.text.replace('\n', " "),
         remote: remote.to_string(),
     }

@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use super::envelope::{BodyType, Notify, Recipient, Ret};
+use super::reply::EnhancedCode;
 use super::sasl::{self, Credentials};
 
 /// Cap on one reply (all its lines together).
@@ -192,7 +193,7 @@ impl Extensions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerReply {
     pub code: u16,
-    pub enhanced: Option<(u8, u16, u16)>,
+    pub enhanced: Option<EnhancedCode>,
     pub text: String,
 }
 
@@ -220,7 +221,7 @@ impl ServerReply {
 
     /// A reply made up on our side when the server's never came (connection
     /// lost, protocol error), so every recipient still gets an outcome.
-    fn local(code: u16, enhanced: (u8, u16, u16), text: &str) -> ServerReply {
+    fn local(code: u16, enhanced: EnhancedCode, text: &str) -> ServerReply {
         ServerReply {
             code,
             enhanced: Some(enhanced),
@@ -232,8 +233,8 @@ impl ServerReply {
 impl fmt::Display for ServerReply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.code)?;
-        if let Some((c, s, d)) = self.enhanced {
-            write!(f, " {c}.{s}.{d}")?;
+        if let Some(e) = self.enhanced {
+            write!(f, " {e}")?;
         }
         if !self.text.is_empty() {
             write!(f, " {}", self.text.replace('\n', " / "))?;
@@ -246,12 +247,12 @@ impl fmt::Display for ServerReply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub permanent: bool,
-    pub enhanced: (u8, u16, u16),
+    pub enhanced: EnhancedCode,
     pub text: String,
 }
 
 impl Refusal {
-    fn permanent(enhanced: (u8, u16, u16), text: impl Into<String>) -> Refusal {
+    fn permanent(enhanced: EnhancedCode, text: impl Into<String>) -> Refusal {
         Refusal {
             permanent: true,
             enhanced,
@@ -262,8 +263,7 @@ impl Refusal {
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (c, s, d) = self.enhanced;
-        write!(f, "{c}.{s}.{d} {}", self.text)
+        write!(f, "{} {}", self.enhanced, self.text)
     }
 }
 
@@ -835,22 +835,28 @@ impl ClientSession {
         if !matches!(self.phase, Phase::Ready) {
             return Err(Refusal {
                 permanent: false,
-                enhanced: (4, 3, 0),
+                enhanced: EnhancedCode::new(4, 3, 0),
                 text: "client session is not ready for a transaction".into(),
             });
         }
         if msg.recipients.is_empty() {
-            return Err(Refusal::permanent((5, 5, 1), "message has no recipients"));
+            return Err(Refusal::permanent(
+                EnhancedCode::new(5, 5, 1),
+                "message has no recipients",
+            ));
         }
         let addresses = std::iter::once(msg.sender.as_str())
             .chain(msg.recipients.iter().map(|r| r.address.as_str()));
         for (n, a) in addresses.enumerate() {
             if n > 0 && a.is_empty() {
-                return Err(Refusal::permanent((5, 1, 3), "empty recipient address"));
+                return Err(Refusal::permanent(
+                    EnhancedCode::new(5, 1, 3),
+                    "empty recipient address",
+                ));
             }
             if a.chars().any(char::is_control) {
                 return Err(Refusal::permanent(
-                    (5, 1, 3),
+                    EnhancedCode::new(5, 1, 3),
                     "address contains control characters",
                 ));
             }
@@ -861,14 +867,14 @@ impl ClientSession {
             || msg.recipients.iter().any(|r| !r.address.is_ascii());
         if utf8 && !ext.smtputf8 {
             return Err(Refusal::permanent(
-                (5, 6, 7),
+                EnhancedCode::new(5, 6, 7),
                 "message needs SMTPUTF8, which the server does not offer",
             ));
         }
         if let Some(limit) = ext.size {
             if limit > 0 && msg.size > limit {
                 return Err(Refusal::permanent(
-                    (5, 3, 4),
+                    EnhancedCode::new(5, 3, 4),
                     format!(
                         "message size {} exceeds the server's limit of {limit}",
                         msg.size
@@ -882,14 +888,14 @@ impl ClientSession {
             BodyType::EightBitMime if ext.eight_bit_mime => {}
             BodyType::EightBitMime => {
                 return Err(Refusal::permanent(
-                    (5, 6, 3),
+                    EnhancedCode::new(5, 6, 3),
                     "8-bit content but the server does not offer 8BITMIME",
                 ))
             }
             BodyType::BinaryMime if ext.binary_mime && chunking => {}
             BodyType::BinaryMime => {
                 return Err(Refusal::permanent(
-                    (5, 6, 3),
+                    EnhancedCode::new(5, 6, 3),
                     "binary content but the server does not offer BINARYMIME and CHUNKING",
                 ))
             }
@@ -1033,7 +1039,11 @@ impl ClientSession {
                 let stage = self.stage();
                 self.abort(
                     SessionOutcome::ConnectionLost { stage },
-                    ServerReply::local(451, (4, 4, 2), "connection lost before the server replied"),
+                    ServerReply::local(
+                        451,
+                        EnhancedCode::new(4, 4, 2),
+                        "connection lost before the server replied",
+                    ),
                 );
             }
         }
@@ -1421,7 +1431,7 @@ impl ClientSession {
         };
         // The server still holds a transaction we did not complete.
         let rset = txn.mail_ok() && !txn.ended;
-        let fill = ServerReply::local(451, (4, 5, 0), "no reply from the server");
+        let fill = ServerReply::local(451, EnhancedCode::new(4, 5, 0), "no reply from the server");
         self.events
             .push_back(ClientEvent::TransactionDone(txn.into_result(&fill)));
         if rset && !self.quit_requested {
@@ -1461,7 +1471,11 @@ impl ClientSession {
     fn protocol_error_at(&mut self, stage: Stage, detail: String) {
         self.abort(
             SessionOutcome::ProtocolError { stage, detail },
-            ServerReply::local(451, (4, 5, 0), "protocol error in the server's reply"),
+            ServerReply::local(
+                451,
+                EnhancedCode::new(4, 5, 0),
+                "protocol error in the server's reply",
+            ),
         );
     }
 
@@ -1523,25 +1537,9 @@ fn clean_text(text: &[u8]) -> String {
 }
 
 /// "d.ddd.ddd" at the start of `line` (followed by a space or the end).
-fn enhanced_code(line: &str) -> Option<((u8, u16, u16), &str)> {
+fn enhanced_code(line: &str) -> Option<(EnhancedCode, &str)> {
     let token = line.split(' ').next()?;
-    let mut parts = token.split('.');
-    let (Some(c), Some(s), Some(d), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    let num = |p: &str, max: usize| -> Option<u16> {
-        if p.is_empty() || p.len() > max || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        p.parse().ok()
-    };
-    let class = num(c, 1)?;
-    if !matches!(class, 2 | 4 | 5) {
-        return None;
-    }
-    Some(((class as u8, num(s, 3)?, num(d, 3)?), token))
+    Some((EnhancedCode::parse(token)?, token))
 }
 
 fn finish_reply(p: Partial) -> ServerReply {
@@ -1549,7 +1547,7 @@ fn finish_reply(p: Partial) -> ServerReply {
         .lines
         .first()
         .and_then(|l| enhanced_code(l))
-        .filter(|((class, _, _), _)| u16::from(*class) == p.code / 100)
+        .filter(|(e, _)| u16::from(e.class) == p.code / 100)
         .map(|(code, token)| (code, token.to_string()));
     let text = match &enhanced {
         Some((_, token)) => p

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::client::*;
 use super::data::{BodyDecoder, Progress};
 use super::envelope::{BodyType, Notify, Recipient, Ret};
-use super::reply::Reply;
+use super::reply::{EnhancedCode, Reply};
 use super::sasl::Credentials;
 use super::session::{Action, Decision, Host, ServerSession, SessionConfig};
 use super::stage::Verdict;
@@ -40,6 +40,7 @@ fn msg(rcpts: &[&str]) -> OutMessage {
 }
 
 fn reply(code: u16, enhanced: Option<(u8, u16, u16)>, text: &str) -> ServerReply {
+    let enhanced = enhanced.map(|(c, s, d)| EnhancedCode::new(c, s, d));
     ServerReply {
         code,
         enhanced,
@@ -284,19 +285,31 @@ fn refusals_send_nothing() {
     m.size = 1001;
     let r = s.send_message(&m).unwrap_err();
     assert!(r.permanent);
-    assert_eq!(r.enhanced, (5, 3, 4));
+    assert_eq!(r.enhanced, EnhancedCode::new(5, 3, 4));
     m.size = 1000;
     m.body_type = BodyType::BinaryMime;
-    assert_eq!(s.send_message(&m).unwrap_err().enhanced, (5, 6, 3));
+    assert_eq!(
+        s.send_message(&m).unwrap_err().enhanced,
+        EnhancedCode::new(5, 6, 3)
+    );
 
     let mut m = msg(&["jos\u{e9}@x.test"]);
-    assert_eq!(s.send_message(&m).unwrap_err().enhanced, (5, 6, 7));
+    assert_eq!(
+        s.send_message(&m).unwrap_err().enhanced,
+        EnhancedCode::new(5, 6, 7)
+    );
     m.recipients = vec![rcpt("a@x.test")];
     m.smtputf8 = true;
-    assert_eq!(s.send_message(&m).unwrap_err().enhanced, (5, 6, 7));
+    assert_eq!(
+        s.send_message(&m).unwrap_err().enhanced,
+        EnhancedCode::new(5, 6, 7)
+    );
 
     let mut m = msg(&["a@x.test\r\nRSET"]);
-    assert_eq!(s.send_message(&m).unwrap_err().enhanced, (5, 1, 3));
+    assert_eq!(
+        s.send_message(&m).unwrap_err().enhanced,
+        EnhancedCode::new(5, 1, 3)
+    );
     m.recipients.clear();
     assert!(s.send_message(&m).is_err());
     // Nothing went out; still ready.
@@ -307,7 +320,10 @@ fn refusals_send_nothing() {
     let mut m = msg(&["a@x.test"]);
     m.body_type = BodyType::EightBitMime;
     let r = s.send_message(&m).unwrap_err();
-    assert_eq!((r.permanent, r.enhanced), (true, (5, 6, 3)));
+    assert_eq!(
+        (r.permanent, r.enhanced),
+        (true, EnhancedCode::new(5, 6, 3))
+    );
     // Not ready: temporary.
     s.send_message(&msg(&["a@x.test"])).unwrap();
     let r = s.send_message(&msg(&["a@x.test"])).unwrap_err();
@@ -886,7 +902,10 @@ fn connection_lost_mid_transaction() {
     s.connection_lost();
     let st = pump(&mut s);
     let lost = st.done[0].rcpts[0].reply();
-    assert_eq!((lost.code, lost.enhanced), (451, Some((4, 4, 2))));
+    assert_eq!(
+        (lost.code, lost.enhanced),
+        (451, Some(EnhancedCode::new(4, 4, 2)))
+    );
     assert_eq!(
         st.done[0].rcpts[1],
         RcptOutcome::Rejected(reply(550, None, "no"))

@@ -3,27 +3,121 @@
 //! wording and codes live in one place. No I/O.
 
 use std::borrow::Cow;
+use std::fmt;
+
+/// An RFC 3463 enhanced status code, `class.subject.detail`, as a value:
+/// status codes are compared and classified by their numbers, in both
+/// directions (replies we give, replies we get, DSNs), never by text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct EnhancedCode {
+    /// 2 success, 4 persistent transient failure, 5 permanent failure.
+    pub class: u8,
+    pub subject: u16,
+    pub detail: u16,
+}
+
+impl EnhancedCode {
+    pub const fn new(class: u8, subject: u16, detail: u16) -> EnhancedCode {
+        EnhancedCode {
+            class,
+            subject,
+            detail,
+        }
+    }
+
+    /// `x.0.0`, the code that says nothing more than the class.
+    pub const fn generic(class: u8) -> EnhancedCode {
+        EnhancedCode::new(class, 0, 0)
+    }
+
+    /// Parses `class.subject.detail` (RFC 3463 §2: class 2, 4 or 5;
+    /// subject and detail of one to three digits). Usable in constants.
+    pub const fn parse(s: &str) -> Option<EnhancedCode> {
+        let b = s.as_bytes();
+        let mut parts = [0u16; 3];
+        let mut digits = [0usize; 3];
+        let mut part = 0;
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            if c == b'.' {
+                part += 1;
+                if part > 2 {
+                    return None;
+                }
+            } else if c.is_ascii_digit() {
+                digits[part] += 1;
+                if digits[part] > 3 {
+                    return None;
+                }
+                parts[part] = parts[part] * 10 + (c - b'0') as u16;
+            } else {
+                return None;
+            }
+            i += 1;
+        }
+        if part != 2 || digits[0] != 1 || digits[1] == 0 || digits[2] == 0 {
+            return None;
+        }
+        match parts[0] {
+            2 | 4 | 5 => Some(EnhancedCode::new(parts[0] as u8, parts[1], parts[2])),
+            _ => None,
+        }
+    }
+
+    pub fn is_permanent(self) -> bool {
+        self.class == 5
+    }
+
+    pub fn is_transient(self) -> bool {
+        self.class == 4
+    }
+}
+
+impl fmt::Display for EnhancedCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
+}
+
+impl std::str::FromStr for EnhancedCode {
+    type Err = ();
+    fn from_str(s: &str) -> Result<EnhancedCode, ()> {
+        EnhancedCode::parse(s).ok_or(())
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub code: u16,
-    /// RFC 3463 enhanced status code ("2.0.0"); empty where RFC 2034 leaves it
-    /// out (the greeting, EHLO) or for intermediate replies (354).
-    pub enhanced: &'static str,
+    /// RFC 3463 enhanced status code; None where RFC 2034 leaves it out
+    /// (the greeting, EHLO) or for intermediate replies (354).
+    pub enhanced: Option<EnhancedCode>,
     /// Reply text; a '\n' separates the lines of a multi-line reply.
     pub text: Cow<'static, str>,
 }
 
 impl Reply {
+    /// A reply with the enhanced code written out ("5.1.1", or "" for
+    /// none); a malformed code is left out (a unit test checks that every
+    /// constant here has the one it means).
     pub const fn new(code: u16, enhanced: &'static str, text: &'static str) -> Reply {
         Reply {
             code,
-            enhanced,
+            enhanced: EnhancedCode::parse(enhanced),
             text: Cow::Borrowed(text),
         }
     }
 
     pub fn owned(code: u16, enhanced: &'static str, text: String) -> Reply {
+        Reply {
+            code,
+            enhanced: EnhancedCode::parse(enhanced),
+            text: Cow::Owned(text),
+        }
+    }
+
+    pub fn typed(code: u16, enhanced: Option<EnhancedCode>, text: String) -> Reply {
         Reply {
             code,
             enhanced,
@@ -46,8 +140,8 @@ impl Reply {
             let sep = if lines.peek().is_some() { b'-' } else { b' ' };
             out.extend_from_slice(itoa3(self.code).as_slice());
             out.push(sep);
-            if !self.enhanced.is_empty() {
-                out.extend_from_slice(self.enhanced.as_bytes());
+            if let Some(e) = self.enhanced {
+                out.extend_from_slice(e.to_string().as_bytes());
                 out.push(b' ');
             }
             // Reply text never carries CR or LF of its own into the stream.
@@ -65,16 +159,9 @@ impl Reply {
 
 impl std::fmt::Display for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.enhanced.is_empty() {
-            write!(f, "{} {}", self.code, self.text.replace('\n', " / "))
-        } else {
-            write!(
-                f,
-                "{} {} {}",
-                self.code,
-                self.enhanced,
-                self.text.replace('\n', " / ")
-            )
+        match self.enhanced {
+            None => write!(f, "{} {}", self.code, self.text.replace('\n', " / ")),
+            Some(e) => write!(f, "{} {e} {}", self.code, self.text.replace('\n', " / ")),
         }
     }
 }
@@ -275,5 +362,65 @@ mod tests {
             START_DATA.to_wire(),
             b"354 End data with <CR><LF>.<CR><LF>\r\n"
         );
+    }
+
+    #[test]
+    fn enhanced_codes_parse_strictly() {
+        assert_eq!(
+            EnhancedCode::parse("5.1.1"),
+            Some(EnhancedCode::new(5, 1, 1))
+        );
+        assert_eq!(
+            EnhancedCode::parse("4.7.650"),
+            Some(EnhancedCode::new(4, 7, 650))
+        );
+        for bad in [
+            "", "5.1", "5.1.1.1", "3.1.1", "5..1", "5.1.1000", "55.1.1", "5.a.1", " 5.1.1",
+        ] {
+            assert_eq!(EnhancedCode::parse(bad), None, "{bad}");
+        }
+        assert_eq!(EnhancedCode::new(4, 4, 1).to_string(), "4.4.1");
+    }
+
+    /// Every reply written with an enhanced code in this crate's source
+    /// has a valid one, of its reply code's class.
+    #[test]
+    fn every_written_code_is_valid() {
+        let sources = [
+            include_str!("reply.rs"),
+            include_str!("session.rs"),
+            include_str!("../policy/mod.rs"),
+            include_str!("../server/mod.rs"),
+        ];
+        let mut n = 0;
+        for src in sources {
+            for call in src.split("Reply::").skip(1) {
+                let Some(args) = call
+                    .strip_prefix("new(")
+                    .or_else(|| call.strip_prefix("owned("))
+                else {
+                    continue;
+                };
+                let mut it = args.splitn(3, ',');
+                let (Some(code), Some(enh)) = (it.next(), it.next()) else {
+                    continue;
+                };
+                let (Ok(code), Some(enh)) = (
+                    code.trim().parse::<u16>(),
+                    enh.trim()
+                        .strip_prefix('"')
+                        .and_then(|e| e.strip_suffix('"')),
+                ) else {
+                    continue;
+                };
+                if enh.is_empty() {
+                    continue;
+                }
+                let e = EnhancedCode::parse(enh).unwrap_or_else(|| panic!("{code} {enh}"));
+                assert_eq!(u16::from(e.class), code / 100, "{code} {enh}");
+                n += 1;
+            }
+        }
+        assert!(n > 50, "only {n} replies found");
     }
 }

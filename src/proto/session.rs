@@ -19,7 +19,7 @@ use super::address::Domain;
 use super::command::{parse_command, Command, MailFrom, ParseError, RcptTo};
 use super::data::{BodyDecoder, Progress};
 use super::envelope::{Envelope, Recipient};
-use super::reply::{self, Reply};
+use super::reply::{self, EnhancedCode, Reply};
 use super::sasl::{self, Credentials, Mechanism};
 use super::stage::{Stage, Verdict};
 use crate::message::{HeaderEdits, HeaderScan};
@@ -571,7 +571,9 @@ impl ServerSession {
 
     fn reply(&mut self, r: Reply) {
         r.write_to(&mut self.out);
-        let counts = r.code >= 400 && r.code != 421 && !(r.code == 452 && r.enhanced == "4.5.3");
+        let counts = r.code >= 400
+            && r.code != 421
+            && !(r.code == 452 && r.enhanced == Some(EnhancedCode::new(4, 5, 3)));
         if counts {
             self.errors += 1;
             if self.errors > self.cfg.max_errors {

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::id::QueueId;
 use super::{DsnOwed, MessageStatus, RcptState, RcptStatus};
+use crate::proto::reply::EnhancedCode;
 use crate::proto::{BodyType, Envelope, Notify, Recipient, Ret};
 
 pub(crate) const MSG_MAGIC: &[u8; 4] = b"PGNQ";
@@ -18,8 +19,9 @@ pub(crate) const STATUS_MAGIC: &[u8; 4] = b"PGNS";
 /// Message files: version 2 adds the EDITS and MSGID records; version 1
 /// files (without them) still read.
 pub(crate) const MSG_VERSION: u8 = 2;
-/// Status files.
-pub(crate) const STATUS_VERSION: u8 = 1;
+/// Status files: version 2 adds each recipient's status code; version 1
+/// files still read.
+pub(crate) const STATUS_VERSION: u8 = 2;
 /// Magic plus version.
 pub(crate) const PREAMBLE_LEN: usize = 5;
 /// Type byte plus little-endian u32 length.
@@ -243,6 +245,10 @@ pub fn encode_status(st: &MessageStatus) -> Vec<u8> {
         r.push(state_code(rs));
         r.extend_from_slice(&rs.attempts.to_le_bytes());
         r.extend_from_slice(&rs.next_attempt.to_le_bytes());
+        let code = rs.status.unwrap_or(EnhancedCode::new(0, 0, 0));
+        r.push(code.class);
+        r.extend_from_slice(&code.subject.to_le_bytes());
+        r.extend_from_slice(&code.detail.to_le_bytes());
         r.extend_from_slice(rs.last_reply.as_bytes());
         put_record(&mut out, rec::RCPT, &r);
     }
@@ -638,10 +644,10 @@ fn decode_state(v: u8) -> Result<(RcptState, Option<DsnOwed>), String> {
 
 /// Verifies and decodes a complete status file.
 pub(crate) fn decode_status_bytes(bytes: &[u8]) -> Result<MessageStatus, String> {
-    check_frame(
+    let version = check_frame(
         bytes,
         STATUS_MAGIC,
-        &[STATUS_VERSION],
+        &[1, STATUS_VERSION],
         PREAMBLE_LEN + REC_HEADER_LEN + 8 + STATUS_END_LEN,
     )?;
     let mut recs = Records {
@@ -672,12 +678,38 @@ pub(crate) fn decode_status_bytes(bytes: &[u8]) -> Result<MessageStatus, String>
                 let (state, dsn_owed) = decode_state(fixed[0])?;
                 let attempts = le_u32(&fixed[1..]).ok_or("bad RCPT record")?;
                 let next = le_u64(&fixed[5..]).ok_or("bad RCPT record")? as i64;
-                let last_reply = utf8("last reply", p.get(13..).unwrap_or_default())?;
+                let (status, text_at) = if version >= 2 {
+                    let c = p
+                        .get(13..18)
+                        .ok_or_else(|| format!("short RCPT record at offset {at}"))?;
+                    let code = EnhancedCode::new(
+                        c[0],
+                        u16::from_le_bytes([c[1], c[2]]),
+                        u16::from_le_bytes([c[3], c[4]]),
+                    );
+                    let status = match code.class {
+                        0 if code == EnhancedCode::new(0, 0, 0) => None,
+                        2 | 4 | 5 => Some(code),
+                        _ => return Err(format!("bad status code at offset {at}")),
+                    };
+                    (status, 18)
+                } else {
+                    (None, 13)
+                };
+                let last_reply = utf8("last reply", p.get(text_at..).unwrap_or_default())?;
+                // A version 1 file kept the code only at the start of the
+                // reply text.
+                let status = status.or_else(|| {
+                    (version == 1)
+                        .then(|| last_reply.split(' ').next().and_then(EnhancedCode::parse))
+                        .flatten()
+                });
                 rcpts.push(RcptStatus {
                     state,
                     attempts,
                     next_attempt: next,
                     last_reply,
+                    status,
                     dsn_owed,
                 });
             }

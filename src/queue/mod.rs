@@ -53,6 +53,7 @@ pub use id::{ParseQueueIdError, QueueId};
 pub use read::{list, read_message, Summary, SummaryRcpt};
 pub use writer::MessageWriter;
 
+use crate::proto::reply::EnhancedCode;
 use crate::proto::Envelope;
 
 /// Body bytes kept in memory before the writer spills to `tmp/<ID>`.
@@ -155,6 +156,8 @@ pub struct RcptStatus {
     pub next_attempt: i64,
     /// The last reply or error text seen for this recipient.
     pub last_reply: String,
+    /// The status code of the last outcome (RFC 3463), when known.
+    pub status: Option<EnhancedCode>,
     /// A DSN about this recipient that is due but not queued yet (it could
     /// not be, the disk being full say): the message stays queued until it
     /// is.
@@ -179,6 +182,7 @@ impl RcptStatus {
             attempts: 0,
             next_attempt: 0,
             last_reply: String::new(),
+            status: None,
             dsn_owed: None,
         }
     }

@@ -368,6 +368,7 @@ async fn update_status_then_list() {
                 attempts: 1,
                 next_attempt: 0,
                 last_reply: "250 2.0.0 ok".into(),
+                status: Some(crate::proto::reply::EnhancedCode::new(2, 0, 0)),
                 dsn_owed: Some(DsnOwed::Delivered),
             },
             RcptStatus {
@@ -375,6 +376,7 @@ async fn update_status_then_list() {
                 attempts: 3,
                 next_attempt: 1_700_000_900,
                 last_reply: "451 4.7.1 try later\r\n\0".into(),
+                status: None,
                 dsn_owed: None,
             },
         ],
@@ -436,6 +438,7 @@ fn status_round_trip() {
                 attempts: u32::MAX,
                 next_attempt: i64::MIN,
                 last_reply: "550 no".into(),
+                status: Some(crate::proto::reply::EnhancedCode::new(5, 999, 999)),
                 dsn_owed: Some(DsnOwed::Failed),
             },
         ],
@@ -944,4 +947,33 @@ async fn quarantine_while_running_moves_the_message_aside() {
     assert!(q.ids().is_empty());
     assert!(!path.exists());
     assert!(names(&tmp.path().join("corrupt")).contains(&id.to_string()));
+}
+
+/// A version 1 status file (before status codes were recorded) still
+/// reads; the code comes from the start of its reply text.
+#[test]
+fn version_1_status_file_still_reads() {
+    let mut v1 = b"PGNS\x01".to_vec();
+    codec::put_record(&mut v1, codec::rec::NEXT, &1_700_000_900i64.to_le_bytes());
+    let mut r = vec![2u8 | 1 << 4];
+    r.extend_from_slice(&3u32.to_le_bytes());
+    r.extend_from_slice(&0i64.to_le_bytes());
+    r.extend_from_slice(b"5.1.1 550 no such user");
+    codec::put_record(&mut v1, codec::rec::RCPT, &r);
+    v1.push(codec::rec::END);
+    v1.extend_from_slice(&4u32.to_le_bytes());
+    let crc = crc32fast::hash(&v1);
+    v1.extend_from_slice(&crc.to_le_bytes());
+    let st = decode_status(&v1).unwrap();
+    assert_eq!(st.rcpts[0].state, RcptState::Failed);
+    assert_eq!(st.rcpts[0].dsn_owed, Some(DsnOwed::Failed));
+    assert_eq!(st.rcpts[0].attempts, 3);
+    assert_eq!(
+        st.rcpts[0].status,
+        Some(crate::proto::reply::EnhancedCode::new(5, 1, 1))
+    );
+    // Re-encoded, it is version 2 and keeps everything.
+    let again = encode_status(&st);
+    assert_eq!(again[4], 2);
+    assert_eq!(decode_status(&again).unwrap(), st);
 }
