@@ -79,7 +79,7 @@ impl DsnAction {
 }
 
 /// What happened to one recipient.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DsnRecipient {
     /// The recipient address (`local@domain`, no brackets). Written as
     /// `rfc822; addr`, or `utf-8; addr` (RFC 6533) if it is not ASCII.

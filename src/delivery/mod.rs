@@ -9,6 +9,7 @@
 //! every attempt, DSNs enqueued like any message, removal when done). Never
 //! calls the server.
 
+pub mod attempt;
 pub mod classify;
 pub mod dsn;
 pub mod local;
@@ -32,10 +33,11 @@ use tracing::{info, warn, Instrument};
 
 use crate::config::{Config, DoubleBounce};
 use crate::live::Live;
+use crate::net::{Clock, SystemClock};
 use crate::proto::envelope::{BodyType, Envelope, Notify, Recipient, Ret};
 use crate::proto::reply::EnhancedCode;
-use crate::queue::{DsnOwed, MessageStatus, Queue, QueueId, RcptState, RcptStatus, StoredMessage};
-use classify::{classify, Event, Success, Verdict};
+use crate::queue::{DsnOwed, MessageStatus, Queue, QueueId, RcptState, StoredMessage};
+use classify::Event;
 use dsn::{DsnAction, DsnRecipient};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -134,6 +136,8 @@ struct Ctx {
     max_in_flight: usize,
     /// Per destination: the semaphore and the number of permits it was made with.
     per_destination: Mutex<HashMap<String, (Arc<Semaphore>, usize)>>,
+    /// The time attempts are judged by.
+    clock: Arc<dyn Clock>,
 }
 
 impl Ctx {
@@ -197,6 +201,7 @@ pub fn start(
         global: Arc::new(Semaphore::new(max_in_flight)),
         max_in_flight,
         per_destination: Mutex::new(HashMap::new()),
+        clock: Arc::new(SystemClock),
         remote,
         local,
         queue,
@@ -439,7 +444,7 @@ async fn apply(
                     // Its DSN is owed (or nothing changed): the next pass
                     // tries again, on hold or not.
                     e.hold = false;
-                    e.due = now + DSN_RETRY_SECS;
+                    e.due = now + attempt::DSN_RETRY_SECS;
                     heap.push(Reverse((e.due, id)));
                     format!("{id}: failed: {err}")
                 }
@@ -513,7 +518,7 @@ async fn bounce_now(ctx: &Arc<Ctx>, id: QueueId) -> Result<(), String> {
             rs.last_reply = "5.0.0 returned to sender by the mail administrator".into();
             rs.status = Some(EnhancedCode::generic(5));
             rs.dsn_owed = Some(DsnOwed::Failed);
-            report.push(dsn_rcpt(
+            report.push(attempt::dsn_rcpt(
                 &msg.envelope.recipients[i],
                 DsnAction::Failed,
                 rs.status,
@@ -524,8 +529,8 @@ async fn bounce_now(ctx: &Arc<Ctx>, id: QueueId) -> Result<(), String> {
         }
     }
     warn!(queue_id = %id, recipients = report.len(), "returned to sender by the administrator");
-    report.extend(owed_reports(&msg, &msg.status).into_iter().map(|(_, r)| r));
-    st.next_attempt = now + DSN_RETRY_SECS;
+    report.extend(attempt::owed_reports(&msg));
+    st.next_attempt = now + attempt::DSN_RETRY_SECS;
     st.hold = false;
     write_status(ctx, id, st).await?;
     send_dsn(ctx, &msg, &report, false)
@@ -536,69 +541,6 @@ async fn bounce_now(ctx: &Arc<Ctx>, id: QueueId) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
-}
-
-/// Seconds before a DSN that could not be queued is tried again.
-const DSN_RETRY_SECS: i64 = 60;
-
-/// The DSN reports still owed from earlier passes, rebuilt from the
-/// status file (which keeps the status code and the reply, not the
-/// remote host's name).
-fn owed_reports(msg: &StoredMessage, st: &MessageStatus) -> Vec<(usize, DsnRecipient)> {
-    st.rcpts
-        .iter()
-        .enumerate()
-        .filter_map(|(i, rs)| {
-            let action = match rs.dsn_owed? {
-                DsnOwed::Failed => DsnAction::Failed,
-                DsnOwed::Delivered => DsnAction::Delivered,
-                DsnOwed::Relayed => DsnAction::Relayed,
-                DsnOwed::Expanded => DsnAction::Expanded,
-            };
-            let r = msg.envelope.recipients.get(i)?;
-            Some((
-                i,
-                dsn_rcpt(
-                    r,
-                    action,
-                    rs.status,
-                    None,
-                    Some(rs.last_reply.clone()),
-                    None,
-                ),
-            ))
-        })
-        .collect()
-}
-
-fn owed_of(action: DsnAction) -> Option<DsnOwed> {
-    match action {
-        DsnAction::Failed => Some(DsnOwed::Failed),
-        DsnAction::Delivered => Some(DsnOwed::Delivered),
-        DsnAction::Relayed => Some(DsnOwed::Relayed),
-        DsnAction::Expanded => Some(DsnOwed::Expanded),
-        DsnAction::Delayed => None,
-    }
-}
-
-fn dsn_rcpt(
-    r: &Recipient,
-    action: DsnAction,
-    status: Option<EnhancedCode>,
-    remote: Option<String>,
-    diagnostic: Option<String>,
-    last_attempt: Option<i64>,
-) -> DsnRecipient {
-    DsnRecipient {
-        final_recipient: r.address.clone(),
-        original_recipient: r.orcpt.clone(),
-        action,
-        status,
-        remote_mta: remote,
-        diagnostic,
-        last_attempt,
-        will_retry_until: None,
-    }
 }
 
 /// Builds and enqueues one DSN about `msg`. A message from the null
@@ -738,37 +680,13 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
     }
     let snap = ctx.live.get();
     let d = &snap.cfg.delivery;
-    let now = unix_now();
-    let mut st = msg.status.clone();
-    // Pending recipients that are due, by domain.
-    let mut by_domain: HashMap<String, Vec<usize>> = HashMap::new();
-    for (i, r) in msg.envelope.recipients.iter().enumerate() {
-        let rs = &st.rcpts[i];
-        if rs.state != RcptState::Pending || rs.next_attempt > now {
-            continue;
-        }
-        let domain = r
-            .address
-            .rsplit_once('@')
-            .map(|(_, d)| d.to_ascii_lowercase())
-            .unwrap_or_default();
-        // All local recipients go together, so that two of them reaching
-        // the same mailbox (through aliases) are delivered once.
-        let key = if snap.directory.is_local_domain(&domain) {
-            String::new()
-        } else {
-            domain
-        };
-        by_domain.entry(key).or_default().push(i);
-    }
-    let mut failed_now = Vec::new();
-    let mut delivered_now = Vec::new();
+    let now = ctx.clock.now();
+    let by_domain = attempt::due_by_domain(&msg, now, |dom| snap.directory.is_local_domain(dom));
+    let mut outcomes: Vec<(usize, Event)> = Vec::new();
+    let mut local_rcpt = vec![false; msg.envelope.recipients.len()];
     for (domain, idx) in by_domain {
         let is_local = domain.is_empty();
         let transport = if is_local { &ctx.local } else { &ctx.remote };
-        let counters = &crate::metrics::get().deliveries[usize::from(is_local)];
-        let count =
-            |outcome: usize| counters[outcome].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for chunk in idx.chunks(d.max_recipients_per_transaction.max(1)) {
             let job = Job {
                 msg: msg.clone(),
@@ -793,214 +711,100 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
                     .get(k)
                     .cloned()
                     .unwrap_or_else(|| Event::Protocol("no outcome reported".into()));
-                let rcpt = &msg.envelope.recipients[i];
-                let rs = &mut st.rcpts[i];
-                rs.attempts = rs.attempts.saturating_add(1);
-                let mut verdict = classify(&event);
-                if let Verdict::Transient {
-                    status,
-                    diagnostic,
-                    remote,
-                } = &verdict
-                {
-                    let seed = id.0 ^ (u64::from(rs.attempts) << 48) ^ i as u64;
-                    let next = retry::next_attempt(
-                        now,
-                        msg.arrival,
-                        rs.attempts,
-                        d.first_retry_secs,
-                        d.max_retry_interval_secs,
-                        d.max_queue_lifetime_secs,
-                        seed,
-                    );
-                    if let Some(t) = next {
-                        count(1);
-                        info!(to = %rcpt.address, status = %status, reason = %diagnostic, retry_at = t, "deferred");
-                        rs.next_attempt = t;
-                        rs.last_reply = format!("{status} {diagnostic}");
-                        rs.status = Some(*status);
-                        continue;
-                    }
-                    // Queued too long: this temporary failure is final.
+                if let Some(l) = local_rcpt.get_mut(i) {
+                    *l = is_local;
+                }
+                outcomes.push((i, event));
+            }
+        }
+    }
+    let plan = attempt::apply(&msg, &outcomes, ctx.clock.now(), d);
+    record_results(&msg, &plan.results, &local_rcpt, ctx.clock.now_micros());
+    // Status first (a crash after it never repeats a delivery recorded
+    // there, and a DSN that cannot be queued stays owed), then DSNs.
+    if plan.save_first() {
+        if let Err(e) = write_status(ctx, id, plan.status.clone()).await {
+            warn!(error = %e, "cannot save delivery status; will retry");
+            return Next::At(now + 60);
+        }
+    }
+    let report_queued = send_dsn(ctx, &msg, &plan.report, false).await.is_ok();
+    let delay_queued = send_dsn(ctx, &msg, &plan.delay_report, true).await.is_ok();
+    match plan.settle(report_queued, delay_queued) {
+        attempt::Settled::Remove => {
+            let q = ctx.queue.clone();
+            match tokio::task::spawn_blocking(move || q.remove(id)).await {
+                Ok(Ok(())) => info!("removed: every recipient done"),
+                Ok(Err(e)) => warn!(error = %e, "cannot remove finished message"),
+                Err(e) => warn!(error = %e, "cannot remove finished message"),
+            }
+            Next::Done
+        }
+        attempt::Settled::Keep {
+            status,
+            changed,
+            next,
+        } => {
+            if changed {
+                if let Err(e) = write_status(ctx, id, status).await {
+                    warn!(error = %e, "cannot save delivery status; will retry");
+                    return Next::At(now + 60);
+                }
+            }
+            Next::At(next)
+        }
+    }
+}
+
+/// Log lines and counters for what a pass did to each recipient.
+fn record_results(
+    msg: &StoredMessage,
+    results: &[(usize, attempt::RcptResult)],
+    local: &[bool],
+    now_us: i64,
+) {
+    use attempt::RcptResult;
+    let m = crate::metrics::get();
+    for (i, r) in results {
+        let Some(rcpt) = msg.envelope.recipients.get(*i) else {
+            continue;
+        };
+        let counters = &m.deliveries[usize::from(local.get(*i).copied().unwrap_or(false))];
+        let count =
+            |outcome: usize| counters[outcome].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match r {
+            RcptResult::Delivered { remote, reply, .. } => {
+                count(0);
+                // Queue ids are the arrival time in microseconds.
+                m.observe_latency(now_us.saturating_sub(msg.id.0 as i64).max(0) as f64 / 1e6);
+                info!(to = %rcpt.address, relay = %remote, reply = %reply, "delivered");
+            }
+            RcptResult::Deferred {
+                status,
+                reason,
+                retry_at,
+            } => {
+                count(1);
+                info!(to = %rcpt.address, status = %status, reason = %reason, retry_at, "deferred");
+            }
+            RcptResult::Failed {
+                status,
+                reason,
+                expired,
+            } => {
+                count(2);
+                if *expired {
                     warn!(to = %rcpt.address, "expired");
-                    let remote = remote.clone();
-                    verdict = match classify(&Event::Expired(format!("{status} {diagnostic}"))) {
-                        Verdict::Permanent {
-                            status, diagnostic, ..
-                        } => Verdict::Permanent {
-                            status,
-                            diagnostic,
-                            remote,
-                        },
-                        other => other,
-                    };
                 }
-                match verdict {
-                    Verdict::Delivered {
-                        remote,
-                        reply,
-                        notify_passed_on,
-                        how,
-                    } => {
-                        count(0);
-                        // Queue ids are the arrival time in microseconds.
-                        let now_us = SystemTime::now()
-                            .duration_since(UNIX_EPOCH)
-                            .map(|d| d.as_micros() as u64)
-                            .unwrap_or(0);
-                        crate::metrics::get()
-                            .observe_latency(now_us.saturating_sub(msg.id.0) as f64 / 1e6);
-                        info!(to = %rcpt.address, relay = %remote, reply = %reply, "delivered");
-                        rs.state = RcptState::Delivered;
-                        rs.last_reply = reply;
-                        rs.status = Some(EnhancedCode::generic(2));
-                        let action = match how {
-                            Success::Relayed => DsnAction::Relayed,
-                            Success::Delivered => DsnAction::Delivered,
-                            Success::Expanded => DsnAction::Expanded,
-                        };
-                        // A next hop with DSN reports success itself.
-                        if !notify_passed_on && dsn::should_notify(rcpt.notify, action) {
-                            let mta = (how == Success::Relayed || remote.starts_with("lmtp:"))
-                                .then_some(remote);
-                            delivered_now.push((
-                                i,
-                                dsn_rcpt(
-                                    rcpt,
-                                    action,
-                                    rs.status,
-                                    mta,
-                                    Some(rs.last_reply.clone()),
-                                    Some(now),
-                                ),
-                            ));
-                        }
-                    }
-                    Verdict::Permanent {
-                        status,
-                        diagnostic,
-                        remote,
-                    } => {
-                        count(2);
-                        warn!(to = %rcpt.address, status = %status, reason = %diagnostic, "failed");
-                        rs.state = RcptState::Failed;
-                        rs.last_reply = format!("{status} {diagnostic}");
-                        rs.status = Some(status);
-                        if dsn::should_notify(rcpt.notify, DsnAction::Failed) {
-                            failed_now.push((
-                                i,
-                                dsn_rcpt(
-                                    rcpt,
-                                    DsnAction::Failed,
-                                    Some(status),
-                                    remote,
-                                    Some(diagnostic),
-                                    Some(now),
-                                ),
-                            ));
-                        }
-                    }
-                    // Handled above: deferred, or turned final on expiry.
-                    Verdict::Transient { .. } => {}
-                }
+                warn!(to = %rcpt.address, status = %status, reason = %reason, "failed");
             }
         }
     }
-    // Status first (a crash after it never repeats a delivery), then DSNs.
-    let mut report = owed_reports(&msg, &msg.status);
-    report.extend(failed_now);
-    report.extend(delivered_now);
-    for (i, r) in &report {
-        st.rcpts[*i].dsn_owed = owed_of(r.action);
-    }
-    let report: Vec<DsnRecipient> = report.into_iter().map(|(_, r)| r).collect();
-    let pending: Vec<&RcptStatus> = st
-        .rcpts
-        .iter()
-        .filter(|r| r.state == RcptState::Pending)
-        .collect();
-    let all_done = pending.is_empty();
-    let mut delay_report = Vec::new();
-    if !all_done
-        && !st.delay_warned
-        && d.delay_warning_secs > 0
-        && now - msg.arrival >= d.delay_warning_secs as i64
-    {
-        for (i, rs) in st.rcpts.iter().enumerate() {
-            let r = &msg.envelope.recipients[i];
-            if rs.state == RcptState::Pending && dsn::should_notify(r.notify, DsnAction::Delayed) {
-                let mut dr = dsn_rcpt(
-                    r,
-                    DsnAction::Delayed,
-                    rs.status.filter(|s| s.is_transient()),
-                    None,
-                    Some(rs.last_reply.clone()),
-                    Some(now),
-                );
-                dr.will_retry_until = Some(msg.arrival + d.max_queue_lifetime_secs as i64);
-                delay_report.push(dr);
-            }
-        }
-        st.delay_warned = true;
-    }
-    let next = st
-        .rcpts
-        .iter()
-        .filter(|r| r.state == RcptState::Pending)
-        .map(|r| r.next_attempt)
-        .filter(|&t| t > now)
-        .min()
-        .unwrap_or(now + d.max_retry_interval_secs as i64);
-    let dsn_due = !report.is_empty();
-    st.next_attempt = if dsn_due {
-        next.min(now + DSN_RETRY_SECS)
-    } else {
-        next
-    };
-    let attempted = st.rcpts != msg.status.rcpts || st.delay_warned != msg.status.delay_warned;
-    // A message done with no DSN due needs no status: it is removed next.
-    if attempted && !(all_done && !dsn_due) {
-        // Saved before any DSN goes out: a crash after this never repeats
-        // a delivery that is recorded here, and a DSN that cannot be
-        // queued stays owed.
-        if let Err(e) = write_status(ctx, id, st.clone()).await {
-            warn!(error = %e, "cannot save delivery status; will retry");
-            return Next::At(now + 60);
-        }
-    }
-    let before_dsns = st.clone();
-    if send_dsn(ctx, &msg, &report, false).await.is_ok() {
-        for rs in &mut st.rcpts {
-            rs.dsn_owed = None;
-        }
-    }
-    if send_dsn(ctx, &msg, &delay_report, true).await.is_err() {
-        st.delay_warned = false;
-    }
-    let owed = st.rcpts.iter().any(|r| r.dsn_owed.is_some());
-    if all_done && !owed {
-        let q = ctx.queue.clone();
-        match tokio::task::spawn_blocking(move || q.remove(id)).await {
-            Ok(Ok(())) => info!("removed: every recipient done"),
-            Ok(Err(e)) => warn!(error = %e, "cannot remove finished message"),
-            Err(e) => warn!(error = %e, "cannot remove finished message"),
-        }
-        return Next::Done;
-    }
-    if !owed {
-        st.next_attempt = next;
-    }
-    if st != before_dsns {
-        if let Err(e) = write_status(ctx, id, st.clone()).await {
-            warn!(error = %e, "cannot save delivery status; will retry");
-            return Next::At(now + 60);
-        }
-    }
-    Next::At(st.next_attempt)
 }
 
 #[cfg(test)]
 mod dsn_body_type_tests {
+    use super::attempt::dsn_rcpt;
     use super::*;
 
     #[test]

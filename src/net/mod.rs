@@ -8,5 +8,5 @@ pub mod client_driver;
 pub mod clock;
 pub mod stream;
 
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use stream::Stream;
