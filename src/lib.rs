@@ -39,3 +39,4 @@ pub mod sendmail;
 pub mod server;
 pub mod system;
 pub mod telemetry;
+pub mod trace;

@@ -388,3 +388,48 @@ mod tests {
         }
     }
 }
+
+/// The counters of mail events, as a subscriber of [`crate::trace`].
+pub struct Counters;
+
+impl crate::trace::Subscriber for Counters {
+    fn on(&self, e: &crate::trace::Event) {
+        use crate::proto::Stage;
+        use crate::trace::Event;
+        let m = get();
+        let class = |counters: &[AtomicU64; 2], code: u16| {
+            if let Some(i) = class_index(code) {
+                counters[i].fetch_add(1, Relaxed);
+            }
+        };
+        match e {
+            Event::Accepted { listener, .. } => {
+                m.messages_accepted[listener.index()].fetch_add(1, Relaxed);
+            }
+            Event::Refused { stage, reply, .. } => match stage {
+                Stage::Mail => class(&m.mail_refused, reply.code),
+                Stage::Rcpt => class(&m.rcpt_refused, reply.code),
+                Stage::Content => class(&m.messages_refused, reply.code),
+                Stage::Connect | Stage::Helo => {}
+            },
+            Event::Delivered {
+                local,
+                latency_secs,
+                ..
+            } => {
+                m.deliveries[usize::from(*local)][0].fetch_add(1, Relaxed);
+                m.observe_latency(*latency_secs);
+            }
+            Event::Deferred { local, .. } => {
+                m.deliveries[usize::from(*local)][1].fetch_add(1, Relaxed);
+            }
+            Event::Failed { local, .. } => {
+                m.deliveries[usize::from(*local)][2].fetch_add(1, Relaxed);
+            }
+            Event::DsnQueued { .. } => {
+                m.dsns.fetch_add(1, Relaxed);
+            }
+            Event::Connected { .. } | Event::Removed { .. } => {}
+        }
+    }
+}

@@ -832,3 +832,88 @@ async fn needs_mount_a_dsn_that_cannot_be_queued_keeps_the_original() {
     d.wait_queue_len(0, 10).await;
     d.stop().await;
 }
+
+/// The trace stream: one event per thing that happens, in order, for a
+/// message deferred once and then delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_events_tell_the_story_of_a_message() {
+    use pigeon::trace::{Event, Removal, Subscriber};
+    use std::sync::{Arc, Mutex};
+    struct Collect(Mutex<Vec<Event>>);
+    impl Subscriber for Collect {
+        fn on(&self, e: &Event) {
+            self.0.lock().unwrap().push(e.clone());
+        }
+    }
+    let seen = Arc::new(Collect(Mutex::new(Vec::new())));
+    pigeon::trace::subscribe(seen.clone());
+    let dns = TestDns::start(zone()).await;
+    let port = sink_port();
+    let dest = Sink::start(
+        ip(7, port),
+        Behaviour {
+            tempfail_first: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    let id = d
+        .send(
+            "s@s.test",
+            &["r@e.test"],
+            "Message-ID: <story@s.test>\r\nSubject: story\r\n\r\nx\r\n",
+        )
+        .await;
+    dest.wait_for(1, 20).await;
+    d.wait_queue_len(0, 10).await;
+    d.stop().await;
+    let mine: Vec<Event> = seen
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| match e {
+            Event::Accepted { queue_id, .. }
+            | Event::Delivered { queue_id, .. }
+            | Event::Deferred { queue_id, .. }
+            | Event::Failed { queue_id, .. }
+            | Event::DsnQueued { queue_id, .. }
+            | Event::Removed { queue_id, .. } => *queue_id == id,
+            _ => false,
+        })
+        .cloned()
+        .collect();
+    assert_eq!(mine.len(), 4, "{mine:#?}");
+    match &mine[0] {
+        Event::Accepted {
+            message_id,
+            sender,
+            recipients,
+            helo,
+            ..
+        } => {
+            assert_eq!(message_id.as_deref(), Some("<story@s.test>"));
+            assert_eq!(sender, "s@s.test");
+            assert_eq!(recipients, &["r@e.test"]);
+            assert_eq!(helo, "client.test");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(&mine[1], Event::Deferred { recipient, status, .. } if recipient == "r@e.test" && status.is_transient()),
+        "{:?}",
+        mine[1]
+    );
+    assert!(
+        matches!(&mine[2], Event::Delivered { recipient, local: false, .. } if recipient == "r@e.test")
+    );
+    assert!(matches!(
+        &mine[3],
+        Event::Removed {
+            why: Removal::Done,
+            ..
+        }
+    ));
+}

@@ -37,6 +37,7 @@ use crate::net::{Clock, SystemClock};
 use crate::proto::envelope::{BodyType, Envelope, Notify, Recipient, Ret};
 use crate::proto::reply::EnhancedCode;
 use crate::queue::{DsnOwed, MessageStatus, Queue, QueueId, RcptState, StoredMessage};
+use crate::trace::{self, Event as TraceEvent, Removal};
 use classify::Event;
 use dsn::{DsnAction, DsnRecipient};
 
@@ -428,7 +429,10 @@ async fn apply(
                 match tokio::task::spawn_blocking(move || q.remove(id)).await {
                     Ok(Ok(())) => {
                         entries.remove(&id);
-                        warn!(queue_id = %id, "deleted by the administrator");
+                        trace::emit(TraceEvent::Removed {
+                            queue_id: id,
+                            why: Removal::Deleted,
+                        });
                         format!("{id}: deleted")
                     }
                     Ok(Err(err)) => format!("{id}: failed: {err}"),
@@ -438,6 +442,10 @@ async fn apply(
             Request::Bounce(_) => match bounce_now(ctx, id).await {
                 Ok(()) => {
                     entries.remove(&id);
+                    trace::emit(TraceEvent::Removed {
+                        queue_id: id,
+                        why: Removal::Bounced,
+                    });
                     format!("{id}: returned to sender")
                 }
                 Err(err) => {
@@ -613,10 +621,12 @@ async fn send_dsn(
     };
     match result {
         Ok(dsn_id) => {
-            crate::metrics::get()
-                .dsns
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            info!(queue_id = %msg.id, dsn = %dsn_id, to = %to, "DSN queued");
+            trace::emit(TraceEvent::DsnQueued {
+                queue_id: msg.id,
+                dsn_id,
+                to,
+                delay,
+            });
             Ok(())
         }
         Err(e) => {
@@ -734,7 +744,10 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
         attempt::Settled::Remove => {
             let q = ctx.queue.clone();
             match tokio::task::spawn_blocking(move || q.remove(id)).await {
-                Ok(Ok(())) => info!("removed: every recipient done"),
+                Ok(Ok(())) => trace::emit(TraceEvent::Removed {
+                    queue_id: id,
+                    why: Removal::Done,
+                }),
                 Ok(Err(e)) => warn!(error = %e, "cannot remove finished message"),
                 Err(e) => warn!(error = %e, "cannot remove finished message"),
             }
@@ -756,7 +769,7 @@ async fn deliver_message(ctx: &Arc<Ctx>, id: QueueId) -> Next {
     }
 }
 
-/// Log lines and counters for what a pass did to each recipient.
+/// The trace events of what a pass did to each recipient.
 fn record_results(
     msg: &StoredMessage,
     results: &[(usize, attempt::RcptResult)],
@@ -764,41 +777,48 @@ fn record_results(
     now_us: i64,
 ) {
     use attempt::RcptResult;
-    let m = crate::metrics::get();
     for (i, r) in results {
         let Some(rcpt) = msg.envelope.recipients.get(*i) else {
             continue;
         };
-        let counters = &m.deliveries[usize::from(local.get(*i).copied().unwrap_or(false))];
-        let count =
-            |outcome: usize| counters[outcome].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match r {
-            RcptResult::Delivered { remote, reply, .. } => {
-                count(0);
+        let recipient = rcpt.address.clone();
+        let local = local.get(*i).copied().unwrap_or(false);
+        let queue_id = msg.id;
+        trace::emit(match r {
+            RcptResult::Delivered { remote, reply, .. } => TraceEvent::Delivered {
+                queue_id,
+                recipient,
+                remote: remote.clone(),
+                reply: reply.clone(),
+                local,
                 // Queue ids are the arrival time in microseconds.
-                m.observe_latency(now_us.saturating_sub(msg.id.0 as i64).max(0) as f64 / 1e6);
-                info!(to = %rcpt.address, relay = %remote, reply = %reply, "delivered");
-            }
+                latency_secs: now_us.saturating_sub(msg.id.0 as i64).max(0) as f64 / 1e6,
+            },
             RcptResult::Deferred {
                 status,
                 reason,
                 retry_at,
-            } => {
-                count(1);
-                info!(to = %rcpt.address, status = %status, reason = %reason, retry_at, "deferred");
-            }
+            } => TraceEvent::Deferred {
+                queue_id,
+                recipient,
+                status: *status,
+                reason: reason.clone(),
+                retry_at: *retry_at,
+                local,
+            },
             RcptResult::Failed {
                 status,
                 reason,
                 expired,
-            } => {
-                count(2);
-                if *expired {
-                    warn!(to = %rcpt.address, "expired");
-                }
-                warn!(to = %rcpt.address, status = %status, reason = %reason, "failed");
-            }
-        }
+            } => TraceEvent::Failed {
+                queue_id,
+                recipient,
+                status: *status,
+                reason: reason.clone(),
+                expired: *expired,
+                local,
+            },
+        });
     }
 }
 

@@ -1,14 +1,12 @@
 //! Answers the session's decisions ([`crate::proto::Action::Decide`]):
 //! gathers the facts of the stage (each lookup under a deadline), asks the
-//! policy for the verdict, and records refusals (log line, counters). The
+//! policy for the verdict, and emits every refusal as a trace event. The
 //! verdict itself comes only from [`crate::policy::Policy::decide`].
 
-use tracing::info;
-
-use super::{count_class, ConnHost, Shared};
+use super::{ConnHost, Shared};
 use crate::checks::Facts;
 use crate::proto::{Decision, ServerSession, Stage, Verdict};
-use crate::telemetry::clean;
+use crate::trace::{self, Event};
 
 /// The verdict on what `s` waits for (accept when it waits for nothing).
 pub(super) async fn decide(shared: &Shared, host: &ConnHost<'_>, s: &ServerSession) -> Verdict {
@@ -18,29 +16,27 @@ pub(super) async fn decide(shared: &Shared, host: &ConnHost<'_>, s: &ServerSessi
     let facts = gather(shared, d.stage()).await;
     let verdict = host.snap.policy.decide(&d, &facts, &host.client);
     if let Verdict::Reject(r) | Verdict::Drop(r) = &verdict {
-        let m = crate::metrics::get();
-        match d {
-            Decision::Connect => info!(reply = %r, "connection refused"),
-            Decision::Helo { name, .. } => info!(helo = %clean(name), reply = %r, "HELO refused"),
-            Decision::Mail { mail } => {
-                count_class(&m.mail_refused, r.code);
-                let from = mail
-                    .sender
+        let what = match d {
+            Decision::Connect | Decision::Content { .. } => None,
+            Decision::Helo { name, .. } => Some(name.to_string()),
+            Decision::Mail { mail } => Some(
+                mail.sender
                     .as_ref()
                     .map(|a| a.address())
-                    .unwrap_or_default();
-                info!(from = %clean(&from), reply = %r, "sender refused");
-            }
-            Decision::Rcpt { rcpt, .. } => {
-                count_class(&m.rcpt_refused, r.code);
-                info!(to = %clean(&rcpt.rcpt.address()), reply = %r, "recipient refused");
-            }
-            Decision::Content { .. } => {
-                count_class(&m.messages_refused, r.code);
-                let id = host.last_id.map(|i| i.to_string()).unwrap_or_default();
-                info!(queue_id = %id, reply = %r, "message refused");
-            }
-        }
+                    .unwrap_or_default(),
+            ),
+            Decision::Rcpt { rcpt, .. } => Some(rcpt.rcpt.address()),
+        };
+        trace::emit(Event::Refused {
+            client: host.client.ip,
+            listener: host.listener,
+            stage: d.stage(),
+            reply: r.clone(),
+            what,
+            queue_id: matches!(d, Decision::Content { .. })
+                .then_some(host.last_id)
+                .flatten(),
+        });
     }
     verdict
 }

@@ -24,9 +24,10 @@ use crate::live::{Live, Snapshot};
 use crate::net::Stream;
 use crate::policy::Client;
 use crate::proto::reply::{self, Reply};
-use crate::proto::{Action, AuthOutcome, Host, ServerSession, SessionConfig};
+use crate::proto::{Action, AuthOutcome, Host, ServerSession, SessionConfig, Stage};
 use crate::queue::{MessageWriter, Queue, QueueError, QueueId};
 use crate::telemetry::clean;
+use crate::trace::{self, Event, Listener};
 
 mod decide;
 pub mod tls;
@@ -617,6 +618,7 @@ struct ConnHost<'a> {
     shared: &'a Shared,
     snap: Arc<Snapshot>,
     client: Client,
+    listener: Listener,
     last_id: Option<QueueId>,
 }
 
@@ -629,12 +631,6 @@ impl Host for ConnHost<'_> {
 
     fn now(&mut self) -> i64 {
         unix_now()
-    }
-}
-
-fn count_class(counters: &[std::sync::atomic::AtomicU64; 2], code: u16) {
-    if let Some(i) = crate::metrics::class_index(code) {
-        counters[i].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -681,32 +677,36 @@ impl Incoming {
         s.body().clear();
     }
 
-    async fn commit(
-        &mut self,
-        s: &mut ServerSession,
-        host: &ConnHost<'_>,
-        queue: &Queue,
-        kind: usize,
-    ) {
+    async fn commit(&mut self, s: &mut ServerSession, host: &ConnHost<'_>, queue: &Queue) {
         self.push(s, host, queue).await;
-        let env = s.envelope();
+        let message_id = s.message_id();
+        let mut size = 0;
         if let Some(w) = self.writer.as_mut() {
             let edits = s.header_edits().map(|e| e.as_bytes()).unwrap_or_default();
-            w.set_extras(edits, s.message_id());
+            w.set_extras(edits, message_id.clone());
+            size = w.body_len();
         }
         let result = match (self.failed.take(), self.writer.take()) {
             (Some(e), _) => Err(e),
             (None, Some(w)) => queue.commit(w).await,
             (None, None) => Err(QueueError::Io(io::Error::other("no message content"))),
         };
-        let (sender, nrcpt) = env
-            .map(|e| (e.sender, e.recipients.len()))
-            .unwrap_or_default();
-        let id = host.last_id.map(|i| i.to_string()).unwrap_or_default();
         match result {
             Ok(qid) => {
-                info!(queue_id = %qid, from = %clean(&sender), nrcpt, "message accepted");
-                crate::metrics::get().messages_accepted[kind].fetch_add(1, Ordering::Relaxed);
+                if let Some(env) = s.envelope() {
+                    trace::emit(Event::Accepted {
+                        queue_id: qid,
+                        message_id,
+                        sender: env.sender,
+                        recipients: env.recipients.into_iter().map(|r| r.address).collect(),
+                        client: host.client.ip,
+                        helo: env.helo,
+                        listener: host.listener,
+                        tls: s.tls().map(str::to_string),
+                        auth_user: env.auth_user,
+                        size,
+                    });
+                }
                 if self.accepted.len() < 100 {
                     self.accepted.push(qid);
                 }
@@ -716,8 +716,14 @@ impl Incoming {
                 // Any failure to make the message durable is temporary for
                 // the client: 451 4.3.0, whether the disk is full or broken.
                 let r = reply::LOCAL_ERROR;
-                count_class(&crate::metrics::get().messages_refused, r.code);
-                warn!(queue_id = %id, from = %clean(&sender), nrcpt, error = %e, reply = %r, "message not accepted");
+                trace::emit(Event::Refused {
+                    client: host.client.ip,
+                    listener: host.listener,
+                    stage: Stage::Content,
+                    reply: r.clone(),
+                    what: Some(e.to_string()),
+                    queue_id: host.last_id,
+                });
                 s.commit_result(Err(r));
             }
         }
@@ -866,7 +872,16 @@ async fn connection(
         let _ = tcp.set_nodelay(true);
     }
     let started = Instant::now();
-    info!("connect");
+    let listener = match mode {
+        None => Listener::Local,
+        Some(ListenerMode::Smtp) => Listener::Smtp,
+        Some(ListenerMode::Submission) => Listener::Submission,
+        Some(ListenerMode::Submissions) => Listener::Submissions,
+    };
+    trace::emit(Event::Connected {
+        client: client.ip,
+        listener,
+    });
     let limits = snap.cfg.limits.clone();
     let session_deadline = started + Duration::from_secs(limits.session_timeout_secs);
     let mut s = ServerSession::new(scfg, client.ip);
@@ -892,6 +907,7 @@ async fn connection(
         shared,
         snap,
         client,
+        listener,
         last_id: None,
     };
     let mut incoming = Incoming::default();
@@ -907,7 +923,12 @@ async fn connection(
         loop {
             if !s.output().is_empty() {
                 let out = std::mem::take(s.output());
-                match timeout(Duration::from_secs(limits.command_timeout_secs), stream.send(&out)).await {
+                match timeout(
+                    Duration::from_secs(limits.command_timeout_secs),
+                    stream.send(&out),
+                )
+                .await
+                {
                     Ok(r) => r?,
                     Err(_) => return Ok("write timeout"),
                 }
@@ -922,7 +943,11 @@ async fn connection(
                 s.shutdown();
                 continue;
             }
-            let wait = if s.in_content() { limits.data_timeout_secs } else { limits.command_timeout_secs };
+            let wait = if s.in_content() {
+                limits.data_timeout_secs
+            } else {
+                limits.command_timeout_secs
+            };
             let deadline = (Instant::now() + Duration::from_secs(wait)).min(session_deadline);
             let chunk = if s.in_content() { 64 * 1024 } else { 4096 };
             let n = tokio::select! {
@@ -946,13 +971,22 @@ async fn connection(
                         }
                         break;
                     }
-                    Action::Commit => incoming.commit(&mut s, &host, &shared.queue, kind).await,
+                    Action::Commit => incoming.commit(&mut s, &host, &shared.queue).await,
                     Action::Abort => {
                         if let Some(r) = s.take_refusal() {
-                            count_class(&crate::metrics::get().messages_refused, r.code);
-                            info!(queue_id = %host.last_id.map(|i| i.to_string()).unwrap_or_default(), reply = %r, "message refused");
+                            trace::emit(Event::Refused {
+                                client: host.client.ip,
+                                listener: host.listener,
+                                stage: Stage::Content,
+                                reply: r,
+                                what: None,
+                                queue_id: host.last_id,
+                            });
                         }
-                        incoming = Incoming { accepted: std::mem::take(&mut incoming.accepted), ..Incoming::default() };
+                        incoming = Incoming {
+                            accepted: std::mem::take(&mut incoming.accepted),
+                            ..Incoming::default()
+                        };
                         s.body().clear();
                     }
                     Action::Decide(_) => {
@@ -962,14 +996,22 @@ async fn connection(
                     Action::Authenticate => authenticate(shared, &mut s, &mut host).await,
                     Action::StartTls => {
                         let out = std::mem::take(s.output());
-                        match timeout(Duration::from_secs(limits.command_timeout_secs), stream.send(&out)).await {
+                        match timeout(
+                            Duration::from_secs(limits.command_timeout_secs),
+                            stream.send(&out),
+                        )
+                        .await
+                        {
                             Ok(r) => r?,
                             Err(_) => return Ok("write timeout"),
                         }
                         // Anything the client sent after STARTTLS, before the
                         // handshake, is dropped unread (CVE-2011-0411 class).
                         if buf.len() > start {
-                            warn!(bytes = buf.len() - start, "discarded plaintext sent after STARTTLS");
+                            warn!(
+                                bytes = buf.len() - start,
+                                "discarded plaintext sent after STARTTLS"
+                            );
                         }
                         buf = Vec::new();
                         start = 0;
@@ -981,7 +1023,10 @@ async fn connection(
                                 stream = st;
                                 // RFC 3207 §4.2: nothing learnt before TLS
                                 // survives it, here or in the session.
-                                incoming = Incoming { accepted: std::mem::take(&mut incoming.accepted), ..Incoming::default() };
+                                incoming = Incoming {
+                                    accepted: std::mem::take(&mut incoming.accepted),
+                                    ..Incoming::default()
+                                };
                                 host.client.user = None;
                                 host.last_id = None;
                                 s.tls_started(desc);

@@ -1,0 +1,17 @@
+//! What happens to mail, as typed events emitted once, where it happens:
+//! a client connected or was refused, a message was accepted, each
+//! recipient delivered, deferred or failed, a DSN queued, a message
+//! removed. Log lines and metrics counters are subscribers of this
+//! stream (see [`bus`]); the searchable message trace and reports
+//! subscribe to it too. Client-supplied text in events is escaped by the
+//! subscribers that write it out.
+//!
+//! May use `proto` (stages, status codes) and `queue` (ids); nothing
+//! emits from below it.
+
+pub mod bus;
+pub mod event;
+mod log;
+
+pub use bus::{emit, subscribe, Subscriber};
+pub use event::{Event, Listener, Removal};
