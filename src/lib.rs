@@ -37,6 +37,7 @@ pub mod proto;
 pub mod queue;
 pub mod sendmail;
 pub mod server;
+pub mod state;
 pub mod system;
 pub mod telemetry;
 pub mod trace;
