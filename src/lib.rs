@@ -23,6 +23,7 @@
 
 pub mod auth;
 pub mod checks;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod delivery;
