@@ -11,10 +11,10 @@
 
 use std::sync::{Arc, RwLock};
 
-use crate::auth::UserDb;
 use crate::config::Config;
-use crate::directory::Directory;
 use crate::policy::Policy;
+use crate::users::directory::Directory;
+use crate::users::UserDb;
 
 /// One consistent configuration.
 pub struct Snapshot {

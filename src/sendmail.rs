@@ -518,7 +518,7 @@ pub fn run(args: &[String]) -> u8 {
             DEFAULT_MAX_SIZE,
         ),
     };
-    let user = crate::system::current_user().unwrap_or_else(|| "nobody".into());
+    let user = crate::ops::system::current_user().unwrap_or_else(|| "nobody".into());
     let sender = o
         .sender
         .clone()

@@ -393,8 +393,12 @@ async fn hold_release_bounce_delete_through_the_control_socket() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(config(&dns, port), dir.path().join("spool")).await;
     let (cstop, crx) = watch::channel(false);
-    let sock = pigeon::control::socket_path(&d.spool);
-    tokio::spawn(pigeon::control::serve(sock.clone(), d.handle.clone(), crx));
+    let sock = pigeon::delivery::control::socket_path(&d.spool);
+    tokio::spawn(pigeon::delivery::control::serve(
+        sock.clone(),
+        d.handle.clone(),
+        crx,
+    ));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(
@@ -406,7 +410,7 @@ async fn hold_release_bounce_delete_through_the_control_socket() {
     let ask = |line: String| {
         let spool = d.spool.clone();
         async move {
-            tokio::task::spawn_blocking(move || pigeon::control::request(&spool, &line))
+            tokio::task::spawn_blocking(move || pigeon::delivery::control::request(&spool, &line))
                 .await
                 .unwrap()
                 .unwrap()
@@ -582,7 +586,7 @@ fn smart_host(dir: &std::path::Path, ca: Option<&common::TestCa>) -> Config {
     hcfg.delivery.enabled = false;
     hcfg.auth.users.push(common::user(
         "relayuser",
-        &pigeon::auth::hash_password("relaypass").unwrap(),
+        &pigeon::users::hash_password("relaypass").unwrap(),
         &["@s.test"],
     ));
     hcfg.spool.dir = dir.join("spool");

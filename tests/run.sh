@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/run.sh: the whole pigeon test suite, in four stages.
 #
-#   build    cargo build --release --bins, and the benchmarks compiled
+#   build    cargo build --release --bins, the benchmarks compiled, clippy
 #   test     cargo test --release --no-fail-fast    (unit, dialog and integration tests)
 #   clients  tests/clients/run_clients.py           (smtplib, raw sockets, swaks, smtp-source,
 #                                                    Postfix and Dovecot peers)
@@ -201,6 +201,9 @@ stage_build() {
     timeout 1200 cargo build --release --bins
     # The benchmark targets are compiled too, so they cannot rot.
     timeout 1200 cargo bench --no-run
+    # No unwrap/expect (and no other warning) on the server path.
+    timeout 1200 cargo clippy --release --lib --bins -- -D warnings \
+        -D clippy::unwrap_used -D clippy::expect_used
 }
 
 # Tests that need what this machine may not give: root (needs_root_*) and

@@ -124,7 +124,7 @@ const ALL: &[&rustls::SupportedProtocolVersion] =
 fn users() -> Vec<UserConfig> {
     vec![common::user(
         "alice",
-        &pigeon::auth::hash_password("secret").unwrap(),
+        &pigeon::users::hash_password("secret").unwrap(),
         &["alice@example.org"],
     )]
 }

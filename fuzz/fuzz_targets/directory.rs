@@ -9,9 +9,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pigeon::auth::UserDb;
+use pigeon::users::UserDb;
 use pigeon::config::{Config, UserConfig};
-use pigeon::directory::{safe_folder, Destination, Directory};
+use pigeon::users::directory::{safe_folder, Destination, Directory};
 
 fuzz_target!(|data: &[u8]| {
     let (aliases, addresses) = match data.iter().position(|&b| b == 0) {

@@ -9,6 +9,10 @@
 //! `server` or `delivery`. Untrusted data (client names, addresses,
 //! headers) reaches it.
 
+pub mod auth_limiter;
+
+pub use auth_limiter::{Admission, FailureLimiter};
+
 /// What the policy knows at a stage besides the dialog itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {

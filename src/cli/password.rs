@@ -15,7 +15,7 @@ pub fn hash_password() -> ExitCode {
         eprintln!("empty password refused");
         return ExitCode::FAILURE;
     }
-    match crate::auth::hash_password(&password) {
+    match crate::users::hash_password(&password) {
         Ok(h) => {
             println!("{h}");
             ExitCode::SUCCESS

@@ -90,7 +90,7 @@ pub fn queue_request(dir: &Path, verb: &str, ids: &[String]) -> ExitCode {
         .chain(ids.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ");
-    match crate::control::request(dir, &line) {
+    match crate::delivery::control::request(dir, &line) {
         Ok(answer) => {
             print!("{answer}");
             if answer.starts_with("error:") {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::config::{self, Config};
 use crate::live::{Live, Snapshot};
-use crate::system;
+use crate::ops::system;
 
 /// Lets the daemon hold as many sockets as the hard limit allows.
 fn raise_nofile_limit() {
@@ -27,7 +27,8 @@ fn raise_nofile_limit() {
 }
 
 pub fn serve(path: &Path, cfg: Config) -> ExitCode {
-    let log = crate::telemetry::init(&cfg.log);
+    let log = crate::ops::telemetry::init(&cfg.log);
+    crate::ops::metrics::install();
     raise_nofile_limit();
     let identity = match system::plan_identity(&cfg) {
         Ok(i) => i,
@@ -60,7 +61,7 @@ async fn run(
     path: &Path,
     cfg: Config,
     identity: system::Identity,
-    log: crate::telemetry::LogHandle,
+    log: crate::ops::telemetry::LogHandle,
 ) -> ExitCode {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "{what}");
@@ -172,9 +173,13 @@ async fn run(
         ));
         let (h, task) =
             crate::delivery::start(live.clone(), q.clone(), remote, local, stop_rx.clone());
-        let sock = crate::control::socket_path(&cfg.spool.dir);
+        let sock = crate::delivery::control::socket_path(&cfg.spool.dir);
         tasks.push(task);
-        let control = tokio::spawn(crate::control::serve(sock, h.clone(), stop_rx.clone()));
+        let control = tokio::spawn(crate::delivery::control::serve(
+            sock,
+            h.clone(),
+            stop_rx.clone(),
+        ));
         tasks.push(tokio::spawn(async move {
             if let Ok(Err(e)) = control.await {
                 tracing::error!(error = %e, "control socket failed");
@@ -187,7 +192,7 @@ async fn run(
     }
     if let Ok(addr) = cfg.metrics.listen.parse::<std::net::SocketAddr>() {
         let h = handle.clone();
-        let listener = crate::metrics::serve(
+        let listener = crate::ops::metrics::serve(
             addr,
             move || {
                 let h = h.clone();
@@ -257,7 +262,7 @@ fn reload(
     path: &Path,
     live: &Live,
     running: &crate::server::Running,
-    log: &crate::telemetry::LogHandle,
+    log: &crate::ops::telemetry::LogHandle,
 ) {
     tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
     let new = match config::load(path) {

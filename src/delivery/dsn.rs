@@ -1322,7 +1322,7 @@ the numbers are attached.\r\n";
 
         // A 2000-octet line and a bare CR in the header section: nothing attached.
         let mut long = b"Subject: ".to_vec();
-        long.extend(std::iter::repeat(b'a').take(2000));
+        long.extend(std::iter::repeat_n(b'a', 2000));
         long.extend_from_slice(b"\r\n\r\nbody\r\n");
         let bad: [&[u8]; 3] = [&long, b"X: a\rb\r\n\r\nbody\r\n", b"X: a\0\r\n\r\nbody\r\n"];
         for orig in bad {

@@ -22,13 +22,13 @@ use super::classify::{Event, LocalFailure};
 use super::maildir::{self, MaildirError};
 use super::remote::{rcpt_events, reply_event};
 use super::{BoxFuture, Job};
-use crate::directory::{Destination, MailboxTarget, Unresolved};
 use crate::live::Live;
 use crate::proto::client::{
     ClientConfig, ClientSession, OutMessage, Refusal, SessionOutcome, StartTls, TransactionResult,
 };
 use crate::proto::envelope::{Envelope, Notify, Recipient};
 use crate::queue::Queue;
+use crate::users::directory::{Destination, MailboxTarget, Unresolved};
 
 /// Seconds to wait for a connection to the LMTP server.
 const LMTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,7 +47,7 @@ impl LocalTransport {
         let snap = self.live.get();
         let cfg = &snap.cfg;
         let msg = &job.msg;
-        let history = crate::directory::message_history(&msg.body);
+        let history = crate::users::directory::message_history(&msg.body);
         let mut events: Vec<Option<Event>> = vec![None; job.rcpts.len()];
         // LMTP recipients: (index in the job, address to give the server).
         let mut lmtp: Vec<(usize, Recipient)> = Vec::new();

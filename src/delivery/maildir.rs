@@ -12,7 +12,7 @@
 //!
 //! Touches only the Maildir it is given. The message content is untrusted
 //! but only copied; the one name taken from mail (a subaddress folder) is
-//! used only if [`crate::directory::safe_folder`] accepts it and the folder
+//! used only if [`crate::users::directory::safe_folder`] accepts it and the folder
 //! already exists.
 
 use std::collections::HashMap;
@@ -182,7 +182,7 @@ impl DirSync {
 /// Delivers one message and returns the path of the new file.
 pub fn deliver(d: &Delivery<'_>) -> Result<PathBuf, MaildirError> {
     let mut base = d.maildir.to_path_buf();
-    if let Some(folder) = d.folder.filter(|f| crate::directory::safe_folder(f)) {
+    if let Some(folder) = d.folder.filter(|f| crate::users::directory::safe_folder(f)) {
         let sub = base.join(format!(".{folder}"));
         if sub.join("new").is_dir() {
             base = sub;
@@ -216,10 +216,7 @@ pub fn deliver(d: &Delivery<'_>) -> Result<PathBuf, MaildirError> {
                     return Err(MaildirError::Missing(d.maildir.to_path_buf()));
                 }
                 create_maildir(&base)?;
-                match open() {
-                    Ok(f) => f,
-                    Err(e) => return Err(e.into()),
-                }
+                open()?
             }
             Err(e) => return Err(e.into()),
         };

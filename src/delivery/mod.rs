@@ -11,6 +11,7 @@
 
 pub mod attempt;
 pub mod classify;
+pub mod control;
 pub mod dsn;
 pub mod local;
 pub mod maildir;
@@ -85,7 +86,7 @@ pub enum Request {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<(Request, oneshot::Sender<String>)>,
-    stats: mpsc::Sender<oneshot::Sender<crate::metrics::QueueGauges>>,
+    stats: mpsc::Sender<oneshot::Sender<crate::ops::metrics::QueueGauges>>,
 }
 
 impl Handle {
@@ -99,7 +100,7 @@ impl Handle {
     }
 
     /// How many messages are being delivered, waiting and on hold.
-    pub async fn gauges(&self) -> Option<crate::metrics::QueueGauges> {
+    pub async fn gauges(&self) -> Option<crate::ops::metrics::QueueGauges> {
         let (tx, rx) = oneshot::channel();
         self.stats.send(tx).await.ok()?;
         rx.await.ok()
@@ -196,7 +197,8 @@ pub fn start(
     mut stop: watch::Receiver<bool>,
 ) -> (Handle, tokio::task::JoinHandle<()>) {
     let (tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<String>)>(64);
-    let (stats_tx, mut stats) = mpsc::channel::<oneshot::Sender<crate::metrics::QueueGauges>>(8);
+    let (stats_tx, mut stats) =
+        mpsc::channel::<oneshot::Sender<crate::ops::metrics::QueueGauges>>(8);
     let max_in_flight = live.cfg().delivery.max_in_flight.max(1);
     let ctx = Arc::new(Ctx {
         global: Arc::new(Semaphore::new(max_in_flight)),
@@ -302,7 +304,7 @@ pub fn start(
                     }
                 }
                 Some(reply) = stats.recv() => {
-                    let mut g = crate::metrics::QueueGauges::default();
+                    let mut g = crate::ops::metrics::QueueGauges::default();
                     for e in entries.values() {
                         if e.running {
                             g.active += 1;

@@ -11,8 +11,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::auth::User;
-use crate::directory::{Directory, Unresolved};
+use crate::users::directory::{Directory, Unresolved};
+use crate::users::User;
 
 use crate::checks::Facts;
 use crate::config::{Cidr, Config, SendmailConfig};
@@ -293,7 +293,7 @@ impl Policy {
         facts: &MessageFacts<'_>,
         rcpts: &[Recipient],
     ) -> Result<(), Reply> {
-        let history = crate::directory::delivered_to(facts.header);
+        let history = crate::users::directory::delivered_to(facts.header);
         if history.is_empty() {
             return Ok(());
         }
@@ -364,7 +364,7 @@ mod tests {
                 .aliases
                 .insert(k.into(), AliasTargets(vec![t.into()]));
         }
-        let users = crate::auth::UserDb::load(&cfg.auth).unwrap();
+        let users = crate::users::UserDb::load(&cfg.auth).unwrap();
         Arc::new(Directory::build(cfg, &users, Default::default()).unwrap())
     }
 
@@ -486,12 +486,12 @@ mod auth_tests {
         let d = super::tests::catch_all(&mut cfg);
         cfg.auth.users = vec![UserConfig {
             login: "alice".into(),
-            password: crate::auth::hash_password("pw").unwrap(),
+            password: crate::users::hash_password("pw").unwrap(),
             addresses: vec!["alice@example.org".into(), "@alice.test".into()],
             delivery: None,
             maildir: None,
         }];
-        let db = crate::auth::UserDb::load(&cfg.auth).unwrap();
+        let db = crate::users::UserDb::load(&cfg.auth).unwrap();
         let p = Policy::new(&cfg, d);
         let anon = p.client("192.0.2.1".parse().unwrap(), true);
         let mut alice = p.client("192.0.2.1".parse().unwrap(), true);
@@ -686,7 +686,7 @@ mod auth_tests {
         );
         // What the session checks is what delivery will read.
         let stored = format!("{forged}\r\nbody\r\n");
-        let history = crate::directory::message_history(stored.as_bytes());
+        let history = crate::users::directory::message_history(stored.as_bytes());
         assert!(matches!(
             p.directory()
                 .resolve_after("postmaster@example.org", &history),

@@ -1043,7 +1043,7 @@ impl ServerSession {
         if line == b"*" {
             return self.reply(reply::AUTH_CANCELLED);
         }
-        let Ok(data) = sasl::decode(line) else {
+        let Some(data) = sasl::decode(line) else {
             return self.reply(reply::AUTH_BAD_BASE64);
         };
         match step {

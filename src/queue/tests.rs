@@ -506,6 +506,8 @@ async fn concurrent_commits_are_all_durable_and_listed() {
 /// fsync serves everything that waited. At most two fsyncs for 200
 /// messages: the batch that was held and the one after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+// The lock is held across awaits on purpose: it is the gate.
+#[allow(clippy::await_holding_lock)]
 async fn group_commit_shares_one_directory_fsync_among_waiting_messages() {
     let tmp = tempfile::tempdir().unwrap();
     let (q, _) = Queue::open(tmp.path(), 0).unwrap();

@@ -17,7 +17,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::auth::{Admission, Busy, FailureLimiter, Verifier};
+use crate::checks::{Admission, FailureLimiter};
 use crate::config::client_network;
 use crate::config::{BareNewline, Config, ListenerConfig, ListenerMode};
 use crate::live::{Live, Snapshot};
@@ -26,8 +26,9 @@ use crate::policy::Client;
 use crate::proto::reply::{self, Reply};
 use crate::proto::{Action, AuthOutcome, Host, ServerSession, SessionConfig, Stage};
 use crate::queue::{MessageWriter, Queue, QueueError, QueueId};
-use crate::telemetry::clean;
+use crate::trace::clean;
 use crate::trace::{self, Event, Listener};
+use crate::users::{Busy, Verifier};
 
 mod decide;
 pub mod tls;
@@ -246,7 +247,7 @@ async fn accept_local(
             shared.smtp_pool.sem.clone().try_acquire_owned(),
             local_slots.clone().try_acquire_owned(),
         ) else {
-            crate::metrics::get()
+            crate::ops::metrics::get()
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
             info!("local submission refused: too many at once");
@@ -255,7 +256,7 @@ async fn accept_local(
         let user = match stream.peer_cred() {
             Ok(c) => LocalUser {
                 uid: c.uid(),
-                name: crate::system::user_name(c.uid())
+                name: crate::ops::system::user_name(c.uid())
                     .unwrap_or_else(|| format!("uid {}", c.uid())),
             },
             Err(e) => {
@@ -302,7 +303,7 @@ async fn accept_local(
 }
 
 /// Listening sockets for every configured listener: the ones the service
-/// manager passed in (see [`crate::system::inherited_listeners`]), or
+/// manager passed in (see [`crate::ops::system::inherited_listeners`]), or
 /// bound here. An error names the address.
 pub fn listen(
     cfg: &Config,
@@ -354,8 +355,8 @@ pub fn bind_sendmail(path: &std::path::Path) -> io::Result<UnixListener> {
     }
     // Created 0600, then opened to everyone without following a symbolic
     // link that may have replaced it in between.
-    let l = crate::system::bind_unix_private(path).map_err(wrap)?;
-    crate::system::chmod_nofollow(path, 0o666).map_err(wrap)?;
+    let l = crate::ops::system::bind_unix_private(path).map_err(wrap)?;
+    crate::ops::system::chmod_nofollow(path, 0o666).map_err(wrap)?;
     l.set_nonblocking(true).map_err(wrap)?;
     UnixListener::from_std(l).map_err(wrap)
 }
@@ -477,7 +478,7 @@ async fn accept_loop(
             ListenerMode::Submission | ListenerMode::Submissions => &shared.submission_pool,
         };
         let Ok(permit) = pool.sem.clone().try_acquire_owned() else {
-            crate::metrics::get()
+            crate::ops::metrics::get()
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
             info!(peer = %ip, "connection refused: connection limit of the listener's pool");
@@ -505,7 +506,7 @@ async fn accept_loop(
             match IpSlot::take(&shared, ip, snap.cfg.limits.max_connections_per_ip) {
                 Some(s) => Some(s),
                 None => {
-                    crate::metrics::get()
+                    crate::ops::metrics::get()
                         .connections_refused
                         .fetch_add(1, Ordering::Relaxed);
                     info!(peer = %ip, "connection refused: per-IP connection limit");
@@ -741,7 +742,7 @@ async fn handshake(
     let Some(tls) = &shared.tls else {
         return Err("TLS is not configured".into());
     };
-    let m = crate::metrics::get();
+    let m = crate::ops::metrics::get();
     match timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(tcp)).await {
         Err(_) => {
             m.tls_handshakes_failed[kind].fetch_add(1, Ordering::Relaxed);
@@ -810,7 +811,7 @@ async fn authenticate(shared: &Shared, s: &mut ServerSession, host: &mut ConnHos
     match verified {
         Some(user) => {
             shared.auth_limiter.finish(ip, admission, true, now);
-            crate::metrics::get()
+            crate::ops::metrics::get()
                 .auth_ok
                 .fetch_add(1, Ordering::Relaxed);
             info!(login = %clean(&user.login), "authenticated");
@@ -819,7 +820,7 @@ async fn authenticate(shared: &Shared, s: &mut ServerSession, host: &mut ConnHos
             s.auth_result(AuthOutcome::Success(l));
         }
         None => {
-            crate::metrics::get()
+            crate::ops::metrics::get()
                 .auth_failed
                 .fetch_add(1, Ordering::Relaxed);
             let blocked = shared.auth_limiter.finish(ip, admission, false, now);
@@ -839,7 +840,7 @@ struct OpenConn(usize);
 
 impl OpenConn {
     fn new(kind: usize) -> OpenConn {
-        let m = crate::metrics::get();
+        let m = crate::ops::metrics::get();
         m.connections_total[kind].fetch_add(1, Ordering::Relaxed);
         m.connections_open[kind].fetch_add(1, Ordering::Relaxed);
         OpenConn(kind)
@@ -848,7 +849,7 @@ impl OpenConn {
 
 impl Drop for OpenConn {
     fn drop(&mut self) {
-        crate::metrics::get().connections_open[self.0].fetch_sub(1, Ordering::Relaxed);
+        crate::ops::metrics::get().connections_open[self.0].fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1,7 +1,8 @@
 //! Emitting events and subscribing to them. Subscribers are called in the
 //! emitting task, in order, and must be quick (a log line, a counter, a
-//! channel send that never blocks). The log and metrics subscribers are
-//! always there.
+//! channel send that never blocks). The log subscriber is always there;
+//! the daemon adds the metrics counters
+//! ([`crate::ops::metrics::install`]).
 
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -14,12 +15,8 @@ pub trait Subscriber: Send + Sync {
 
 fn subscribers() -> &'static RwLock<Vec<Arc<dyn Subscriber>>> {
     static SUBSCRIBERS: OnceLock<RwLock<Vec<Arc<dyn Subscriber>>>> = OnceLock::new();
-    SUBSCRIBERS.get_or_init(|| {
-        RwLock::new(vec![
-            Arc::new(super::log::LogLines) as Arc<dyn Subscriber>,
-            Arc::new(crate::metrics::Counters),
-        ])
-    })
+    SUBSCRIBERS
+        .get_or_init(|| RwLock::new(vec![Arc::new(super::log::LogLines) as Arc<dyn Subscriber>]))
 }
 
 /// Adds a subscriber for every event from now on.

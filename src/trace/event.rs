@@ -27,7 +27,12 @@ impl Listener {
     }
 
     pub fn name(self) -> &'static str {
-        crate::metrics::LISTENERS[self.index()]
+        match self {
+            Listener::Smtp => "smtp",
+            Listener::Submission => "submission",
+            Listener::Submissions => "submissions",
+            Listener::Local => "local",
+        }
     }
 }
 

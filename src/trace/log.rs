@@ -7,7 +7,6 @@ use tracing::{info, warn};
 use super::bus::Subscriber;
 use super::event::{Event, Removal};
 use crate::proto::Stage;
-use crate::telemetry::clean;
 
 pub(super) struct LogLines;
 
@@ -94,5 +93,42 @@ impl Subscriber for LogLines {
                 }
             },
         }
+    }
+}
+
+/// A client-supplied value made safe for a log line: control characters
+/// (CR and LF above all, which would start a forged line) and backslashes
+/// are escaped, the rest is kept; longer values are cut at 256 characters.
+pub fn clean(value: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 256;
+    if value.len() <= MAX && !value.chars().any(|c| c.is_control() || c == '\\') {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len().min(MAX) + 8);
+    for (i, c) in value.chars().enumerate() {
+        if i == MAX {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() || c == '\\' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clean_escapes_line_breaks_and_controls() {
+        assert_eq!(super::clean("alice"), "alice");
+        assert_eq!(
+            super::clean("x\n<3>conn{peer=198.51.100.9}: authentication failed"),
+            "x\\n<3>conn{peer=198.51.100.9}: authentication failed"
+        );
+        assert_eq!(super::clean("a\r\u{1b}[31m\\"), "a\\r\\u{1b}[31m\\\\");
+        assert_eq!(super::clean(&"é".repeat(300)).chars().count(), 259);
     }
 }

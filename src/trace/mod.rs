@@ -7,11 +7,14 @@
 //! subscribers that write it out.
 //!
 //! May use `proto` (stages, status codes) and `queue` (ids); nothing
-//! emits from below it.
+//! emits from below it. [`clean`] makes client-supplied text safe for a
+//! log line, for every module that logs such text.
 
 pub mod bus;
 pub mod event;
 mod log;
+
+pub use log::clean;
 
 pub use bus::{emit, subscribe, Subscriber};
 pub use event::{Event, Listener, Removal};

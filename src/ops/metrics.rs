@@ -355,42 +355,14 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exposition_lines_are_well_formed() {
-        let m = Metrics::default();
-        m.connections_total[0].fetch_add(3, Relaxed);
-        m.observe_latency(0.7);
-        m.observe_latency(4000.0);
-        let text = render(
-            &m,
-            Some(QueueGauges {
-                active: 1,
-                waiting: 2,
-                held: 0,
-            }),
-        );
-        assert!(text.contains("pigeon_connections_total{listener=\"smtp\"} 3\n"));
-        assert!(text.contains("pigeon_delivery_latency_seconds_bucket{le=\"1\"} 1\n"));
-        assert!(text.contains("pigeon_delivery_latency_seconds_bucket{le=\"14400\"} 2\n"));
-        assert!(text.contains("pigeon_delivery_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
-        assert!(text.contains("pigeon_queue_messages{state=\"waiting\"} 2\n"));
-        for line in text.lines() {
-            assert!(
-                line.starts_with("# HELP pigeon_")
-                    || line.starts_with("# TYPE pigeon_")
-                    || line.starts_with("pigeon_"),
-                "{line}"
-            );
-        }
-    }
-}
-
 /// The counters of mail events, as a subscriber of [`crate::trace`].
 pub struct Counters;
+
+/// Counts mail events from now on (once per process).
+pub fn install() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| crate::trace::subscribe(std::sync::Arc::new(Counters)));
+}
 
 impl crate::trace::Subscriber for Counters {
     fn on(&self, e: &crate::trace::Event) {
@@ -430,6 +402,40 @@ impl crate::trace::Subscriber for Counters {
                 m.dsns.fetch_add(1, Relaxed);
             }
             Event::Connected { .. } | Event::Removed { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_lines_are_well_formed() {
+        let m = Metrics::default();
+        m.connections_total[0].fetch_add(3, Relaxed);
+        m.observe_latency(0.7);
+        m.observe_latency(4000.0);
+        let text = render(
+            &m,
+            Some(QueueGauges {
+                active: 1,
+                waiting: 2,
+                held: 0,
+            }),
+        );
+        assert!(text.contains("pigeon_connections_total{listener=\"smtp\"} 3\n"));
+        assert!(text.contains("pigeon_delivery_latency_seconds_bucket{le=\"1\"} 1\n"));
+        assert!(text.contains("pigeon_delivery_latency_seconds_bucket{le=\"14400\"} 2\n"));
+        assert!(text.contains("pigeon_delivery_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("pigeon_queue_messages{state=\"waiting\"} 2\n"));
+        for line in text.lines() {
+            assert!(
+                line.starts_with("# HELP pigeon_")
+                    || line.starts_with("# TYPE pigeon_")
+                    || line.starts_with("pigeon_"),
+                "{line}"
+            );
         }
     }
 }

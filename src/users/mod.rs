@@ -4,7 +4,7 @@
 //! passwords, and the per-address failure limiter. Reads only the users
 //! file. Passwords are never logged or kept beyond a check.
 
-pub mod limiter;
+pub mod directory;
 pub mod verifier;
 
 use std::collections::HashMap;
@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use crate::config::{check_user, AuthConfig, UserConfig, UserDelivery};
 
-pub use limiter::{Admission, FailureLimiter};
 pub use verifier::{Busy, Verifier};
 
 /// Longest password checked; a longer one fails at once, so no one can

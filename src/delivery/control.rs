@@ -57,7 +57,7 @@ pub async fn serve(
     // no other daemon uses this spool.
     let _ = std::fs::remove_file(&path);
     // 0600 from its creation: never reachable by others, whatever the umask.
-    let std_listener = crate::system::bind_unix_private(&path)?;
+    let std_listener = crate::ops::system::bind_unix_private(&path)?;
     std_listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(std_listener)?;
     loop {

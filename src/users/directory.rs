@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::auth::UserDb;
 use crate::config::{check_alias, Config, LocalDelivery, UserDelivery};
+use crate::users::UserDb;
 
 /// Largest aliases file read.
 const MAX_ALIASES_FILE_BYTES: u64 = 16 * 1024 * 1024;
