@@ -1,11 +1,13 @@
 //! IP networks in CIDR notation (`10.0.0.0/8`, `::1/128`) and membership tests.
 //!
-//! Owns the [`Cidr`] type used by `relay.trusted_networks`. Parses operator
+//! Owns the [`Cidr`] type used by `relay.trusted_networks`: the `ipnet`
+//! crate's networks, with pigeon's own rule for IPv4-mapped IPv6 (a
+//! mapped network or client is the IPv4 one it carries). Parses operator
 //! text; touches nothing else. Client addresses passed to [`Cidr::contains`]
 //! come from the network, but are already typed `IpAddr` values.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::str::FromStr;
 
 /// An IP network: an address and a prefix length.
@@ -40,28 +42,20 @@ impl Cidr {
     /// host bits. Fails if the prefix is longer than the address.
     pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, ParseCidrError> {
         let max = max_prefix(addr);
-        if prefix > max {
-            return Err(ParseCidrError {
-                message: format!("prefix length /{prefix} is longer than the address ({max} bits)"),
-            });
-        }
+        let net = ipnet::IpNet::new(addr, prefix).map_err(|_| ParseCidrError {
+            message: format!("prefix length /{prefix} is longer than the address ({max} bits)"),
+        })?;
         // An IPv4-mapped IPv6 network (::ffff:0:0/96 and narrower) is an IPv4
         // network; store it as one so that it matches IPv4 clients.
         if let IpAddr::V6(v6) = addr {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                if prefix >= 96 {
-                    return Ok(Cidr {
-                        addr: IpAddr::V4(mask_v4(v4, prefix - 96)),
-                        prefix: prefix - 96,
-                    });
-                }
+            if let (Some(v4), true) = (v6.to_ipv4_mapped(), prefix >= 96) {
+                return Cidr::new(IpAddr::V4(v4), prefix - 96);
             }
         }
-        let addr = match addr {
-            IpAddr::V4(a) => IpAddr::V4(mask_v4(a, prefix)),
-            IpAddr::V6(a) => IpAddr::V6(mask_v6(a, prefix)),
-        };
-        Ok(Cidr { addr, prefix })
+        Ok(Cidr {
+            addr: net.trunc().addr(),
+            prefix,
+        })
     }
 
     /// Whether `ip` lies inside this network.
@@ -77,17 +71,7 @@ impl Cidr {
             },
             v4 => v4,
         };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => {
-                let p = self.prefix.min(32);
-                mask_v4(net, p) == mask_v4(a, p)
-            }
-            (IpAddr::V6(net), IpAddr::V6(a)) => {
-                let p = self.prefix.min(128);
-                mask_v6(net, p) == mask_v6(a, p)
-            }
-            _ => false,
-        }
+        ipnet::IpNet::new(self.addr, self.prefix).is_ok_and(|n| n.contains(&ip))
     }
 }
 
@@ -107,29 +91,13 @@ pub fn client_network(ip: IpAddr, v6_prefix: u8) -> IpAddr {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(mask_v6(v6, v6_prefix)),
+            None => IpAddr::V6(
+                ipnet::Ipv6Net::new(v6, v6_prefix.min(128))
+                    .map(|n| n.network())
+                    .unwrap_or(v6),
+            ),
         },
     }
-}
-
-fn mask_v4(a: Ipv4Addr, prefix: u8) -> Ipv4Addr {
-    let bits = u32::from(a);
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix.min(32)))
-    };
-    Ipv4Addr::from(bits & mask)
-}
-
-fn mask_v6(a: Ipv6Addr, prefix: u8) -> Ipv6Addr {
-    let bits = u128::from(a);
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(prefix.min(128)))
-    };
-    Ipv6Addr::from(bits & mask)
 }
 
 impl FromStr for Cidr {

@@ -32,7 +32,6 @@ use crate::message::header::push_field;
 use crate::message::rfc5322_date;
 use crate::proto::envelope::{Notify, Ret};
 use crate::proto::reply::EnhancedCode;
-use base64::Engine;
 
 /// Longest piece of one word placed on a line of the text part.
 const WORD_CHUNK: usize = 900;
@@ -736,97 +735,28 @@ fn human_date(unix: i64) -> String {
 // ---------------------------------------------------------------------------
 // The original's Subject, decoded for the text part
 
-/// The Subject of the original, unfolded and RFC 2047 decoded, if it can be
-/// shown faithfully (UTF-8, US-ASCII or ISO-8859-1 encoded words only).
+/// The Subject of the original, unfolded and RFC 2047 decoded (by
+/// mail-parser, which knows the common charsets), if it can be shown
+/// faithfully: a value it could not decode (an unknown charset, bytes that
+/// are not text) is left out rather than shown garbled.
 fn original_subject(headers: &[u8]) -> Option<String> {
-    let mut value: Option<Vec<u8>> = None;
-    for line in headers.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        match value.as_mut() {
-            Some(v) => {
-                if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
-                    v.extend_from_slice(line);
-                } else {
-                    break;
-                }
-            }
-            None => {
-                if line.len() >= 8 && line[..8].eq_ignore_ascii_case(b"subject:") {
-                    value = Some(line[8..].to_vec());
-                }
-            }
-        }
+    let raw = crate::message::header::field_values(headers, "subject").next()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let mut field = b"Subject:".to_vec();
+    field.extend_from_slice(raw.as_bytes());
+    field.extend_from_slice(b"\r\n\r\n");
+    let parsed = mail_parser::MessageParser::default().parse_headers(&field)?;
+    let decoded = parsed.subject()?;
+    if decoded.contains('\u{fffd}') || decoded.contains("=?") {
+        return None;
     }
-    let raw = String::from_utf8(value?).ok()?;
-    let decoded = decode_encoded_words(raw.trim())?;
-    let cleaned = clean(&decoded, MAX_SUBJECT);
+    let cleaned = clean(decoded, MAX_SUBJECT);
     let collapsed = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
     if collapsed.is_empty() {
         None
     } else {
         Some(collapsed)
     }
-}
-
-/// Decodes RFC 2047 encoded words; None if one cannot be decoded.
-fn decode_encoded_words(s: &str) -> Option<String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    let mut after_word = false;
-    while let Some(start) = rest.find("=?") {
-        let before = &rest[..start];
-        let (text, used) = decode_word(&rest[start + 2..])?;
-        // Whitespace between two adjacent encoded words is not shown (§6.2).
-        if !(after_word && before.trim().is_empty()) {
-            out.push_str(before);
-        }
-        out.push_str(&text);
-        rest = &rest[start + 2 + used..];
-        after_word = true;
-    }
-    out.push_str(rest);
-    Some(out)
-}
-
-/// Decodes `charset?enc?text?=` (the part after "=?"); returns the text and
-/// the number of bytes used.
-fn decode_word(s: &str) -> Option<(String, usize)> {
-    let (charset, rest) = s.split_once('?')?;
-    let (enc, rest) = rest.split_once('?')?;
-    let end = rest.find("?=")?;
-    let text = &rest[..end];
-    let used = charset.len() + 1 + enc.len() + 1 + end + 2;
-    let bytes = match enc {
-        "B" | "b" => base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(text.trim_end_matches('='))
-            .ok()?,
-        "Q" | "q" => {
-            let mut v = Vec::with_capacity(text.len());
-            let b = text.as_bytes();
-            let mut i = 0;
-            while i < b.len() {
-                match b[i] {
-                    b'_' => v.push(b' '),
-                    b'=' => {
-                        let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                        v.push(u8::from_str_radix(hex, 16).ok()?);
-                        i += 2;
-                    }
-                    c => v.push(c),
-                }
-                i += 1;
-            }
-            v
-        }
-        _ => return None,
-    };
-    let charset = charset.split('*').next()?.to_ascii_lowercase();
-    let text = match charset.as_str() {
-        "utf-8" | "utf8" | "us-ascii" => String::from_utf8(bytes).ok()?,
-        "iso-8859-1" | "latin1" => bytes.iter().map(|&b| char::from(b)).collect(),
-        _ => return None,
-    };
-    Some((text, used))
 }
 
 // ---------------------------------------------------------------------------
@@ -1625,7 +1555,13 @@ the numbers are attached.\r\n";
             original_subject(b"X: y\r\nsubject: long\r\n  folded\r\nZ: z\r\n"),
             Some("long folded".to_string())
         );
-        assert_eq!(original_subject(b"Subject: =?koi8-r?B?5dTP?=\r\n"), None);
+        // mail-parser knows the common single-byte charsets.
+        assert_eq!(
+            original_subject(b"Subject: =?koi8-r?B?5dTP?=\r\n"),
+            Some("\u{415}\u{442}\u{43e}".to_string())
+        );
+        // An unknown charset is left out, not shown garbled.
+        assert_eq!(original_subject(b"Subject: =?x-no-such?B?5dTP?=\r\n"), None);
         assert_eq!(original_subject(b"From: a@b\r\n"), None);
     }
 
