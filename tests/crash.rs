@@ -2,65 +2,20 @@
 //! binary, which is killed with SIGKILL at a random moment. After a restart
 //! every message that got a 250 must be in `pigeon queue list`, intact.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::binary::{free_port, queue_list, spawn as spawn_server, wait_ready, write_config};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 const SESSIONS: usize = 20;
 const MESSAGES: usize = 5_000;
 const ROUNDS: usize = 3;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// example.org is local; every address of it reaches box@example.org,
-/// whose Maildir is `<dir>/mail/box`. `deliver`: delivery on.
-fn write_config(dir: &Path, port: u16, deliver: bool) -> std::path::PathBuf {
-    let cfg = format!(
-        "[server]\nhostname = \"mx.test\"\nallow_root = true\n\n[sendmail]\nsocket = \"\"\n\n[[listener]]\nbind = \"127.0.0.1:{port}\"\nmode = \"smtp\"\n\n\
-         [domains]\nlocal = [\"example.org\"]\n\n[spool]\ndir = \"{}\"\n\n[log]\nlevel = \"warn\"\n\n\
-         [delivery]\nenabled = {deliver}\n\n\
-         [[auth.user]]\nlogin = \"box\"\npassword = \"$6$x$y\"\naddresses = [\"box@example.org\"]\n\n\
-         [local]\nmaildir = \"{}/mail/{{user}}\"\n\n\
-         [local.aliases]\npostmaster = \"box@example.org\"\nabuse = \"box@example.org\"\n\"@example.org\" = \"box@example.org\"\n",
-        dir.join("spool").display(),
-        dir.display()
-    );
-    let path = dir.join("pigeon.toml");
-    std::fs::write(&path, cfg).unwrap();
-    path
-}
-
-fn spawn_server(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pigeon"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_ready(port: u16) {
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn read_reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<String> {
     loop {
@@ -148,19 +103,6 @@ fn strip_received(body: &[u8]) -> &[u8] {
             return &body[i..];
         }
     }
-}
-
-/// `pigeon queue list --json` on the spool of `config`.
-fn queue_list(config: &Path) -> Vec<serde_json::Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_pigeon"))
-        .args(["queue", "--config"])
-        .arg(config)
-        .args(["list", "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    list.as_array().unwrap().clone()
 }
 
 /// A xorshift generator seeded from the clock: each run kills at another point.
@@ -274,17 +216,10 @@ async fn kill_9_loses_no_acknowledged_message() {
             .map(|d| d.count())
             .unwrap_or(0);
         assert_eq!(corrupt, 0, "round {round}: files moved to corrupt/");
-        unsafe_sigterm(&server);
+        common::binary::sigterm(server.id());
         let status = server.wait().unwrap();
         assert!(status.success(), "clean stop after restart: {status:?}");
     }
-}
-
-fn unsafe_sigterm(child: &Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
 }
 
 /// The message as a Maildir file holds it, without the headers added on the
@@ -377,7 +312,7 @@ async fn kill_9_during_local_delivery_loses_nothing() {
             "round {round}: {} acknowledged, {before} in the Maildir at the kill, all delivered; {duplicates} duplicates",
             acked.len()
         );
-        unsafe_sigterm(&server);
+        common::binary::sigterm(server.id());
         assert!(server.wait().unwrap().success());
     }
 }

@@ -3,54 +3,18 @@
 //! are shortened to a second.
 
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/sink.rs"]
-mod sink;
-#[path = "common/dns.rs"]
-mod test_dns;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::daemon::{self, start};
+use common::dns::{Record, RecordType};
+use common::harness::Net;
+use common::sink::Behaviour;
 use common::test_config;
-use daemon::start;
 use pigeon::config::{Config, DoubleBounce};
 use pigeon::delivery::Request;
 use pigeon::queue::{Queue, QueueId};
-use sink::{Behaviour, Sink};
-use test_dns::{Record, RecordType, TestDns};
 use tokio::sync::watch;
-
-/// A port free on 127.0.0.2 .. 127.0.0.12, for the sinks.
-fn sink_port() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let free =
-            (3..=12).all(|i| std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")).is_ok());
-        if free {
-            return port;
-        }
-    }
-}
-
-fn config(dns: &TestDns, port: u16) -> Config {
-    let mut cfg = test_config();
-    cfg.dns.nameservers = vec![dns.addr];
-    cfg.dns.timeout_secs = 1;
-    cfg.dns.attempts = 1;
-    cfg.delivery.remote_port = port;
-    cfg.delivery.first_retry_secs = 1;
-    cfg.delivery.max_retry_interval_secs = 1;
-    cfg.delivery.connect_timeout_secs = 2;
-    cfg.delivery.delay_warning_secs = 0;
-    cfg
-}
-
-fn ip(n: u8, port: u16) -> SocketAddr {
-    format!("127.0.0.{n}:{port}").parse().unwrap()
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -77,13 +41,11 @@ fn zone() -> Vec<Record> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mx_preference_fallback_implicit_mx_and_two_domains() {
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
+    let net = Net::new(zone()).await;
     // mx1 (127.0.0.2) has no server: delivery falls back to mx2.
-    let mx2 = Sink::start(ip(3, port), Behaviour::default()).await;
-    let implicit = Sink::start(ip(4, port), Behaviour::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    let mx2 = net.sink(3, Behaviour::default()).await;
+    let implicit = net.sink(4, Behaviour::default()).await;
+    let d = net.start(net.config()).await;
     let body = "Subject: hello\r\n\r\nline\r\n..dot line\r\n\u{e9}\r\n";
     d.send("s@s.test", &["u@a.test", "v@a.test", "w@b.test"], body)
         .await;
@@ -104,11 +66,9 @@ async fn mx_preference_fallback_implicit_mx_and_two_domains() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn null_mx_fails_at_once_and_the_sender_gets_a_dsn() {
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
-    let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    let net = Net::new(zone()).await;
+    let sender_mx = net.sink(5, Behaviour::default()).await;
+    let d = net.start(net.config()).await;
     d.send(
         "s@s.test",
         &["x@c.test"],
@@ -124,7 +84,7 @@ async fn null_mx_fails_at_once_and_the_sender_gets_a_dsn() {
     assert!(dsn.contains("Status: 5.1.10"), "{dsn}");
     assert!(dsn.contains("Action: failed"), "{dsn}");
     assert_eq!(
-        dns.queries("c.test", RecordType::A),
+        net.dns.queries("c.test", RecordType::A),
         0,
         "no address lookup for a null MX domain"
     );
@@ -134,19 +94,18 @@ async fn null_mx_fails_at_once_and_the_sender_gets_a_dsn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_recipient_refused_the_other_delivered_dsn_names_the_failed_one() {
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
-    let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
-    let dest = Sink::start(
-        ip(6, port),
-        Behaviour {
-            reject_rcpts: vec!["bad@d.test".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    let net = Net::new(zone()).await;
+    let sender_mx = net.sink(5, Behaviour::default()).await;
+    let dest = net
+        .sink(
+            6,
+            Behaviour {
+                reject_rcpts: vec!["bad@d.test".into()],
+                ..Default::default()
+            },
+        )
+        .await;
+    let d = net.start(net.config()).await;
     d.send(
         "s@s.test",
         &["good@d.test", "bad@d.test"],
@@ -170,20 +129,19 @@ async fn one_recipient_refused_the_other_delivered_dsn_names_the_failed_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn null_sender_failure_never_bounces() {
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
-    let dest = Sink::start(
-        ip(6, port),
-        Behaviour {
-            reject_rcpts: vec!["bad@d.test".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(&dns, port);
+    let net = Net::new(zone()).await;
+    let dest = net
+        .sink(
+            6,
+            Behaviour {
+                reject_rcpts: vec!["bad@d.test".into()],
+                ..Default::default()
+            },
+        )
+        .await;
+    let mut cfg = net.config();
     cfg.delivery.double_bounce = DoubleBounce::Drop;
-    let d = start(cfg, dir.path().join("spool")).await;
+    let d = net.start(cfg).await;
     d.send("", &["bad@d.test"], "Subject: a bounce\r\n\r\nx\r\n")
         .await;
     d.wait_queue_len(0, 20).await;
@@ -193,8 +151,7 @@ async fn null_sender_failure_never_bounces() {
     // With double_bounce = postmaster, the failure goes to the local
     // postmaster: an alias of box@example.org, into its Maildir.
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&dns, port);
-    let d = start(cfg, dir.path().join("spool")).await;
+    let d = start(net.config(), dir.path().join("spool")).await;
     d.send("", &["bad@d.test"], "Subject: a bounce\r\n\r\nx\r\n")
         .await;
     let maildir = dir.path().join("mail/example.org/box/Maildir");
@@ -223,18 +180,17 @@ async fn null_sender_failure_never_bounces() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn temporary_failure_then_success_after_retry() {
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
-    let dest = Sink::start(
-        ip(7, port),
-        Behaviour {
-            tempfail_first: 1,
-            ..Default::default()
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    let net = Net::new(zone()).await;
+    let dest = net
+        .sink(
+            7,
+            Behaviour {
+                tempfail_first: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+    let d = net.start(net.config()).await;
     let id = d
         .send("s@s.test", &["r@e.test"], "Subject: retry\r\n\r\nx\r\n")
         .await;
@@ -260,15 +216,13 @@ async fn temporary_failure_then_success_after_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_and_delay_warning() {
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
-    let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
+    let net = Net::new(zone()).await;
+    let sender_mx = net.sink(5, Behaviour::default()).await;
     // f.test has no server: connections are refused, every attempt is temporary.
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(&dns, port);
+    let mut cfg = net.config();
     cfg.delivery.delay_warning_secs = 1;
     cfg.delivery.max_queue_lifetime_secs = 4;
-    let d = start(cfg, dir.path().join("spool")).await;
+    let d = net.start(cfg).await;
     d.send("s@s.test", &["r@f.test"], "Subject: nowhere\r\n\r\nx\r\n")
         .await;
     let got = sender_mx.wait_for(2, 30).await;
@@ -290,11 +244,9 @@ async fn expiry_and_delay_warning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mx_pointing_back_at_us_is_a_loop() {
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
-    let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    let net = Net::new(zone()).await;
+    let sender_mx = net.sink(5, Behaviour::default()).await;
+    let d = net.start(net.config()).await;
     d.send("s@s.test", &["x@loop.test"], "Subject: loop\r\n\r\nx\r\n")
         .await;
     let got = sender_mx.wait_for(1, 20).await;
@@ -304,21 +256,21 @@ async fn mx_pointing_back_at_us_is_a_loop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_between_attempts_never_delivers_twice() {
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
-    let done = Sink::start(ip(4, port), Behaviour::default()).await;
+    let net = Net::new(zone()).await;
+    let done = net.sink(4, Behaviour::default()).await;
     // e.test keeps failing temporarily.
-    let slow = Sink::start(
-        ip(7, port),
-        Behaviour {
-            tempfail_first: 1000,
-            ..Default::default()
-        },
-    )
-    .await;
+    let slow = net
+        .sink(
+            7,
+            Behaviour {
+                tempfail_first: 1000,
+                ..Default::default()
+            },
+        )
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let d = start(config(&dns, port), spool.clone()).await;
+    let d = start(net.config(), spool.clone()).await;
     let id = d
         .send(
             "s@s.test",
@@ -333,7 +285,7 @@ async fn restart_between_attempts_never_delivers_twice() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     d.stop().await;
-    let d = start(config(&dns, port), spool).await;
+    let d = start(net.config(), spool).await;
     let _ = d.handle.request(Request::Flush(vec![])).await;
     // The pending recipient's next attempt is recorded: the pass after the
     // restart is over, and it is the one that could have repeated the
@@ -379,19 +331,18 @@ async fn wait_held(spool: &std::path::Path, ids: &[QueueId]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_release_bounce_delete_through_the_control_socket() {
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
-    let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
-    let dest = Sink::start(
-        ip(7, port),
-        Behaviour {
-            tempfail_first: 1,
-            ..Default::default()
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    let net = Net::new(zone()).await;
+    let sender_mx = net.sink(5, Behaviour::default()).await;
+    let dest = net
+        .sink(
+            7,
+            Behaviour {
+                tempfail_first: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+    let d = net.start(net.config()).await;
     let (cstop, crx) = watch::channel(false);
     let sock = pigeon::delivery::control::socket_path(&d.spool);
     tokio::spawn(pigeon::delivery::control::serve(
@@ -465,11 +416,9 @@ async fn hold_release_bounce_delete_through_the_control_socket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_to_one_destination_share_a_connection() {
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
-    let dest = Sink::start(ip(4, port), Behaviour::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    let net = Net::new(zone()).await;
+    let dest = net.sink(4, Behaviour::default()).await;
+    let d = net.start(net.config()).await;
     for i in 0..3 {
         d.send(
             "s@s.test",
@@ -491,22 +440,21 @@ async fn messages_to_one_destination_share_a_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_connection_closed_by_the_server_is_replaced_at_once() {
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
-    let dest = Sink::start(
-        ip(4, port),
-        Behaviour {
-            close_after_message: true,
-            ..Default::default()
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new(zone()).await;
+    let dest = net
+        .sink(
+            4,
+            Behaviour {
+                close_after_message: true,
+                ..Default::default()
+            },
+        )
+        .await;
     // A deferral would wait five minutes: the test would time out.
-    let mut cfg = config(&dns, port);
+    let mut cfg = net.config();
     cfg.delivery.first_retry_secs = 300;
     cfg.delivery.max_retry_interval_secs = 300;
-    let d = start(cfg, dir.path().join("spool")).await;
+    let d = net.start(cfg).await;
     for i in 0..3 {
         d.send(
             "s@s.test",
@@ -524,26 +472,26 @@ async fn a_kept_connection_closed_by_the_server_is_replaced_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drop_mid_data_and_a_slow_server_are_retried_then_delivered() {
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
-    let dropper = Sink::start(
-        ip(7, port),
-        Behaviour {
-            drop_in_data_first: 1,
-            ..Default::default()
-        },
-    )
-    .await;
-    let slow = Sink::start(
-        ip(4, port),
-        Behaviour {
-            greeting_delay: Duration::from_millis(1500),
-            ..Default::default()
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    let net = Net::new(zone()).await;
+    let dropper = net
+        .sink(
+            7,
+            Behaviour {
+                drop_in_data_first: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+    let slow = net
+        .sink(
+            4,
+            Behaviour {
+                greeting_delay: Duration::from_millis(1500),
+                ..Default::default()
+            },
+        )
+        .await;
+    let d = net.start(net.config()).await;
     let id = d
         .send(
             "s@s.test",
@@ -597,7 +545,7 @@ fn smart_host(dir: &std::path::Path, ca: Option<&common::TestCa>) -> Config {
 /// the mail goes through it with AUTH.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_host_with_starttls_and_auth() {
-    let dns = TestDns::start(zone()).await;
+    let net = Net::new(zone()).await;
     let hdir = tempfile::tempdir().unwrap();
     let ca = common::TestCa::new(hdir.path());
     let hcfg = smart_host(hdir.path(), Some(&ca));
@@ -606,13 +554,13 @@ async fn relay_host_with_starttls_and_auth() {
     let host = pigeon::server::start(common::live(hcfg.clone()), hq, hl, None).unwrap();
     let hport = host.addrs[0].port();
     // The sender, relaying everything through it.
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(&dns, 25);
+    let mut cfg = net.config();
+    cfg.delivery.remote_port = 25;
     cfg.delivery.relay_host = format!("[127.0.0.1]:{hport}");
     cfg.delivery.relay_login = "relayuser".into();
     cfg.delivery.relay_password = "relaypass".into();
     cfg.delivery.tls_ca_file = ca.pem.display().to_string();
-    let d = start(cfg, dir.path().join("spool")).await;
+    let d = net.start(cfg).await;
     d.send(
         "s@s.test",
         &["far@remote.test"],
@@ -647,19 +595,19 @@ async fn relay_host_with_starttls_and_auth() {
 /// that names the certificate, and the message stays queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_password_never_goes_to_an_unverified_certificate() {
-    let dns = TestDns::start(zone()).await;
+    let net = Net::new(zone()).await;
     let hdir = tempfile::tempdir().unwrap();
     let hcfg = smart_host(hdir.path(), None);
     let (hq, _) = Queue::open(&hcfg.spool.dir, 1).unwrap();
     let hl = pigeon::server::bind_all(&hcfg).unwrap();
     let host = pigeon::server::start(common::live(hcfg.clone()), hq, hl, None).unwrap();
     let hport = host.addrs[0].port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(&dns, 25);
+    let mut cfg = net.config();
+    cfg.delivery.remote_port = 25;
     cfg.delivery.relay_host = format!("[127.0.0.1]:{hport}");
     cfg.delivery.relay_login = "relayuser".into();
     cfg.delivery.relay_password = "relaypass".into();
-    let d = start(cfg, dir.path().join("spool")).await;
+    let d = net.start(cfg).await;
     let id = d
         .send(
             "s@s.test",
@@ -731,21 +679,20 @@ async fn send_ret_full(d: &daemon::Daemon, from: &str, to: &str, body: &str) -> 
 /// lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dsn_returns_at_most_bounce_size_limit_of_the_original() {
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
-    let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
-    let _dest = Sink::start(
-        ip(6, port),
-        Behaviour {
-            reject_rcpts: vec!["bad@d.test".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(&dns, port);
+    let net = Net::new(zone()).await;
+    let sender_mx = net.sink(5, Behaviour::default()).await;
+    let _dest = net
+        .sink(
+            6,
+            Behaviour {
+                reject_rcpts: vec!["bad@d.test".into()],
+                ..Default::default()
+            },
+        )
+        .await;
+    let mut cfg = net.config();
     cfg.delivery.bounce_size_limit = 2000;
-    let d = start(cfg, dir.path().join("spool")).await;
+    let d = net.start(cfg).await;
     send_ret_full(
         &d,
         "s@s.test",
@@ -783,23 +730,23 @@ async fn a_dsn_returns_at_most_bounce_size_limit_of_the_original() {
 /// original removed. Needs root (a small tmpfs for the spool).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn needs_mount_a_dsn_that_cannot_be_queued_keeps_the_original() {
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
-    let sender_mx = Sink::start(ip(5, port), Behaviour::default()).await;
+    let net = Net::new(zone()).await;
+    let sender_mx = net.sink(5, Behaviour::default()).await;
     // First attempt deferred (451), the second refused (550): a DSN.
-    let _dest = Sink::start(
-        ip(6, port),
-        Behaviour {
-            tempfail_first: 1,
-            reject_rcpts: vec!["bad@d.test".into()],
-            ..Default::default()
-        },
-    )
-    .await;
+    let _dest = net
+        .sink(
+            6,
+            Behaviour {
+                tempfail_first: 1,
+                reject_rcpts: vec!["bad@d.test".into()],
+                ..Default::default()
+            },
+        )
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let fs = dir.path().join("spoolfs");
     let _mnt = common::Tmpfs::mount(&fs, "2m");
-    let mut cfg = config(&dns, port);
+    let mut cfg = net.config();
     cfg.spool.reserve_bytes = 0;
     let d = start(cfg, fs.join("spool")).await;
     let body = format!(
@@ -851,18 +798,17 @@ async fn trace_events_tell_the_story_of_a_message() {
     }
     let seen = Arc::new(Collect(Mutex::new(Vec::new())));
     pigeon::trace::subscribe(seen.clone());
-    let dns = TestDns::start(zone()).await;
-    let port = sink_port();
-    let dest = Sink::start(
-        ip(7, port),
-        Behaviour {
-            tempfail_first: 1,
-            ..Default::default()
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = start(config(&dns, port), dir.path().join("spool")).await;
+    let net = Net::new(zone()).await;
+    let dest = net
+        .sink(
+            7,
+            Behaviour {
+                tempfail_first: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+    let d = net.start(net.config()).await;
     let id = d
         .send(
             "s@s.test",

@@ -1,17 +1,16 @@
 //! MX routing's view of DNS: `HickoryResolver` against an in-process DNS
 //! server on 127.0.0.1, and `FakeResolver` on the same cases.
 
-#[path = "common/dns.rs"]
-mod test_dns;
+mod common;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use common::dns::{ip, Data, Record, RecordType, TestDns};
 use pigeon::dns::{
     DnsError, FakeResolver, HickoryResolver, IpPreference, MxAnswer, MxHost, Resolver,
 };
-use test_dns::{ip, Data, Record, RecordType, TestDns};
 
 fn resolver(dns: &TestDns) -> HickoryResolver {
     HickoryResolver::new(&[dns.addr], Duration::from_secs(1), 1).unwrap()

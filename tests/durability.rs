@@ -17,39 +17,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::binary::{free_port, queue_list, write_config, BIN};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 const SESSIONS: usize = 4;
 const PER_SESSION: usize = 25;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
-    let cfg = format!(
-        "[server]\nhostname = \"mx.test\"\nallow_root = true\n\n[sendmail]\nsocket = \"\"\n\n\
-         [[listener]]\nbind = \"127.0.0.1:{port}\"\nmode = \"smtp\"\n\n\
-         [domains]\nlocal = [\"example.org\"]\n\n[spool]\ndir = \"{spool}\"\n\n[log]\nlevel = \"warn\"\n\n\
-         [[auth.user]]\nlogin = \"box\"\npassword = \"$6$x$y\"\naddresses = [\"box@example.org\"]\n\n\
-         [local]\nmaildir = \"{dir}/mail/{{user}}\"\n\n\
-         [local.aliases]\npostmaster = \"box@example.org\"\nabuse = \"box@example.org\"\n\"@example.org\" = \"box@example.org\"\n",
-        spool = dir.join("spool").display(),
-        dir = dir.display()
-    );
-    let path = dir.join("pigeon.toml");
-    std::fs::write(&path, cfg).unwrap();
-    path
-}
 
 async fn read_reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
     let mut all = String::new();
@@ -195,7 +171,7 @@ async fn fsyncs_come_before_every_acknowledgement_and_every_removal() {
     );
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = write_config(dir.path(), port);
+    let config = write_config(dir.path(), port, true);
     let trace_path = dir.path().join("trace.txt");
     let mut strace = Command::new("strace")
         .args(["-f", "-qq", "-y", "-s", "600", "-o"])
@@ -204,7 +180,7 @@ async fn fsyncs_come_before_every_acknowledgement_and_every_removal() {
             "-e",
             "trace=fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat,write,writev,sendto,sendmsg",
         ])
-        .arg(env!("CARGO_BIN_EXE_pigeon"))
+        .arg(BIN)
         .args(["serve", "--config"])
         .arg(&config)
         .stdout(Stdio::null())
@@ -231,14 +207,7 @@ async fn fsyncs_come_before_every_acknowledgement_and_every_removal() {
     // Every message delivered: the queue is empty.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_pigeon"))
-            .args(["queue", "--config"])
-            .arg(&config)
-            .args(["list", "--json"])
-            .output()
-            .unwrap();
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        if list.as_array().unwrap().is_empty() {
+        if queue_list(&config).is_empty() {
             break;
         }
         assert!(Instant::now() < deadline, "queue not drained");

@@ -4,19 +4,14 @@
 //! for mail that aliases send elsewhere and for DSNs.
 
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/lmtp.rs"]
-mod lmtp;
-#[path = "common/sink.rs"]
-mod sink;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::sink::{Behaviour, Sink};
 use common::{alias, maildir_messages, user, Client};
+use common::{daemon, lmtp};
 use pigeon::config::{Config, ListenerConfig, ListenerMode, UserDelivery};
-use sink::{Behaviour, Sink};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -5,6 +5,8 @@
 //! progress go on), the privilege drop (as root), `pigeon sendmail` and the
 //! metrics endpoint.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
@@ -12,15 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pigeon");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::binary::{free_port, BIN};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -1,13 +1,12 @@
 //! A whole daemon in the test process: server, delivery manager (remote
 //! and local transports) and the queue, on a spool the test gives.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::common::{self, queued_id, Client};
+use super::{self as common, queued_id, Client};
 use pigeon::config::Config;
 use pigeon::delivery;
 use pigeon::dns::HickoryResolver;

@@ -9,7 +9,6 @@
 //! and the target's records). UDP answers larger than the client's payload
 //! size are truncated, so the client retries over TCP. Every query is
 //! counted per (name, type) and per transport.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -3,7 +3,6 @@
 //! Per recipient, a list of replies to give after the content on the
 //! successive transactions that name it (then "250 2.0.0 Ok"); recipients
 //! to refuse at RCPT. Records every transaction.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;

@@ -1,6 +1,16 @@
-//! Shared helpers for integration tests: start the real server on
-//! 127.0.0.1:0 with a temporary spool, and a raw SMTP client.
-#![allow(dead_code)]
+//! The one test harness every integration test uses: the real server on
+//! 127.0.0.1:0 with a temporary spool and a raw SMTP client (here), the
+//! whole daemon with delivery ([`daemon`]), a DNS server the test controls
+//! ([`dns`]), scripted SMTP and LMTP servers ([`sink`], [`lmtp`]), and
+//! [`harness::Net`], which puts DNS, sinks and a daemon together.
+#![allow(dead_code, unused_imports)]
+
+pub mod binary;
+pub mod daemon;
+pub mod dns;
+pub mod harness;
+pub mod lmtp;
+pub mod sink;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

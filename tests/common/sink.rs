@@ -3,7 +3,6 @@
 //! request (temporary failures for the first N attempts, a permanent
 //! refusal of chosen recipients, a dropped connection mid-DATA, a slow
 //! greeting, no DSN/PIPELINING/SMTPUTF8 extensions).
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
