@@ -298,11 +298,11 @@ async fn timeout_is_temporary_within_the_configured_timeout() {
             start.elapsed()
         );
     }
-    assert_eq!(
-        dns.queries("slow.test", RecordType::MX),
-        1,
-        "attempts = 1 means one try"
-    );
+    // attempts = 1 is one try: hickory may resend the UDP query within
+    // that try's timeout (every 1.2 round-trip times), never start a second
+    // try after it.
+    let sent = dns.queries("slow.test", RecordType::MX);
+    assert!((1..=4).contains(&sent), "{sent} queries for one try");
 }
 
 #[tokio::test]

@@ -39,14 +39,15 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
 use hickory_resolver::lookup::Lookup;
-use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::net::{DnsError as HickoryDnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{RData, RecordType};
-use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::proto::ProtoErrorKind;
-use hickory_resolver::{Name, ResolveError, TokioResolver};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::TokioResolver;
+use mail_auth::MessageAuthenticator;
 
 /// A boxed future, so that [`Resolver`] stays object-safe (`Arc<dyn Resolver>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -281,10 +282,19 @@ impl XorShift {
 // Real DNS through hickory.
 
 /// Asks real name servers, through `hickory-resolver` (with its small
-/// positive/negative cache, TTLs as the answers give them).
-#[derive(Debug)]
+/// positive/negative cache, TTLs as the answers give them). The same
+/// resolver serves delivery's lookups and the email authentication checks
+/// ([`HickoryResolver::authenticator`]): one cache, one configuration.
+#[derive(Clone)]
 pub struct HickoryResolver {
     inner: TokioResolver,
+    auth: MessageAuthenticator,
+}
+
+impl fmt::Debug for HickoryResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HickoryResolver")
+    }
 }
 
 /// Outcome of one query of one type.
@@ -306,33 +316,46 @@ impl HickoryResolver {
         timeout: Duration,
         attempts: usize,
     ) -> Result<HickoryResolver, String> {
-        let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| {
+        let (config, mut opts) = if nameservers.is_empty() {
+            hickory_resolver::system_conf::read_system_conf().map_err(|e| {
                 format!("reading the system DNS configuration (/etc/resolv.conf): {e}")
             })?
         } else {
             let servers: Vec<NameServerConfig> = nameservers
                 .iter()
-                .flat_map(|addr| {
-                    [
-                        NameServerConfig::new(*addr, Protocol::Udp),
-                        NameServerConfig::new(*addr, Protocol::Tcp),
-                    ]
+                .map(|addr| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = addr.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = addr.port();
+                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
                 })
                 .collect();
-            let config = ResolverConfig::from_parts(None, Vec::new(), servers);
-            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+            (
+                ResolverConfig::from_parts(None, Vec::new(), servers),
+                ResolverOpts::default(),
+            )
         };
-        let opts = builder.options_mut();
         opts.timeout = timeout;
         // hickory counts retries after the first try.
         opts.attempts = attempts.max(1) - 1;
         opts.use_hosts_file = ResolveHosts::Never;
         // Larger UDP answers: many MX records fit without falling back to TCP.
         opts.edns0 = true;
+        // Names are always asked as given (fully qualified).
+        opts.ndots = 0;
+        let auth = MessageAuthenticator::new(config, opts)
+            .map_err(|e| format!("setting up the DNS resolver: {e}"))?;
         Ok(HickoryResolver {
-            inner: builder.build(),
+            inner: auth.resolver().clone(),
+            auth,
         })
+    }
+
+    /// The email authentication checks (SPF, DKIM, DMARC, ARC) on this
+    /// resolver.
+    pub fn authenticator(&self) -> &MessageAuthenticator {
+        &self.auth
     }
 
     /// One query; NXDOMAIN is `NotFound`, NODATA is `Ok(NoData)`.
@@ -348,8 +371,9 @@ impl HickoryResolver {
         match self.query(name, rtype).await? {
             Answer::NoData => Ok(Vec::new()),
             Answer::Records(lookup) => Ok(lookup
-                .record_iter()
-                .filter_map(|r| match r.data() {
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
                     RData::A(a) if !v6 => Some(IpAddr::V4(a.0)),
                     RData::AAAA(a) if v6 => Some(IpAddr::V6(a.0)),
                     _ => None,
@@ -365,9 +389,10 @@ impl HickoryResolver {
             Answer::NoData => Vec::new(),
             // CNAME records ride along in the lookup; keep only the MX.
             Answer::Records(lookup) => lookup
-                .record_iter()
-                .filter_map(|r| match r.data() {
-                    RData::MX(mx) => Some((mx.preference(), mx.exchange().to_ascii())),
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
                     _ => None,
                 })
                 .collect(),
@@ -447,12 +472,12 @@ fn to_fqdn(domain: &str) -> Result<Name, DnsError> {
 
 /// Maps a hickory failure: NXDOMAIN is permanent, NOERROR without records
 /// is NODATA, every other response code and every transport error is temporary.
-fn classify(name: &Name, rtype: RecordType, e: &ResolveError) -> Result<Answer, DnsError> {
+fn classify(name: &Name, rtype: RecordType, e: &NetError) -> Result<Answer, DnsError> {
     let shown = name.to_ascii();
     let shown = shown.strip_suffix('.').unwrap_or(&shown);
-    if let Some(proto) = e.proto() {
-        if let ProtoErrorKind::NoRecordsFound { response_code, .. } = proto.kind() {
-            return match *response_code {
+    if let NetError::Dns(HickoryDnsError::NoRecordsFound(no)) = e {
+        {
+            return match no.response_code {
                 ResponseCode::NoError => Ok(Answer::NoData),
                 ResponseCode::NXDomain => Err(DnsError::NotFound(format!(
                     "{shown}: no such domain (NXDOMAIN)"

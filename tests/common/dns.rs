@@ -243,16 +243,12 @@ fn name(s: &str) -> Name {
 
 impl Zone {
     fn answer(&self, request: &Message) -> Reply {
-        let mut response = Message::new();
-        response
-            .set_id(request.id())
-            .set_message_type(MessageType::Response)
-            .set_op_code(OpCode::Query)
-            .set_authoritative(true)
-            .set_recursion_desired(request.recursion_desired())
-            .set_recursion_available(true);
-        let Some(query) = request.queries().first().cloned() else {
-            response.set_response_code(ResponseCode::FormErr);
+        let mut response = Message::new(request.metadata.id, MessageType::Response, OpCode::Query);
+        response.metadata.authoritative = true;
+        response.metadata.recursion_desired = request.metadata.recursion_desired;
+        response.metadata.recursion_available = true;
+        let Some(query) = request.queries.first().cloned() else {
+            response.metadata.response_code = ResponseCode::FormErr;
             return Reply::Send(response);
         };
         response.add_query(query.clone());
@@ -289,8 +285,8 @@ impl Zone {
             }
             let nx = held.is_empty() || held.iter().any(|d| matches!(d, Data::NxDomain));
             if nx {
-                response.set_response_code(ResponseCode::NXDomain);
-                response.add_name_server(soa());
+                response.metadata.response_code = ResponseCode::NXDomain;
+                response.add_authority(soa());
                 return Reply::Send(response);
             }
             if qtype != RecordType::CNAME {
@@ -323,7 +319,7 @@ impl Zone {
                 .collect();
             if answers.is_empty() {
                 // NODATA: the name exists, the type does not.
-                response.add_name_server(soa());
+                response.add_authority(soa());
             }
             for a in answers {
                 response.add_answer(a);
@@ -335,7 +331,7 @@ impl Zone {
 }
 
 fn with_code(mut response: Message, code: ResponseCode) -> Message {
-    response.set_response_code(code);
+    response.metadata.response_code = code;
     response
 }
 
