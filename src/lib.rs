@@ -21,6 +21,8 @@
 //!   reply). [`policy`]: pure decisions, the only code that refuses.
 //! - [`users`]: who may log in, password checks, which local addresses
 //!   exist ([`users::directory`]).
+//! - [`signing`]: DKIM keys, the streaming DKIM signer of mail this server
+//!   originates, ARC sealing of mail it forwards.
 //!
 //! State:
 //! - [`queue`]: messages and their per-recipient status, durable before
@@ -50,6 +52,7 @@
 //!   `server`;
 //! - `queue` and `state` never reach `delivery`, `server` or `checks`;
 //! - `trace` never reaches `ops`, `server` or `delivery` (they emit into it);
+//! - `signing` uses only `config` and `message`;
 //! - nothing imports `cli`.
 //!
 //! No `unwrap`/`expect` outside tests: a panic on the server path is a
@@ -70,6 +73,7 @@ pub mod proto;
 pub mod queue;
 pub mod sendmail;
 pub mod server;
+pub mod signing;
 pub mod state;
 pub mod trace;
 pub mod users;

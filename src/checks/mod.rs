@@ -10,6 +10,7 @@
 //! headers) reaches it.
 
 pub mod auth_limiter;
+pub mod spf;
 
 pub use auth_limiter::{Admission, FailureLimiter};
 

@@ -14,6 +14,7 @@
 //! from the rest of the crate.
 
 mod auth;
+mod authentication;
 mod cidr;
 mod delivery;
 mod dns;
@@ -30,6 +31,7 @@ pub(crate) mod validate;
 mod tests;
 
 pub use auth::*;
+pub use authentication::*;
 pub use cidr::{client_network, Cidr, ParseCidrError};
 pub use delivery::*;
 pub use dns::*;
@@ -88,6 +90,14 @@ pub struct Config {
     pub sendmail: SendmailConfig,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// `[dkim]`: DKIM signing of mail this server originates.
+    pub dkim: DkimConfig,
+    /// `[inbound]`: SPF, DKIM, DMARC and ARC checks of arriving mail.
+    pub inbound: InboundConfig,
+    /// `[srs]`: sender rewriting for forwarded mail.
+    pub srs: SrsConfig,
+    /// `[dmarc_reports]`: DMARC aggregate reports.
+    pub dmarc_reports: DmarcReportsConfig,
 }
 
 impl Default for Config {
@@ -115,6 +125,10 @@ impl Default for Config {
             local: LocalConfig::default(),
             sendmail: SendmailConfig::default(),
             metrics: MetricsConfig::default(),
+            dkim: DkimConfig::default(),
+            inbound: InboundConfig::default(),
+            srs: SrsConfig::default(),
+            dmarc_reports: DmarcReportsConfig::default(),
         }
     }
 }

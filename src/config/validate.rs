@@ -5,7 +5,7 @@
 //! the first. Untrusted (operator) strings reach this code; it only inspects
 //! them.
 
-use super::{Config, ConfigError, TlsPolicy};
+use super::{Config, ConfigError, DmarcAction, TlsPolicy};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -154,6 +154,7 @@ pub(super) fn normalize_and_validate(config: &mut Config) -> Vec<ConfigError> {
     check_tls_auth(config, &mut err);
     check_delivery(config, &mut err);
     check_local(config, &mut err);
+    check_authentication(config, &mut err);
 
     let level = config.log.level.to_ascii_lowercase();
     if LOG_LEVELS.contains(&level.as_str()) {
@@ -582,6 +583,184 @@ fn check_listeners(listeners: &[super::ListenerConfig], err: &mut impl FnMut(Str
             &mut specific
         };
         first.entry(family_port).or_insert(i);
+    }
+}
+
+/// `[dkim]`, `[inbound]`, `[srs]`, `[dmarc_reports]`: names are valid and
+/// normalised, defaults that depend on the hostname are filled in, bounds
+/// hold. Key files are read when the configuration is put in force, not
+/// here.
+fn check_authentication(config: &mut Config, err: &mut impl FnMut(String, String)) {
+    let hostname = config.server.hostname.clone();
+    let local_domains = config.local_domains();
+    let d = &mut config.dkim;
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, k) in d.keys.iter_mut().enumerate() {
+        match normalize_domain(&k.domain) {
+            Ok(n) => k.domain = n,
+            Err(why) => err(format!("dkim.key[{i}].domain"), why),
+        }
+        let sel_ok = !k.selector.is_empty()
+            && k.selector.len() <= 63
+            && k.selector.split('.').all(|l| {
+                !l.is_empty()
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !sel_ok {
+            err(
+                format!("dkim.key[{i}].selector"),
+                format!(
+                    "`{}` is not a selector: letters, digits, hyphens, underscores in dot-separated labels",
+                    k.selector
+                ),
+            );
+        }
+        k.selector = k.selector.to_ascii_lowercase();
+        if k.file.as_os_str().is_empty() {
+            err(format!("dkim.key[{i}].file"), "is required".into());
+        }
+        if !seen.insert((k.domain.clone(), k.selector.clone())) {
+            err(
+                format!("dkim.key[{i}]"),
+                format!(
+                    "selector `{}` of `{}` is configured twice",
+                    k.selector, k.domain
+                ),
+            );
+        }
+    }
+    let mut headers: Vec<String> = Vec::new();
+    for h in &d.headers {
+        let ok = !h.is_empty() && h.bytes().all(|b| (33..=126).contains(&b) && b != b':');
+        if !ok {
+            err(
+                "dkim.headers".into(),
+                format!("`{h}` is not a header field name"),
+            );
+        } else if !headers.iter().any(|x| x.eq_ignore_ascii_case(h)) {
+            headers.push(h.clone());
+        }
+    }
+    if !headers.iter().any(|h| h.eq_ignore_ascii_case("from")) {
+        headers.insert(0, "From".into());
+    }
+    d.headers = headers;
+    if d.expire_secs > 0 && d.expire_secs < 3600 {
+        err(
+            "dkim.expire_secs".into(),
+            "must be 0 (no expiry) or at least 3600: mail can wait in queues for hours".into(),
+        );
+    }
+
+    let ib = &mut config.inbound;
+    if ib.authserv_id.is_empty() {
+        ib.authserv_id = hostname.clone();
+    } else {
+        match normalize_domain(&ib.authserv_id) {
+            Ok(n) => ib.authserv_id = n,
+            Err(why) => err("inbound.authserv_id".into(), why),
+        }
+    }
+    if ib.dmarc && !(ib.spf && ib.dkim) {
+        err(
+            "inbound.dmarc".into(),
+            "needs inbound.spf and inbound.dkim (DMARC is decided from their results)".into(),
+        );
+    }
+    if ib.max_signatures == 0 || ib.max_signatures > 50 {
+        err("inbound.max_signatures".into(), "must be 1 to 50".into());
+    }
+    if ib.timeout_secs == 0 || ib.timeout_secs > 300 {
+        err("inbound.timeout_secs".into(), "must be 1 to 300".into());
+    }
+    if ib.dmarc_quarantine == DmarcAction::Reject {
+        err(
+            "inbound.dmarc_quarantine".into(),
+            "must be `quarantine` or `none`: a domain asking for quarantine is not refused".into(),
+        );
+    }
+    let jf = &ib.junk_folder;
+    if !jf.starts_with('.') || jf.len() < 2 || jf.contains('/') || jf == ".." {
+        err(
+            "inbound.junk_folder".into(),
+            format!("`{jf}` is not a Maildir++ folder name such as \".Junk\""),
+        );
+    }
+    if ib.max_verify_size == 0 || ib.verify_memory < ib.max_verify_size {
+        err(
+            "inbound.verify_memory".into(),
+            "must be at least inbound.max_verify_size, which must not be 0".into(),
+        );
+    }
+
+    let srs = &mut config.srs;
+    if srs.domain.is_empty() {
+        srs.domain = hostname.clone();
+    } else {
+        match normalize_domain(&srs.domain) {
+            Ok(n) => srs.domain = n,
+            Err(why) => err("srs.domain".into(), why),
+        }
+    }
+    if !srs.secret.is_empty() || !srs.previous_secrets.is_empty() {
+        for s in std::iter::once(&srs.secret).chain(&srs.previous_secrets) {
+            if s.len() < 16 {
+                err(
+                    "srs.secret".into(),
+                    "secrets must be at least 16 characters".into(),
+                );
+                break;
+            }
+        }
+        if !local_domains.contains(&srs.domain) {
+            err(
+                "srs.domain".into(),
+                format!(
+                    "`{}` is not a local domain: bounces to rewritten senders must come back here",
+                    srs.domain
+                ),
+            );
+        }
+    }
+    if srs.max_age_days == 0 || srs.max_age_days > 365 {
+        err("srs.max_age_days".into(), "must be 1 to 365".into());
+    }
+
+    let r = &mut config.dmarc_reports;
+    if r.org_name.is_empty() {
+        r.org_name = hostname.clone();
+    }
+    if r.from.is_empty() {
+        r.from = format!("postmaster@{hostname}");
+    } else if !r.from.contains('@') || r.from.contains(char::is_whitespace) {
+        err(
+            "dmarc_reports.from".into(),
+            format!("`{}` is not an address", r.from),
+        );
+    }
+    if r.interval_secs < 60 || r.interval_secs > 7 * 86400 {
+        err(
+            "dmarc_reports.interval_secs".into(),
+            "must be 60 to 604800".into(),
+        );
+    }
+    if r.max_records == 0 || r.max_records > 10_000_000 {
+        err(
+            "dmarc_reports.max_records".into(),
+            "must be 1 to 10000000".into(),
+        );
+    }
+    if r.max_report_size < 10_000 {
+        err(
+            "dmarc_reports.max_report_size".into(),
+            "must be at least 10000".into(),
+        );
+    }
+    if r.enabled && !(ib.dmarc) {
+        err("dmarc_reports.enabled".into(), "needs inbound.dmarc".into());
     }
 }
 

@@ -358,6 +358,93 @@ impl HickoryResolver {
         &self.auth
     }
 
+    /// A name as the checks give it (it may carry characters host names do
+    /// not, from SPF macros): relaxed parsing, always fully qualified.
+    fn check_name(name: &str) -> Result<Name, DnsError> {
+        let fq = if name.ends_with('.') {
+            name.to_string()
+        } else {
+            format!("{name}.")
+        };
+        // Names built from untrusted text (SPF macros) may hold any
+        // visible byte; DNS labels are octets (RFC 2181 §11), so what the
+        // text parser refuses is tried as raw labels.
+        Name::from_str_relaxed(&fq)
+            .or_else(|e| {
+                let labels: Vec<&[u8]> = name
+                    .trim_end_matches('.')
+                    .split('.')
+                    .map(str::as_bytes)
+                    .collect();
+                let mut n = Name::from_labels(labels).map_err(|_| e)?;
+                n.set_fqdn(true);
+                Ok(n)
+            })
+            .map_err(|e: hickory_resolver::proto::ProtoError| {
+                DnsError::NotFound(format!("invalid domain name {:?}: {e}", truncate(name, 80)))
+            })
+    }
+
+    /// TXT records of `name`, each one's strings joined without spaces
+    /// (RFC 7208 §3.3). `Ok(empty)`: the name exists without TXT (NODATA);
+    /// `Err(NotFound)`: NXDOMAIN.
+    pub async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsError> {
+        let n = Self::check_name(name)?;
+        match self.query(&n, RecordType::TXT).await? {
+            Answer::NoData => Ok(Vec::new()),
+            Answer::Records(l) => Ok(l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(t) => {
+                        Some(t.txt_data.iter().flat_map(|p| p.iter().copied()).collect())
+                    }
+                    _ => None,
+                })
+                .collect()),
+        }
+    }
+
+    /// A or AAAA records of `name`, with the meaning of [`Self::txt`].
+    pub async fn ips(&self, name: &str, v6: bool) -> Result<Vec<IpAddr>, DnsError> {
+        let n = Self::check_name(name)?;
+        self.family(&n, v6).await
+    }
+
+    /// The exchanges of the MX records of `name` (as given, lowercase,
+    /// without the trailing dot; `""` for the root), with the meaning of
+    /// [`Self::txt`].
+    pub async fn mx_exchanges(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let n = Self::check_name(name)?;
+        match self.query(&n, RecordType::MX).await? {
+            Answer::NoData => Ok(Vec::new()),
+            Answer::Records(l) => Ok(l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::MX(mx) => Some(plain_name(&mx.exchange)),
+                    _ => None,
+                })
+                .collect()),
+        }
+    }
+
+    /// The names of `ip`'s PTR records, with the meaning of [`Self::txt`].
+    pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+        let n = Name::from(ip);
+        match self.query(&n, RecordType::PTR).await? {
+            Answer::NoData => Ok(Vec::new()),
+            Answer::Records(l) => Ok(l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::PTR(p) => Some(plain_name(&p.0)),
+                    _ => None,
+                })
+                .collect()),
+        }
+    }
+
     /// One query; NXDOMAIN is `NotFound`, NODATA is `Ok(NoData)`.
     async fn query(&self, name: &Name, rtype: RecordType) -> Result<Answer, DnsError> {
         match self.inner.lookup(name.clone(), rtype).await {
@@ -624,6 +711,17 @@ impl Resolver for FakeResolver {
         let answer = self.lookup_addresses(host, prefer);
         Box::pin(async move { answer })
     }
+}
+
+/// A name as its labels joined by dots, lowercase, without the trailing
+/// dot and without the escapes of the zone-file form (so a name read
+/// from an answer can be queried again as the same labels).
+fn plain_name(n: &Name) -> String {
+    let labels: Vec<String> = n
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+        .collect();
+    labels.join(".")
 }
 
 #[cfg(test)]

@@ -45,6 +45,41 @@ impl HeaderEdits {
         true
     }
 
+    /// Adds a field already formatted by its producer (a `DKIM-Signature:`
+    /// or ARC set, whose bytes must stay exactly as signed): `field` must be
+    /// one field, a valid name and a colon, CRLF line ends, every further
+    /// line folded (starting with a space or tab). Anything else, or a
+    /// field that would take the edits past [`MAX_EDITS`], is left out and
+    /// false is returned.
+    pub fn add_raw(&mut self, field: &[u8]) -> bool {
+        let Some(colon) = field.iter().position(|&b| b == b':') else {
+            return false;
+        };
+        let name_ok = colon > 0
+            && field[..colon]
+                .iter()
+                .all(|&b| (33..=126).contains(&b) && b != b':');
+        let mut lines = field.split_inclusive(|&b| b == b'\n');
+        let first_ok = lines.next().is_some_and(|l| l.ends_with(b"\r\n"));
+        let rest_ok = lines.all(|l| {
+            l.ends_with(b"\r\n") && (l.starts_with(b" ") || l.starts_with(b"\t")) && l.len() > 3
+        });
+        let bytes_ok = field.ends_with(b"\r\n")
+            && field.iter().enumerate().all(|(i, &b)| match b {
+                0 => false,
+                b'\r' => field.get(i + 1) == Some(&b'\n'),
+                b'\n' => i > 0 && field[i - 1] == b'\r',
+                _ => true,
+            });
+        if !(name_ok && first_ok && rest_ok && bytes_ok)
+            || self.bytes.len() + field.len() > MAX_EDITS
+        {
+            return false;
+        }
+        self.bytes.extend_from_slice(field);
+        true
+    }
+
     /// Adds every field of `other` below these.
     pub fn extend(&mut self, other: HeaderEdits) {
         if self.bytes.len() + other.bytes.len() <= MAX_EDITS {
@@ -95,6 +130,14 @@ mod tests {
         assert_eq!(HeaderEdits::from_stored(e.as_bytes()), Some(e.clone()));
         assert_eq!(HeaderEdits::from_stored(b"X: y\r\n\r\nbody"), None);
         assert_eq!(HeaderEdits::from_stored(b" cont\r\n"), None);
+        let mut raw = HeaderEdits::new();
+        assert!(raw.add_raw(b"DKIM-Signature: v=1;\r\n\tb=abc\r\n"));
+        assert!(!raw.add_raw(b"X: a\r\nInjected: b\r\n"));
+        assert!(!raw.add_raw(b"X: a\nb\r\n"));
+        assert!(!raw.add_raw(b"X: a"));
+        assert!(!raw.add_raw(b"X: a\r\n\r\n"));
+        assert!(!raw.add_raw(b": a\r\n"));
+        assert_eq!(raw.as_bytes(), b"DKIM-Signature: v=1;\r\n\tb=abc\r\n");
         let mut big = HeaderEdits::new();
         while big.add("X-Pad", &"p".repeat(900)) {}
         assert!(big.as_bytes().len() <= MAX_EDITS);

@@ -157,6 +157,27 @@ pub fn message_id(section: &[u8]) -> Option<String> {
     ok.then(|| v.to_string())
 }
 
+/// The domain of the author (RFC 5322 §3.6.2 `From:`) of a header
+/// section, lowercase without a trailing dot: the first address of the
+/// first `From:` field, as DMARC (RFC 7489 §6.6.1) and DKIM signing see
+/// it. None when there is no parseable address.
+pub fn from_domain(section: &[u8]) -> Option<String> {
+    let value = field_values(section, "from").next()?;
+    let mut field = b"From:".to_vec();
+    field.extend_from_slice(&value);
+    field.extend_from_slice(b"\r\n\r\n");
+    let parsed = mail_parser::MessageParser::default().parse_headers(&field)?;
+    let addr = parsed.from()?.first()?.address()?;
+    let (_, domain) = addr.trim().rsplit_once('@')?;
+    let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !domain.is_empty()
+        && domain.len() <= 253
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    ok.then_some(domain)
+}
+
 /// True if a field line of `header` is named `name` (case-insensitive).
 pub fn has_field(header: &[u8], name: &str) -> bool {
     header.split(|&b| b == b'\n').any(|l| {
@@ -268,6 +289,26 @@ fn fold_pieces(value: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn author_domain() {
+        let d = |s: &[u8]| from_domain(s);
+        assert_eq!(
+            d(b"From: Alice <alice@Example.ORG.>"),
+            Some("example.org".into())
+        );
+        assert_eq!(
+            d(b"To: x@y\r\nFrom: \"a, b\" <a@one.test>, c@two.test\r\nFrom: z@three.test"),
+            Some("one.test".into())
+        );
+        assert_eq!(
+            d(b"From: =?utf-8?q?J=C3=B6rg?= <j@x.test>"),
+            Some("x.test".into())
+        );
+        assert_eq!(d(b"From: nobody"), None);
+        assert_eq!(d(b"Subject: no from"), None);
+        assert_eq!(d(b"From: a@b c.test"), None);
+    }
 
     #[test]
     fn header_scan() {

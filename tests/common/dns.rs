@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use hickory_resolver::proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TXT};
+use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, TXT};
 pub use hickory_resolver::proto::rr::RecordType;
 use hickory_resolver::proto::rr::{Name, RData, Record as DnsRecord};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,13 +33,19 @@ pub enum Data {
     Cname(String),
     /// A TXT record: makes a name exist without MX or addresses.
     Txt(String),
+    /// A TXT record of several strings.
+    TxtParts(Vec<String>),
+    /// A PTR record (the name is `d.c.b.a.in-addr.arpa` or the `ip6.arpa`
+    /// form).
+    Ptr(String),
     /// Answer SERVFAIL to every query of the name.
     ServFail,
     /// Answer REFUSED.
     Refused,
     /// Answer NXDOMAIN (also what an unknown name gets).
     NxDomain,
-    /// Never answer: over TCP the connection stays open and silent.
+    /// Never answer: over TCP the connection stays open and silent. With
+    /// records of the type asked for beside it, those are answered.
     Timeout,
     /// No answer: over TCP the connection is closed at once.
     Drop,
@@ -238,7 +244,17 @@ async fn serve_tcp_conn(mut stream: TcpStream, zone: Arc<Zone>) {
 }
 
 fn name(s: &str) -> Name {
-    Name::from_ascii(format!("{}.", s.trim_end_matches('.'))).expect("valid name")
+    Name::from_str_relaxed(format!("{}.", s.trim_end_matches('.'))).unwrap_or_else(|_| {
+        // Names with bytes the text form refuses (spaces, colons) as raw labels.
+        let labels: Vec<&[u8]> = s
+            .trim_end_matches('.')
+            .split('.')
+            .map(str::as_bytes)
+            .collect();
+        let mut n = Name::from_labels(labels).expect("valid labels");
+        n.set_fqdn(true);
+        n
+    })
 }
 
 impl Zone {
@@ -253,7 +269,14 @@ impl Zone {
         };
         response.add_query(query.clone());
         let qtype = query.query_type();
-        let mut current = key(&query.name().to_ascii());
+        // The raw labels, not the escaped text form, so names holding
+        // spaces or colons match the zone as written.
+        let raw: Vec<String> = query
+            .name()
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        let mut current = key(&raw.join("."));
         {
             let mut counts = self.counts.lock().unwrap();
             *counts
@@ -278,7 +301,9 @@ impl Zone {
                     Data::Refused => {
                         return Reply::Send(with_code(response, ResponseCode::Refused))
                     }
-                    Data::Timeout => return Reply::Silent,
+                    Data::Timeout if !held.iter().any(|d| holds_type(d, qtype)) => {
+                        return Reply::Silent
+                    }
                     Data::Drop => return Reply::Close,
                     _ => {}
                 }
@@ -312,6 +337,8 @@ impl Zone {
                         (Data::Aaaa(ip), RecordType::AAAA) => RData::AAAA(AAAA(*ip)),
                         (Data::Cname(t), RecordType::CNAME) => RData::CNAME(CNAME(name(t))),
                         (Data::Txt(t), RecordType::TXT) => RData::TXT(TXT::new(vec![t.clone()])),
+                        (Data::TxtParts(p), RecordType::TXT) => RData::TXT(TXT::new(p.clone())),
+                        (Data::Ptr(h), RecordType::PTR) => RData::PTR(PTR(name(h))),
                         _ => return None,
                     };
                     Some(DnsRecord::from_rdata(owner.clone(), 0, rdata))
@@ -328,6 +355,19 @@ impl Zone {
         }
         Reply::Send(with_code(response, ResponseCode::ServFail))
     }
+}
+
+/// Whether `d` is a record of type `t`.
+fn holds_type(d: &Data, t: RecordType) -> bool {
+    matches!(
+        (d, t),
+        (Data::Mx(..) | Data::NullMx, RecordType::MX)
+            | (Data::A(_), RecordType::A)
+            | (Data::Aaaa(_), RecordType::AAAA)
+            | (Data::Txt(_) | Data::TxtParts(_), RecordType::TXT)
+            | (Data::Ptr(_), RecordType::PTR)
+            | (Data::Cname(_), _)
+    )
 }
 
 fn with_code(mut response: Message, code: ResponseCode) -> Message {
