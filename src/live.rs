@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub users: UserDb,
     pub directory: Arc<Directory>,
     pub policy: Policy,
+    /// The DKIM keys of `[dkim]`, loaded.
+    pub dkim: Arc<crate::signing::Signers>,
 }
 
 impl Snapshot {
@@ -35,11 +37,13 @@ impl Snapshot {
         let users = UserDb::load(&cfg.auth)?;
         let directory = Arc::new(Directory::load(&cfg, &users)?);
         let policy = Policy::new(&cfg, directory.clone());
+        let dkim = Arc::new(crate::signing::Signers::load(&cfg.dkim)?);
         Ok(Snapshot {
             cfg: Arc::new(cfg),
             users,
             directory,
             policy,
+            dkim,
         })
     }
 }

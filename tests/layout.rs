@@ -74,6 +74,7 @@ fn leaves_import_nothing_or_only_what_they_may() {
     only("config", &[]);
     only("message", &[]);
     only("proto", &["message"]);
+    only("signing", &["config", "message"]);
 }
 
 #[test]

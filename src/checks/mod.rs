@@ -10,6 +10,7 @@
 //! headers) reaches it.
 
 pub mod auth_limiter;
+pub mod authentication;
 pub mod spf;
 
 pub use auth_limiter::{Admission, FailureLimiter};
@@ -19,12 +20,20 @@ pub use auth_limiter::{Admission, FailureLimiter};
 pub struct Facts {
     /// The spool has room for new mail (above its free-space reserve).
     pub spool_has_space: bool,
+    /// SPF of the HELO and MAIL FROM identities (at MAIL, for clients
+    /// whose mail is checked).
+    pub spf: Option<authentication::SpfFacts>,
+    /// SPF, DKIM, ARC and DMARC of the message (at the end of DATA, for
+    /// clients whose mail is checked).
+    pub auth: Option<authentication::AuthFacts>,
 }
 
 impl Default for Facts {
     fn default() -> Facts {
         Facts {
             spool_has_space: true,
+            spf: None,
+            auth: None,
         }
     }
 }

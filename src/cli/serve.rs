@@ -147,7 +147,23 @@ async fn run(
         ms = rec.elapsed.as_millis() as u64,
         "queue recovered"
     );
-    let running = match crate::server::start(live.clone(), q.clone(), listeners, sendmail) {
+    // One resolver (and one cache) for the checks of incoming mail and
+    // for delivery.
+    let resolver = match crate::dns::HickoryResolver::new(
+        &cfg.dns.nameservers,
+        Duration::from_secs(cfg.dns.timeout_secs),
+        cfg.dns.attempts,
+    ) {
+        Ok(r) => Arc::new(r),
+        Err(e) => return fail("cannot set up DNS resolution", &e),
+    };
+    let running = match crate::server::start_with(
+        live.clone(),
+        q.clone(),
+        listeners,
+        sendmail,
+        resolver.clone(),
+    ) {
         Ok(r) => r,
         Err(e) => return fail("start-up failed", &e),
     };
@@ -155,17 +171,9 @@ async fn run(
     let mut tasks = Vec::new();
     let mut handle = None;
     if cfg.delivery.enabled {
-        let resolver = match crate::dns::HickoryResolver::new(
-            &cfg.dns.nameservers,
-            Duration::from_secs(cfg.dns.timeout_secs),
-            cfg.dns.attempts,
-        ) {
-            Ok(r) => r,
-            Err(e) => return fail("cannot set up DNS resolution", &e),
-        };
         let remote = Arc::new(crate::delivery::remote::RemoteTransport::new(
             live.clone(),
-            Arc::new(resolver),
+            resolver.clone(),
         ));
         let local = Arc::new(crate::delivery::local::LocalTransport::new(
             live.clone(),

@@ -23,6 +23,8 @@ use super::maildir::{self, MaildirError};
 use super::remote::{rcpt_events, reply_event};
 use super::{BoxFuture, Job};
 use crate::live::Live;
+use crate::message::auth_results::QUARANTINE_FIELD;
+use crate::message::HeaderEdits;
 use crate::proto::client::{
     ClientConfig, ClientSession, OutMessage, Refusal, SessionOutcome, StartTls, TransactionResult,
 };
@@ -104,7 +106,17 @@ impl LocalTransport {
                 MailboxTarget::Maildir(path) => {
                     let path = path.clone();
                     let create = cfg.local.create_maildir;
-                    let folder = detail.filter(|_| cfg.local.subaddress_folders);
+                    // DMARC quarantine (the field only this server adds;
+                    // arriving copies are removed) goes to the Junk folder
+                    // when the Maildir has one.
+                    let quarantined = HeaderEdits::from_stored(&msg.edits)
+                        .is_some_and(|e| e.contains(QUARANTINE_FIELD));
+                    let junk = cfg.inbound.junk_folder.trim_start_matches('.').to_string();
+                    let folder = if quarantined && !junk.is_empty() {
+                        Some(junk)
+                    } else {
+                        detail.filter(|_| cfg.local.subaddress_folders)
+                    };
                     let hostname = cfg.server.hostname.clone();
                     let msg = msg.clone();
                     let shown = path.display().to_string();

@@ -87,6 +87,15 @@ impl HeaderEdits {
         }
     }
 
+    /// Whether a field of this name is among the edits.
+    pub fn contains(&self, name: &str) -> bool {
+        self.as_bytes().split(|&c| c == b'\n').any(|line| {
+            line.len() > name.len()
+                && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+                && line[name.len()] == b':'
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }

@@ -5,6 +5,7 @@
 //! Untrusted bytes (message content) reach everything here; every
 //! function is bounded and never panics.
 
+pub mod auth_results;
 pub mod date;
 pub mod edit;
 pub mod header;

@@ -401,7 +401,7 @@ impl crate::trace::Subscriber for Counters {
             Event::DsnQueued { .. } => {
                 m.dsns.fetch_add(1, Relaxed);
             }
-            Event::Connected { .. } | Event::Removed { .. } => {}
+            Event::Connected { .. } | Event::Removed { .. } | Event::Authenticated { .. } => {}
         }
     }
 }

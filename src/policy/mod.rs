@@ -14,8 +14,11 @@ use std::sync::Arc;
 use crate::users::directory::{Directory, Unresolved};
 use crate::users::User;
 
+use crate::checks::authentication::{disposition_name, AuthFacts, Disposition};
 use crate::checks::Facts;
-use crate::config::{Cidr, Config, SendmailConfig};
+use crate::config::{
+    Cidr, Config, DmarcAction, InboundConfig, SendmailConfig, SpfFailAction, TempErrorAction,
+};
 use crate::message::HeaderEdits;
 use crate::proto::address::Domain;
 use crate::proto::command::{MailFrom, RcptTo};
@@ -32,6 +35,7 @@ pub struct Policy {
     check_header_from: bool,
     hostname: String,
     sendmail: SendmailConfig,
+    inbound: InboundConfig,
 }
 
 /// A complete message's header section, as the checks at the end of DATA
@@ -80,6 +84,7 @@ impl Policy {
             check_header_from: cfg.auth.check_header_from,
             hostname: cfg.server.hostname.to_ascii_lowercase(),
             sendmail: cfg.sendmail.clone(),
+            inbound: cfg.inbound.clone(),
         }
     }
 
@@ -92,7 +97,10 @@ impl Policy {
         match *d {
             Decision::Connect => refused(self.check_connect(client)),
             Decision::Helo { .. } => Verdict::accept(),
-            Decision::Mail { mail } => match self.check_mail(client, mail, facts.spool_has_space) {
+            Decision::Mail { mail } => match self
+                .check_mail(client, mail, facts.spool_has_space)
+                .and_then(|()| self.check_spf(facts))
+            {
                 Ok(()) => Verdict::Accept(self.sender_edits(client, mail)),
                 Err(r) => Verdict::Reject(r),
             },
@@ -102,14 +110,90 @@ impl Policy {
                 header,
                 header_complete,
                 ..
-            } => refused(self.check_message(
+            } => match self.check_message(
                 client,
                 &MessageFacts {
                     header,
                     header_complete,
                 },
                 rcpts,
+            ) {
+                Err(r) => Verdict::Reject(r),
+                Ok(()) => match &facts.auth {
+                    Some(a) => self.authentication_verdict(a),
+                    None => Verdict::accept(),
+                },
+            },
+        }
+    }
+
+    /// MAIL FROM: with `inbound.spf_fail = "reject"`, an SPF `fail` of
+    /// the sender's domain is refused now (RFC 7208 §8.4: 550 5.7.23,
+    /// RFC 7372); by default DMARC decides at the end of DATA.
+    fn check_spf(&self, facts: &Facts) -> Result<(), Reply> {
+        let Some(spf) = &facts.spf else {
+            return Ok(());
+        };
+        if self.inbound.spf_fail != SpfFailAction::Reject
+            || spf.mail_from.result != crate::checks::spf::SpfResult::Fail
+        {
+            return Ok(());
+        }
+        let why = spf
+            .mail_from
+            .explanation
+            .as_deref()
+            .filter(|e| e.len() <= 200 && e.bytes().all(|c| (0x20..0x7f).contains(&c)))
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        Err(Reply::owned(
+            550,
+            "5.7.23",
+            format!(
+                "SPF validation failed: {} does not allow this host to send for it{why}",
+                spf.mail_from.domain
+            ),
+        ))
+    }
+
+    /// End of DATA for checked mail: the `Authentication-Results:` field
+    /// is added, and the domain's DMARC policy applied as configured. A
+    /// temporary DNS problem never becomes a permanent refusal.
+    fn authentication_verdict(&self, a: &AuthFacts) -> Verdict {
+        let mut edits = HeaderEdits::new();
+        edits.add_raw(a.header.as_bytes());
+        if a.temporary() && self.inbound.temperror == TempErrorAction::Defer {
+            return Verdict::Reject(reply::AUTH_TEMPORARY_FAILURE);
+        }
+        let Some((d, disposition)) = a.dmarc_failure() else {
+            return Verdict::Accept(edits);
+        };
+        let action = match disposition {
+            Disposition::Reject => self.inbound.dmarc_reject,
+            Disposition::Quarantine => self.inbound.dmarc_quarantine,
+            Disposition::None => DmarcAction::None,
+        };
+        match action {
+            DmarcAction::Reject => Verdict::Reject(Reply::owned(
+                550,
+                "5.7.1",
+                format!(
+                    "Email rejected per DMARC policy for {} (the message is not authenticated by SPF or DKIM for its From: domain)",
+                    d.from_domain
+                ),
             )),
+            DmarcAction::Quarantine => {
+                edits.add(
+                    crate::message::auth_results::QUARANTINE_FIELD,
+                    &format!(
+                        "dmarc p={} header.from={}",
+                        disposition_name(disposition),
+                        d.from_domain
+                    ),
+                );
+                Verdict::Accept(edits)
+            }
+            DmarcAction::None => Verdict::Accept(edits),
         }
     }
 

@@ -267,6 +267,11 @@ pub const DELIVERED_TO_LOOP: Reply = Reply::new(
     "5.4.6",
     "Error: mail loop: the message was already delivered through a recipient's alias (Delivered-To:)",
 );
+pub const AUTH_TEMPORARY_FAILURE: Reply = Reply::new(
+    451,
+    "4.4.3",
+    "Temporary DNS failure checking the sender's authentication, try again later",
+);
 pub const RELAY_DENIED: Reply = Reply::new(554, "5.7.1", "Error: relay access denied");
 pub const INSUFFICIENT_STORAGE: Reply = Reply::new(
     452,

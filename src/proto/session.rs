@@ -310,6 +310,11 @@ impl ServerSession {
         }
     }
 
+    /// The name the client gave in HELO/EHLO.
+    pub fn helo_name(&self) -> Option<&str> {
+        self.helo.as_deref()
+    }
+
     pub fn tls(&self) -> Option<&str> {
         self.tls.as_deref()
     }

@@ -25,12 +25,14 @@ use crate::net::Stream;
 use crate::policy::Client;
 use crate::proto::reply::{self, Reply};
 use crate::proto::{Action, AuthOutcome, Host, ServerSession, SessionConfig, Stage};
-use crate::queue::{MessageWriter, Queue, QueueError, QueueId};
+use crate::queue::{Queue, QueueId};
 use crate::trace::clean;
 use crate::trace::{self, Event, Listener};
 use crate::users::{Busy, Verifier};
+use incoming::{Incoming, Treatment, VerifyBudget};
 
 mod decide;
+mod incoming;
 pub mod tls;
 use tls::Tls;
 
@@ -101,6 +103,10 @@ struct Shared {
     /// Prefix length IPv6 clients are grouped by (fixed at start).
     ipv6_prefix: u8,
     refusals: Arc<Semaphore>,
+    /// The resolver of the authentication checks (shared with delivery).
+    dns: Arc<crate::dns::HickoryResolver>,
+    /// Memory for copies of messages being verified.
+    verify_budget: Arc<VerifyBudget>,
 }
 
 /// A started server.
@@ -118,6 +124,7 @@ impl Running {
     /// the certificates (on error the old ones stay; the error is
     /// returned) and resizes the connection limit.
     pub fn reload(&self, cfg: &Config) -> Result<(), String> {
+        self.shared.verify_budget.resize(cfg.inbound.verify_memory);
         self.shared.smtp_pool.resize(cfg.limits.max_connections);
         self.shared
             .submission_pool
@@ -371,6 +378,23 @@ pub fn start(
     sendmail: Option<UnixListener>,
 ) -> Result<Running, String> {
     let cfg = live.cfg();
+    let dns = crate::dns::HickoryResolver::new(
+        &cfg.dns.nameservers,
+        Duration::from_secs(cfg.dns.timeout_secs),
+        cfg.dns.attempts,
+    )?;
+    start_with(live, queue, listeners, sendmail, Arc::new(dns))
+}
+
+/// [`start`] with the resolver the rest of the daemon uses.
+pub fn start_with(
+    live: Live,
+    queue: Queue,
+    listeners: Vec<TcpListener>,
+    sendmail: Option<UnixListener>,
+    dns: Arc<crate::dns::HickoryResolver>,
+) -> Result<Running, String> {
+    let cfg = live.cfg();
     let tls = Tls::load(&cfg)?;
     let a = &cfg.auth;
     let auth_limiter = FailureLimiter::new(
@@ -392,6 +416,8 @@ pub fn start(
         per_ip: Mutex::new(HashMap::new()),
         ipv6_prefix: cfg.limits.ipv6_prefix,
         refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
+        dns,
+        verify_budget: VerifyBudget::new(cfg.inbound.verify_memory),
         live,
     });
     let (tx, rx) = watch::channel(false);
@@ -621,6 +647,31 @@ struct ConnHost<'a> {
     client: Client,
     listener: Listener,
     last_id: Option<QueueId>,
+    /// SPF of the current transaction, found at MAIL.
+    spf: Option<crate::checks::authentication::SpfFacts>,
+}
+
+impl ConnHost<'_> {
+    /// Mail this server originates: from an authenticated user, a
+    /// trusted network or a local program. It is signed, never checked.
+    fn originates(&self) -> bool {
+        self.client.user.is_some() || self.client.trusted || self.client.local.is_some()
+    }
+
+    /// Incoming mail from the internet: an smtp listener, a client that
+    /// is neither authenticated nor trusted.
+    fn checks_inbound(&self) -> bool {
+        self.listener == Listener::Smtp && !self.originates()
+    }
+
+    fn treatment(&self) -> Treatment {
+        let cfg = &self.snap.cfg;
+        let i = &cfg.inbound;
+        Treatment {
+            sign: cfg.dkim.sign && self.originates(),
+            verify: self.checks_inbound() && (i.dkim || i.dmarc || i.arc),
+        }
+    }
 }
 
 impl Host for ConnHost<'_> {
@@ -640,95 +691,6 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// The message being received: its writer, or why it can no longer be
-/// accepted (a write failed; the client still gets its reply at the end).
-#[derive(Default)]
-struct Incoming {
-    writer: Option<MessageWriter>,
-    failed: Option<QueueError>,
-    /// Queue ids accepted on this connection (for its log line), at most
-    /// the last 100.
-    accepted: Vec<QueueId>,
-}
-
-impl Incoming {
-    async fn push(&mut self, s: &mut ServerSession, host: &ConnHost<'_>, queue: &Queue) {
-        if s.body().is_empty() {
-            return;
-        }
-        if self.failed.is_some() {
-            s.body().clear();
-            return;
-        }
-        if self.writer.is_none() {
-            let (Some(id), Some(env)) = (host.last_id, s.envelope()) else {
-                s.body().clear();
-                return;
-            };
-            self.writer = Some(queue.writer(id, unix_now(), env));
-        }
-        if let Some(w) = self.writer.as_mut() {
-            if let Err(e) = w.write(s.body()).await {
-                self.failed = Some(e);
-                self.writer = None;
-            }
-        }
-        s.body().clear();
-    }
-
-    async fn commit(&mut self, s: &mut ServerSession, host: &ConnHost<'_>, queue: &Queue) {
-        self.push(s, host, queue).await;
-        let message_id = s.message_id();
-        let mut size = 0;
-        if let Some(w) = self.writer.as_mut() {
-            let edits = s.header_edits().map(|e| e.as_bytes()).unwrap_or_default();
-            w.set_extras(edits, message_id.clone());
-            size = w.body_len();
-        }
-        let result = match (self.failed.take(), self.writer.take()) {
-            (Some(e), _) => Err(e),
-            (None, Some(w)) => queue.commit(w).await,
-            (None, None) => Err(QueueError::Io(io::Error::other("no message content"))),
-        };
-        match result {
-            Ok(qid) => {
-                if let Some(env) = s.envelope() {
-                    trace::emit(Event::Accepted {
-                        queue_id: qid,
-                        message_id,
-                        sender: env.sender,
-                        recipients: env.recipients.into_iter().map(|r| r.address).collect(),
-                        client: host.client.ip,
-                        helo: env.helo,
-                        listener: host.listener,
-                        tls: s.tls().map(str::to_string),
-                        auth_user: env.auth_user,
-                        size,
-                    });
-                }
-                if self.accepted.len() < 100 {
-                    self.accepted.push(qid);
-                }
-                s.commit_result(Ok(qid.to_string()));
-            }
-            Err(e) => {
-                // Any failure to make the message durable is temporary for
-                // the client: 451 4.3.0, whether the disk is full or broken.
-                let r = reply::LOCAL_ERROR;
-                trace::emit(Event::Refused {
-                    client: host.client.ip,
-                    listener: host.listener,
-                    stage: Stage::Content,
-                    reply: r.clone(),
-                    what: Some(e.to_string()),
-                    queue_id: host.last_id,
-                });
-                s.commit_result(Err(r));
-            }
-        }
-    }
 }
 
 /// How long a TLS handshake may take.
@@ -910,15 +872,17 @@ async fn connection(
         client,
         listener,
         last_id: None,
+        spf: None,
     };
-    let mut incoming = Incoming::default();
+    let signers = host.snap.dkim.clone();
+    let mut incoming = Incoming::new(&signers, shared.verify_budget.clone());
     let mut buf: Vec<u8> = Vec::new();
     let mut stopping = *stop.borrow();
     let result: io::Result<&str> = async {
         // The Connect decision, before any byte is read: the greeting, or
         // the refusal that replaces it.
         if let (_, Action::Decide(_)) = s.feed(&[], &mut host) {
-            let v = decide::decide(shared, &host, &s).await;
+            let v = decide::decide(shared, &mut host, &s, None).await;
             s.decided(v);
         }
         loop {
@@ -968,11 +932,15 @@ async fn connection(
                 match action {
                     Action::NeedInput => {
                         if s.body().len() >= BODY_FLUSH {
-                            incoming.push(&mut s, &host, &shared.queue).await;
+                            let how = host.treatment();
+                            incoming.push(&mut s, &host, &shared.queue, how).await;
                         }
                         break;
                     }
-                    Action::Commit => incoming.commit(&mut s, &host, &shared.queue).await,
+                    Action::Commit => {
+                        let how = host.treatment();
+                        incoming.commit(&mut s, &host, &shared.queue, how).await
+                    }
                     Action::Abort => {
                         if let Some(r) = s.take_refusal() {
                             trace::emit(Event::Refused {
@@ -984,14 +952,16 @@ async fn connection(
                                 queue_id: host.last_id,
                             });
                         }
-                        incoming = Incoming {
-                            accepted: std::mem::take(&mut incoming.accepted),
-                            ..Incoming::default()
-                        };
+                        incoming.reset();
                         s.body().clear();
                     }
-                    Action::Decide(_) => {
-                        let v = decide::decide(shared, &host, &s).await;
+                    Action::Decide(stage) => {
+                        if stage == Stage::Content {
+                            // Everything received goes in before the checks.
+                            let how = host.treatment();
+                            incoming.push(&mut s, &host, &shared.queue, how).await;
+                        }
+                        let v = decide::decide(shared, &mut host, &s, incoming.received()).await;
                         s.decided(v);
                     }
                     Action::Authenticate => authenticate(shared, &mut s, &mut host).await,
@@ -1024,10 +994,8 @@ async fn connection(
                                 stream = st;
                                 // RFC 3207 §4.2: nothing learnt before TLS
                                 // survives it, here or in the session.
-                                incoming = Incoming {
-                                    accepted: std::mem::take(&mut incoming.accepted),
-                                    ..Incoming::default()
-                                };
+                                incoming.reset();
+                                host.spf = None;
                                 host.client.user = None;
                                 host.last_id = None;
                                 s.tls_started(desc);

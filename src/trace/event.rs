@@ -114,4 +114,16 @@ pub enum Event {
     },
     /// A message left the queue.
     Removed { queue_id: QueueId, why: Removal },
+    /// Incoming mail was checked (SPF, DKIM, ARC, DMARC) at the end of
+    /// DATA; `action` is what the policy did: accept, quarantine, reject
+    /// or defer.
+    Authenticated {
+        queue_id: Option<QueueId>,
+        client: IpAddr,
+        spf: String,
+        dkim: String,
+        dmarc: String,
+        from_domain: String,
+        action: &'static str,
+    },
 }

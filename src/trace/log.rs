@@ -14,6 +14,23 @@ impl Subscriber for LogLines {
     fn on(&self, e: &Event) {
         match e {
             Event::Connected { .. } => info!("connect"),
+            Event::Authenticated {
+                queue_id,
+                spf,
+                dkim,
+                dmarc,
+                from_domain,
+                action,
+                ..
+            } => info!(
+                queue_id = %queue_id.map(|i| i.to_string()).unwrap_or_default(),
+                spf = %spf,
+                dkim = %dkim,
+                dmarc = %dmarc,
+                header_from = %clean(from_domain),
+                action = %action,
+                "mail authentication"
+            ),
             Event::Refused {
                 stage,
                 reply,
