@@ -1,8 +1,10 @@
 //! The `pigeon` command line: flags in, a library call, output out; no
 //! rules of its own. One file per subcommand: [`serve`] (the daemon),
-//! [`queue`] (`pigeon queue ...`), [`password`] (`hash-password`);
+//! [`queue`] (`pigeon queue ...`), [`password`] (`hash-password`),
+//! [`dkim`] (`pigeon dkim keygen|show`);
 //! `sendmail` is [`crate::sendmail`]. Nothing in the library imports this.
 
+pub mod dkim;
 pub mod password;
 pub mod queue;
 pub mod serve;
@@ -51,6 +53,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// DKIM keys: make one, or print the DNS records of those configured.
+    Dkim {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: DkimCmd,
+    },
     /// Inspect the mail queue (reads the spool directly; safe while the server runs).
     Queue {
         #[arg(long, default_value = DEFAULT_CONFIG)]
@@ -61,6 +70,26 @@ enum Cmd {
         #[command(subcommand)]
         cmd: QueueCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum DkimCmd {
+    /// Write a new private key (mode 0600, never over an existing file)
+    /// and print the DNS TXT record and the configuration to add.
+    Keygen {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+        /// ed25519 (RFC 8463) or rsa (2048 bits, made with openssl).
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        /// Where to write the key (default /etc/pigeon/dkim/DOMAIN.SELECTOR.key).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the DNS TXT record of every configured key.
+    Show,
 }
 
 #[derive(Subcommand)]
@@ -139,11 +168,12 @@ pub fn main() -> ExitCode {
         Cmd::CheckConfig { config } => match load(&config).map(Snapshot::load) {
             Some(Ok(snap)) => {
                 println!(
-                    "{}: ok ({} users, {} mailboxes, {} aliases)",
+                    "{}: ok ({} users, {} mailboxes, {} aliases, {} DKIM keys)",
                     config.display(),
                     snap.users.len(),
                     snap.directory.mailbox_count(),
-                    snap.directory.alias_count()
+                    snap.directory.alias_count(),
+                    snap.dkim.all().len()
                 );
                 ExitCode::SUCCESS
             }
@@ -160,6 +190,36 @@ pub fn main() -> ExitCode {
             None => ExitCode::FAILURE,
         },
         Cmd::HashPassword => password::hash_password(),
+        Cmd::Dkim { config, cmd } => match cmd {
+            DkimCmd::Keygen {
+                domain,
+                selector,
+                algorithm,
+                out,
+            } => {
+                let algorithm = match algorithm.to_ascii_lowercase().as_str() {
+                    "rsa" | "rsa-sha256" => crate::config::DkimAlgorithm::RsaSha256,
+                    "ed25519" | "ed25519-sha256" => crate::config::DkimAlgorithm::Ed25519Sha256,
+                    other => {
+                        eprintln!(
+                            "pigeon dkim keygen: unknown algorithm {other:?} (rsa or ed25519)"
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                };
+                // The configuration is optional here: it only says whom
+                // the key file should belong to.
+                let cfg = config
+                    .exists()
+                    .then(|| config::load(&config).ok())
+                    .flatten();
+                dkim::keygen(cfg.as_ref(), &domain, &selector, algorithm, out)
+            }
+            DkimCmd::Show => match load(&config) {
+                Some(cfg) => dkim::show(&cfg),
+                None => ExitCode::FAILURE,
+            },
+        },
         Cmd::Sendmail { args } => ExitCode::from(crate::sendmail::run(&args)),
         Cmd::Queue { config, spool, cmd } => {
             // Like other Unix tools, end quietly when the reader of our

@@ -1,6 +1,5 @@
-//! `[dkim]`, `[inbound]`, `[srs]` and `[dmarc_reports]`: email
-//! authentication of outgoing mail (signing), checks of incoming mail, the
-//! sender rewriting of forwarded mail, and DMARC aggregate reports.
+//! `[dkim]` and `[inbound]`: email authentication of outgoing mail
+//! (signing) and the checks of incoming mail.
 
 use super::*;
 
@@ -119,8 +118,8 @@ pub struct InboundConfig {
     /// The authserv-id of the `Authentication-Results:` field added, and
     /// of the ones removed from arriving mail. Default: `server.hostname`.
     pub authserv_id: String,
-    /// Most DKIM signatures verified per message; the rest are reported as
-    /// `dkim=policy`. Default: 5.
+    /// Most DKIM signatures verified per message (the first ones in the
+    /// header); the others are neither verified nor reported. Default: 5.
     pub max_signatures: usize,
     /// Deadline for the SPF check at MAIL FROM, and for the DKIM, ARC and
     /// DMARC checks together at the end of the data, seconds. A check that
@@ -142,17 +141,17 @@ pub struct InboundConfig {
     /// What a temporary DNS error does when it decides the outcome (a
     /// DMARC policy that could not be fetched, or a failure that might
     /// have been a pass): `accept` (delivered, recorded as `temperror`) or
-    /// `defer` (451 4.7.5: the sender retries). Never a permanent refusal.
+    /// `defer` (451 4.4.3: the sender retries). Never a permanent refusal.
     /// Default: `accept`.
     pub temperror: TempErrorAction,
     /// The Maildir++ folder quarantined mail goes to, when it exists in
     /// the recipient's Maildir (it is never created); otherwise the inbox.
     /// Default: `.Junk`.
     pub junk_folder: String,
-    /// Messages larger than this (bytes) are not kept in memory for DKIM
-    /// and ARC verification: their signatures are reported as
-    /// `temperror` (and DMARC treats them as such). Default: 26214400
-    /// (25 MiB).
+    /// Messages larger than this (bytes) are not kept in memory for DKIM,
+    /// ARC and DMARC evaluation: they are accepted with
+    /// `dkim=none (message too large to verify)` and never refused for
+    /// DMARC. Default: 26214400 (25 MiB).
     pub max_verify_size: u64,
     /// Most bytes of all messages held for verification at once; a message
     /// arriving when the budget is spent is handled as one too large.
@@ -204,74 +203,4 @@ pub enum SpfFailAction {
 pub enum TempErrorAction {
     Accept,
     Defer,
-}
-
-/// `[srs]`: the Sender Rewriting Scheme for mail an alias forwards to
-/// another domain.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SrsConfig {
-    /// The secret the addresses are signed with (16 characters or more).
-    /// "" = no rewriting: forwarded mail keeps its sender (and fails SPF
-    /// at the destination). Default: "".
-    pub secret: String,
-    /// Earlier secrets still accepted for returning bounces, newest first,
-    /// so that the secret can be changed without refusing bounces of mail
-    /// forwarded before. Default: none.
-    pub previous_secrets: Vec<String>,
-    /// The domain of rewritten senders; it must be one of this server's
-    /// local domains (bounces have to come back here). Default:
-    /// `server.hostname`.
-    pub domain: String,
-    /// How long a rewritten address stays valid for bounces, days.
-    /// Default: 21.
-    pub max_age_days: u32,
-}
-
-impl Default for SrsConfig {
-    fn default() -> SrsConfig {
-        SrsConfig {
-            secret: String::new(),
-            previous_secrets: Vec::new(),
-            domain: String::new(),
-            max_age_days: 21,
-        }
-    }
-}
-
-/// `[dmarc_reports]`: DMARC aggregate reports (RFC 7489 §7.2) about mail
-/// this server received.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DmarcReportsConfig {
-    /// Record DMARC results and send a daily report to every domain whose
-    /// record asks for one (`rua=`). Default: false.
-    pub enabled: bool,
-    /// The reporting organisation's name in the reports. Default:
-    /// `server.hostname`.
-    pub org_name: String,
-    /// The reports' sender address, and the contact in them. Default:
-    /// `postmaster@<server.hostname>`.
-    pub from: String,
-    /// Seconds between reports. Default: 86400.
-    pub interval_secs: u64,
-    /// Most result rows kept between two reports (all domains together);
-    /// more are counted in the log and dropped. Default: 100000.
-    pub max_records: usize,
-    /// Largest report sent (bytes, compressed); a domain's `rua=` size
-    /// limit is honoured too. Default: 10485760.
-    pub max_report_size: u64,
-}
-
-impl Default for DmarcReportsConfig {
-    fn default() -> DmarcReportsConfig {
-        DmarcReportsConfig {
-            enabled: false,
-            org_name: String::new(),
-            from: String::new(),
-            interval_secs: 86400,
-            max_records: 100_000,
-            max_report_size: 10 * 1024 * 1024,
-        }
-    }
 }

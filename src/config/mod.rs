@@ -94,10 +94,6 @@ pub struct Config {
     pub dkim: DkimConfig,
     /// `[inbound]`: SPF, DKIM, DMARC and ARC checks of arriving mail.
     pub inbound: InboundConfig,
-    /// `[srs]`: sender rewriting for forwarded mail.
-    pub srs: SrsConfig,
-    /// `[dmarc_reports]`: DMARC aggregate reports.
-    pub dmarc_reports: DmarcReportsConfig,
 }
 
 impl Default for Config {
@@ -127,13 +123,21 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             dkim: DkimConfig::default(),
             inbound: InboundConfig::default(),
-            srs: SrsConfig::default(),
-            dmarc_reports: DmarcReportsConfig::default(),
         }
     }
 }
 
 impl Config {
+    /// The name this server signs its `Authentication-Results:` fields
+    /// with (`inbound.authserv_id`, else the hostname).
+    pub fn authserv_id(&self) -> &str {
+        if self.inbound.authserv_id.is_empty() {
+            &self.server.hostname
+        } else {
+            &self.inbound.authserv_id
+        }
+    }
+
     /// Every local domain: `domains.local`, plus `server.hostname` when
     /// `domains.include_hostname` is set. Lowercase, no duplicates.
     pub fn local_domains(&self) -> Vec<String> {

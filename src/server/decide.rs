@@ -53,7 +53,7 @@ pub(super) async fn decide(
                     authentication::check_message(
                         &shared.dns,
                         i,
-                        &i.authserv_id,
+                        cfg.authserv_id(),
                         message,
                         host.spf.clone(),
                     )

@@ -160,7 +160,7 @@ impl<'k> Incoming<'k> {
     fn begin(&mut self, host: &ConnHost<'_>, how: Treatment) {
         self.started = true;
         let cfg = &host.snap.cfg;
-        self.filter = Some(AuthResultsFilter::new(&cfg.inbound.authserv_id));
+        self.filter = Some(AuthResultsFilter::new(cfg.authserv_id()));
         self.signing = if how.sign && !self.signers.is_empty() {
             Signing::Waiting(Vec::new())
         } else {
@@ -257,6 +257,9 @@ impl<'k> Incoming<'k> {
     /// The header section is known: the signatures start over what was
     /// held.
     fn activate(&mut self) {
+        if !matches!(self.signing, Signing::Waiting(_)) {
+            return;
+        }
         if let Signing::Waiting(held) = std::mem::replace(&mut self.signing, Signing::Off) {
             let (section, _) = crate::message::header_section(&held);
             let mut streams = self.signers.start(&section);
