@@ -90,6 +90,19 @@ client_python() {
     if [ -x /usr/bin/python3 ]; then echo /usr/bin/python3; else command -v python3; fi
 }
 
+ensure_test_tools() {
+    # tests/mail_auth.rs: dkimpy (and PyNaCl for its Ed25519) verifies
+    # pigeon's DKIM signatures and signs mail pigeon verifies; openssl makes
+    # the RSA keys.
+    local want=()
+    [ -x /usr/bin/python3 ] || want+=(python3)
+    command -v openssl >/dev/null || want+=(openssl)
+    "$(client_python)" -c 'import dkim, nacl.signing' 2>/dev/null || want+=(python3-dkim python3-nacl)
+    [ ${#want[@]} -eq 0 ] && return 0
+    note "installing ${want[*]}"
+    apt_install "${want[@]}"
+}
+
 ensure_client_tools() {
     local want=()
     [ -x /usr/bin/python3 ] || want+=(python3)
@@ -235,6 +248,7 @@ stage_test() {
             while read -r t; do echo "cargo test: $t (${SKIP_REASON[$p]})"; done >>"$SKIPPED"
     done
     command -v strace >/dev/null || note "strace is missing: the durability test will fail"
+    ensure_test_tools || note "dkimpy or openssl could not be installed: tests/mail_auth.rs will fail"
     timeout 1200 cargo test --release --no-fail-fast -- "${args[@]}"
 }
 
