@@ -3,8 +3,8 @@
 //! mail signed by dkimpy verified by pigeon (and failing after one body
 //! byte changes); DMARC policies (reject, quarantine to Junk, none, sp=,
 //! pct=, strict and relaxed alignment) applied to mail from an untrusted
-//! client; forged Authentication-Results removed. DNS comes from the
-//! in-process test server.
+//! client; forged Authentication-Results removed; SRS for forwarded mail
+//! and its bounces. DNS comes from the in-process test server.
 
 mod common;
 
@@ -462,5 +462,64 @@ async fn spf_fail_can_refuse_at_mail_and_temperror_can_defer() {
     .await;
     assert!(r.starts_with("451 4.4.3"), "{r}");
     // Trusted and authenticated clients are never checked.
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_mail_gets_an_srs_sender_and_its_bounce_comes_back() {
+    let net = Net::new(vec![
+        Record::mx("remote.test", 10, "mx.remote.test"),
+        Record::a("mx.remote.test", "127.0.0.2"),
+        Record::mx("sender.test", 10, "mx.sender.test"),
+        Record::a("mx.sender.test", "127.0.0.3"),
+    ])
+    .await;
+    let forward_sink = net.sink(2, Behaviour::default()).await;
+    let sender_sink = net.sink(3, Behaviour::default()).await;
+    let mut cfg = inbound(&net);
+    let secret = "a test secret, long enough";
+    cfg.srs.secret = secret.into();
+    common::alias(&mut cfg, "fwd@example.org", &["friend@remote.test"]);
+    let d = net.start(cfg).await;
+    let msg =
+        "From: carol@sender.test\r\nTo: fwd@example.org\r\nSubject: forward me\r\n\r\nhello\r\n";
+    let r = submit(d.addr, "carol@sender.test", "fwd@example.org", msg).await;
+    assert!(r.starts_with("250"), "{r}");
+    let got = forward_sink.wait_for(1, 20).await;
+    let srs_sender = got[0].mail_from.clone();
+    assert_eq!(got[0].rcpts, vec!["friend@remote.test".to_string()]);
+    assert!(
+        srs_sender.starts_with("SRS0=") && srs_sender.ends_with("=sender.test=carol@mx.test"),
+        "{srs_sender}"
+    );
+    // The rewritten sender verifies with the secret.
+    let srs = pigeon::users::srs::Srs::new(secret, &[], "mx.test", 21).unwrap();
+    assert_eq!(
+        srs.reverse(&srs_sender, pigeon::users::srs::today())
+            .unwrap(),
+        "carol@sender.test"
+    );
+    // The destination bounces it: the bounce reaches the original sender.
+    let bounce = "From: MAILER-DAEMON@remote.test\r\nTo: carol@sender.test\r\nSubject: Undelivered Mail\r\n\r\nno such user\r\n";
+    let r = submit(d.addr, "", &srs_sender, bounce).await;
+    assert!(r.starts_with("250"), "{r}");
+    let back = sender_sink.wait_for(1, 20).await;
+    assert_eq!(back[0].rcpts, vec!["carol@sender.test".to_string()]);
+    assert_eq!(back[0].mail_from, "");
+    // Forged and expired addresses are refused at RCPT.
+    let mut c = Client::connect(d.addr).await;
+    c.reply().await;
+    c.cmd("EHLO bouncer.example.net").await;
+    assert!(c.cmd("MAIL FROM:<>").await.starts_with("250"));
+    let forged = srs_sender.replace("carol@", "mallory@");
+    let r = c.cmd(&format!("RCPT TO:<{forged}>")).await;
+    assert!(r.starts_with("550 5.1.1"), "{r}");
+    let old = pigeon::users::srs::Srs::new(secret, &[], "mx.test", 21)
+        .unwrap()
+        .forward("carol@sender.test", pigeon::users::srs::today() - 30)
+        .unwrap();
+    let r = c.cmd(&format!("RCPT TO:<{old}>")).await;
+    assert!(r.starts_with("550 5.1.1"), "{r}");
+    c.cmd("QUIT").await;
     d.stop().await;
 }

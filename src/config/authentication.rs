@@ -1,5 +1,6 @@
-//! `[dkim]` and `[inbound]`: email authentication of outgoing mail
-//! (signing) and the checks of incoming mail.
+//! `[dkim]`, `[inbound]` and `[srs]`: email authentication of outgoing
+//! mail (signing), the checks of incoming mail, and the sender rewriting
+//! of forwarded mail.
 
 use super::*;
 
@@ -203,4 +204,37 @@ pub enum SpfFailAction {
 pub enum TempErrorAction {
     Accept,
     Defer,
+}
+
+/// `[srs]`: the Sender Rewriting Scheme for mail an alias forwards to
+/// another domain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SrsConfig {
+    /// The secret the addresses are signed with (16 characters or more).
+    /// "" = no rewriting: forwarded mail keeps its sender (and fails SPF
+    /// at the destination). Default: "".
+    pub secret: String,
+    /// Earlier secrets still accepted for returning bounces, newest first,
+    /// so that the secret can be changed without refusing bounces of mail
+    /// forwarded before. Default: none.
+    pub previous_secrets: Vec<String>,
+    /// The domain of rewritten senders; it must be one of this server's
+    /// local domains (bounces have to come back here). Default:
+    /// `server.hostname`.
+    pub domain: String,
+    /// How long a rewritten address stays valid for bounces, days.
+    /// Default: 21.
+    pub max_age_days: u32,
+}
+
+impl Default for SrsConfig {
+    fn default() -> SrsConfig {
+        SrsConfig {
+            secret: String::new(),
+            previous_secrets: Vec::new(),
+            domain: String::new(),
+            max_age_days: 21,
+        }
+    }
 }

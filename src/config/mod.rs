@@ -94,6 +94,8 @@ pub struct Config {
     pub dkim: DkimConfig,
     /// `[inbound]`: SPF, DKIM, DMARC and ARC checks of arriving mail.
     pub inbound: InboundConfig,
+    /// `[srs]`: sender rewriting for forwarded mail.
+    pub srs: SrsConfig,
 }
 
 impl Default for Config {
@@ -123,6 +125,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             dkim: DkimConfig::default(),
             inbound: InboundConfig::default(),
+            srs: SrsConfig::default(),
         }
     }
 }

@@ -586,12 +586,13 @@ fn check_listeners(listeners: &[super::ListenerConfig], err: &mut impl FnMut(Str
     }
 }
 
-/// `[dkim]` and `[inbound]`: names are valid and
+/// `[dkim]`, `[inbound]` and `[srs]`: names are valid and
 /// normalised, defaults that depend on the hostname are filled in, bounds
 /// hold. Key files are read when the configuration is put in force, not
 /// here.
 fn check_authentication(config: &mut Config, err: &mut impl FnMut(String, String)) {
     let hostname = config.server.hostname.clone();
+    let local_domains = config.local_domains();
     let d = &mut config.dkim;
     let mut seen = std::collections::BTreeSet::new();
     for (i, k) in d.keys.iter_mut().enumerate() {
@@ -693,6 +694,39 @@ fn check_authentication(config: &mut Config, err: &mut impl FnMut(String, String
             "inbound.verify_memory".into(),
             "must be at least inbound.max_verify_size, which must not be 0".into(),
         );
+    }
+
+    let srs = &mut config.srs;
+    if srs.domain.is_empty() {
+        srs.domain = hostname.clone();
+    } else {
+        match normalize_domain(&srs.domain) {
+            Ok(n) => srs.domain = n,
+            Err(why) => err("srs.domain".into(), why),
+        }
+    }
+    if !srs.secret.is_empty() || !srs.previous_secrets.is_empty() {
+        for s in std::iter::once(&srs.secret).chain(&srs.previous_secrets) {
+            if s.len() < 16 {
+                err(
+                    "srs.secret".into(),
+                    "secrets must be at least 16 characters".into(),
+                );
+                break;
+            }
+        }
+        if !local_domains.contains(&srs.domain) {
+            err(
+                "srs.domain".into(),
+                format!(
+                    "`{}` is not a local domain: bounces to rewritten senders must come back here",
+                    srs.domain
+                ),
+            );
+        }
+    }
+    if srs.max_age_days == 0 || srs.max_age_days > 365 {
+        err("srs.max_age_days".into(), "must be 1 to 365".into());
     }
 }
 

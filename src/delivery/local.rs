@@ -205,8 +205,23 @@ impl LocalTransport {
         let smtputf8 = env.smtputf8
             || !env.sender.is_ascii()
             || recipients.iter().any(|r| !r.address.is_ascii());
+        // Forwarded to another domain: the sender is rewritten (SRS), so
+        // the destination's SPF check sees this server's domain and a
+        // bounce comes back here; a local sender is this server's already.
+        let snap = self.live.get();
+        let forwards = dests.iter().any(|d| matches!(d, Destination::Remote(_)));
+        let sender_is_local = env
+            .sender
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| snap.directory.is_local_domain(&d.to_ascii_lowercase()));
+        let sender = match snap.directory.srs() {
+            Some(srs) if forwards && !sender_is_local => srs
+                .forward(&env.sender, crate::users::srs::today())
+                .unwrap_or_else(|| env.sender.clone()),
+            _ => env.sender.clone(),
+        };
         let envelope = Envelope {
-            sender: env.sender.clone(),
+            sender,
             recipients,
             ret: env.ret,
             envid: env.envid.clone(),

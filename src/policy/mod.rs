@@ -413,6 +413,7 @@ impl Policy {
         match self.directory.resolve(&rcpt.rcpt.address()) {
             Ok(_) => Ok(()),
             Err(Unresolved::Unknown) => Err(reply::USER_UNKNOWN),
+            Err(Unresolved::Srs(_)) => Err(reply::SRS_INVALID),
             Err(_) => Err(reply::ALIAS_ERROR),
         }
     }

@@ -272,6 +272,11 @@ pub const AUTH_TEMPORARY_FAILURE: Reply = Reply::new(
     "4.4.3",
     "Temporary DNS failure checking the sender's authentication, try again later",
 );
+pub const SRS_INVALID: Reply = Reply::new(
+    550,
+    "5.1.1",
+    "Error: invalid address: not a bounce to mail this server forwarded, or too old",
+);
 pub const RELAY_DENIED: Reply = Reply::new(554, "5.7.1", "Error: relay access denied");
 pub const INSUFFICIENT_STORAGE: Reply = Reply::new(
     452,

@@ -80,6 +80,9 @@ pub enum Unresolved {
     TooDeep(String),
     /// More than `local.max_alias_targets` destinations.
     TooMany,
+    /// An address of the SRS domain that is not one this server made, or
+    /// is too old.
+    Srs(super::srs::SrsError),
 }
 
 impl std::fmt::Display for Unresolved {
@@ -89,6 +92,7 @@ impl std::fmt::Display for Unresolved {
             Unresolved::Loop(a) => write!(f, "alias loop at {a}"),
             Unresolved::TooDeep(a) => write!(f, "alias chain too deep at {a}"),
             Unresolved::TooMany => f.write_str("alias expands to too many addresses"),
+            Unresolved::Srs(e) => e.fmt(f),
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct Directory {
     delimiters: Vec<char>,
     max_depth: u32,
     max_targets: usize,
+    /// Sender rewriting: addresses of its domain are rewritten senders.
+    srs: Option<super::srs::Srs>,
 }
 
 /// What a lookup found for one address.
@@ -114,6 +120,11 @@ enum Hit<'a> {
 }
 
 impl Directory {
+    /// The sender rewriting rules, when `[srs]` has a secret.
+    pub fn srs(&self) -> Option<&super::srs::Srs> {
+        self.srs.as_ref()
+    }
+
     /// Builds the directory from the configuration, the users and the
     /// aliases file named in the configuration. Every problem is reported,
     /// each naming the file, user or alias concerned.
@@ -158,6 +169,16 @@ impl Directory {
             delimiters: cfg.local.recipient_delimiter.chars().collect(),
             max_depth: cfg.local.max_alias_depth,
             max_targets: cfg.local.max_alias_targets,
+            srs: super::srs::Srs::new(
+                &cfg.srs.secret,
+                &cfg.srs.previous_secrets,
+                if cfg.srs.domain.is_empty() {
+                    &cfg.server.hostname
+                } else {
+                    &cfg.srs.domain
+                },
+                cfg.srs.max_age_days,
+            ),
         };
         let mut users: Vec<_> = users.iter().collect();
         users.sort_by(|a, b| a.login.cmp(&b.login));
@@ -333,6 +354,16 @@ impl Directory {
         if !self.domains.contains(&domain) {
             push_unique(out, Destination::Remote(address.to_string()));
             return self.check_count(out);
+        }
+        if let Some(srs) = self.srs.as_ref().filter(|s| s.is_srs(address)) {
+            // A bounce to a rewritten sender: back to the original one.
+            let original = srs
+                .reverse(address, super::srs::today())
+                .map_err(|e| (Unresolved::Srs(e), None))?;
+            if depth >= self.max_depth {
+                return Err((Unresolved::TooDeep(original), None));
+            }
+            return self.expand(&original, depth + 1, path, out);
         }
         let full = format!("{local}@{domain}");
         if path.contains(&full) {

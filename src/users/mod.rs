@@ -5,6 +5,7 @@
 //! file. Passwords are never logged or kept beyond a check.
 
 pub mod directory;
+pub mod srs;
 pub mod verifier;
 
 use std::collections::HashMap;

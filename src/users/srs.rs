@@ -84,14 +84,23 @@ impl Srs {
 
     /// The rewritten form of `sender` on day `day` (days since 1970);
     /// `None` when it is not rewritten: the null sender, an address of
-    /// the SRS domain itself, or one too long to rewrite.
+    /// the SRS domain itself, a quoted or non-ASCII address, or one too
+    /// long to rewrite.
     pub fn forward(&self, sender: &str, day: u64) -> Option<String> {
         let (local, domain) = sender.rsplit_once('@')?;
         if local.is_empty() || domain.is_empty() {
             return None;
         }
         let domain = domain.to_ascii_lowercase();
-        if domain == self.domain {
+        // Only what reads back unambiguously as a plain address: a
+        // dot-atom local part (RFC 5322 §3.2.3) and a host name.
+        let atext = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&c);
+        if domain == self.domain
+            || !local.bytes().all(atext)
+            || !domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
             return None;
         }
         let tt = timestamp(day);
@@ -106,7 +115,9 @@ impl Srs {
     pub fn is_srs(&self, address: &str) -> bool {
         match address.rsplit_once('@') {
             Some((local, domain)) => {
-                domain.trim_end_matches('.').eq_ignore_ascii_case(&self.domain)
+                domain
+                    .trim_end_matches('.')
+                    .eq_ignore_ascii_case(&self.domain)
                     && local.len() > 5
                     && local.as_bytes()[..5].eq_ignore_ascii_case(b"SRS0=")
             }
@@ -143,12 +154,14 @@ impl Srs {
         let then = untimestamp(&tt).ok_or(SrsError::Malformed)?;
         let ok = (0..self.keys.len()).any(|k| {
             let want = self.hash(k, &tt, &domain, orig_local);
-            // Constant time: the hash is a secret-derived value.
-            ring::constant_time::verify_slices_are_equal(
-                want.as_bytes(),
-                hash.to_ascii_lowercase().as_bytes(),
-            )
-            .is_ok()
+            // Compared in constant time: the hash is derived from the secret.
+            let got = hash.to_ascii_lowercase();
+            want.len() == got.len()
+                && want
+                    .bytes()
+                    .zip(got.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
         });
         if !ok {
             return Err(SrsError::BadHash);
@@ -218,7 +231,13 @@ mod tests {
     use super::*;
 
     fn srs() -> Srs {
-        Srs::new("a secret of sixteen+", &["the older secret!!".into()], "MX.test.", 21).unwrap()
+        Srs::new(
+            "a secret of sixteen+",
+            &["the older secret!!".into()],
+            "MX.test.",
+            21,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -231,7 +250,10 @@ mod tests {
         assert!(s.is_srs(&f));
         assert_eq!(s.reverse(&f, day).unwrap(), "Alice.B@sender.example");
         // Another server lowercased (or uppercased) it.
-        assert_eq!(s.reverse(&f.to_ascii_uppercase(), day + 3).unwrap(), "ALICE.B@sender.example");
+        assert_eq!(
+            s.reverse(&f.to_ascii_uppercase(), day + 3).unwrap(),
+            "ALICE.B@sender.example"
+        );
         // Local parts with '=' survive.
         let g = s.forward("a=b@x.test", day).unwrap();
         assert_eq!(s.reverse(&g, day).unwrap(), "a=b@x.test");
@@ -249,7 +271,14 @@ mod tests {
         // The day counter wraps every 1024 days.
         let w = s.forward("alice@sender.example", 1023).unwrap();
         assert_eq!(s.reverse(&w, 1024 + 5).unwrap(), "alice@sender.example");
-        for bad in ["SRS0=@mx.test", "SRS0=abc=de=x.test=a@mx.test", "SRS0=abcdef=d=x.test=a@mx.test", "SRS0=abcdef=de=x.test@mx.test", "nobody@mx.test", "SRS0=abcdef=d!=x.test=a@mx.test"] {
+        for bad in [
+            "SRS0=@mx.test",
+            "SRS0=abc=de=x.test=a@mx.test",
+            "SRS0=abcdef=d=x.test=a@mx.test",
+            "SRS0=abcdef=de=x.test@mx.test",
+            "nobody@mx.test",
+            "SRS0=abcdef=d!=x.test=a@mx.test",
+        ] {
             assert_eq!(s.reverse(bad, day), Err(SrsError::Malformed), "{bad}");
         }
         // A key made with an earlier secret still reverses.
@@ -269,5 +298,7 @@ mod tests {
         assert_eq!(s.forward("someone@mx.test", 1), None);
         let long = format!("{}@x.test", "a".repeat(60));
         assert_eq!(s.forward(&long, 1), None);
+        assert_eq!(s.forward("\"a b\"@x.test", 1), None);
+        assert_eq!(s.forward("x@d=e.test", 1), None);
     }
 }
