@@ -523,3 +523,64 @@ async fn forwarded_mail_gets_an_srs_sender_and_its_bounce_comes_back() {
     c.cmd("QUIT").await;
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsns_are_signed_for_the_server_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = keys::generate(DkimAlgorithm::Ed25519Sha256).unwrap();
+    let file = dir.path().join("host.key");
+    std::fs::write(&file, &pem).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let record = keys::parse(&pem, DkimAlgorithm::Ed25519Sha256)
+        .unwrap()
+        .dns_record();
+    let net = Net::new(vec![
+        Record::mx("remote.test", 10, "mx.remote.test"),
+        Record::a("mx.remote.test", "127.0.0.2"),
+        txt("host._domainkey.mx.test", &record),
+    ])
+    .await;
+    let _sink = net
+        .sink(
+            2,
+            Behaviour {
+                reject_rcpts: vec!["nobody@remote.test".into()],
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    let mut cfg = net.config();
+    cfg.dkim.keys = vec![DkimKeyConfig {
+        domain: "mx.test".into(),
+        selector: "host".into(),
+        file,
+        algorithm: DkimAlgorithm::Ed25519Sha256,
+    }];
+    let d = net.start(cfg).await;
+    d.send(
+        "box@example.org",
+        &["nobody@remote.test"],
+        "From: box@example.org\r\nSubject: to nobody\r\n\r\nhi\r\n",
+    )
+    .await;
+    let got = wait_messages(&maildir(&net), 1).await;
+    let dsn = String::from_utf8_lossy(&got[0])
+        .replace("\r\n", "\n")
+        .replace('\n', "\r\n");
+    assert!(dsn.contains("d=mx.test"), "{dsn}");
+    // It verifies, with the record published for the key.
+    let dns = common::dns::TestDns::start(vec![txt("host._domainkey.mx.test", &record)]).await;
+    let r = pigeon::dns::HickoryResolver::new(&[dns.addr], Duration::from_secs(2), 1).unwrap();
+    let facts = pigeon::checks::authentication::check_message(
+        &r,
+        &pigeon::config::InboundConfig::default(),
+        "check.test",
+        Some(dsn.as_bytes()),
+        None,
+    )
+    .await;
+    assert_eq!(facts.dkim.len(), 1, "{facts:?}");
+    assert_eq!(facts.dkim[0].result, "pass", "{facts:?}");
+    d.stop().await;
+}

@@ -324,6 +324,11 @@ pub fn parse_pct(record: &str) -> u8 {
 
 fn dkim_name(r: &DkimResult) -> (&'static str, String) {
     match r {
+        // RFC 6376 §6.1.3: a body hash that does not verify is a failure
+        // of the signature (the crate calls it neutral).
+        DkimResult::Neutral(
+            e @ mail_auth::Error::Dkim(mail_auth::dkim::DkimError::FailedBodyHashMatch),
+        ) => ("fail", e.to_string()),
         DkimResult::Pass => ("pass", String::new()),
         DkimResult::Neutral(e) => ("neutral", e.to_string()),
         DkimResult::Fail(e) => ("fail", e.to_string()),

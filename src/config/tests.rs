@@ -184,6 +184,29 @@ fn shipped_config_lists_every_key_at_its_default() {
                 "subaddress_folders",
             ],
         ),
+        (
+            "dkim",
+            &["expire_secs", "headers", "sign", "sign_subdomains"],
+        ),
+        (
+            "inbound",
+            &[
+                "arc",
+                "dkim",
+                "dmarc",
+                "dmarc_quarantine",
+                "dmarc_reject",
+                "junk_folder",
+                "max_signatures",
+                "max_verify_size",
+                "spf",
+                "spf_fail",
+                "temperror",
+                "timeout_secs",
+                "verify_memory",
+            ],
+        ),
+        ("srs", &["max_age_days", "previous_secrets", "secret"]),
     ];
     for (section, want) in expected {
         let mut got = keys(section);

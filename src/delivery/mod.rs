@@ -617,6 +617,15 @@ async fn send_dsn(
     };
     let id = ctx.queue.new_id();
     let mut w = ctx.queue.writer(id, now, envelope);
+    // This server's own mail is DKIM-signed like its users' (for the
+    // domain of its From:, MAILER-DAEMON@hostname, or a parent domain).
+    if cfg.dkim.sign {
+        let (signatures, errors) = ctx.live.get().dkim.sign_message(&bytes);
+        for e in errors {
+            warn!(queue_id = %msg.id, error = %e, "DKIM signing of a DSN failed; it is sent unsigned");
+        }
+        w.set_extras(signatures.as_bytes(), Some(message_id.clone()));
+    }
     let result = match w.write(&bytes).await {
         Ok(()) => ctx.queue.commit(w).await,
         Err(e) => Err(e),
