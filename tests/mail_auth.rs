@@ -578,9 +578,89 @@ async fn dsns_are_signed_for_the_server_domain() {
         "check.test",
         Some(dsn.as_bytes()),
         None,
+        None,
     )
     .await;
     assert_eq!(facts.dkim.len(), 1, "{facts:?}");
     assert_eq!(facts.dkim[0].result, "pass", "{facts:?}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_mail_is_arc_sealed_and_dkimpy_validates_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = keys::generate(DkimAlgorithm::RsaSha256).unwrap();
+    let file = dir.path().join("arc.key");
+    std::fs::write(&file, &pem).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let record = keys::parse(&pem, DkimAlgorithm::RsaSha256)
+        .unwrap()
+        .dns_record();
+    let zone = vec![
+        Record::mx("remote.test", 10, "mx.remote.test"),
+        Record::a("mx.remote.test", "127.0.0.2"),
+        txt("arc._domainkey.mx.test", &record),
+        txt("sender.test", "v=spf1 ip4:127.0.0.1 -all"),
+    ];
+    let net = Net::new(zone.clone()).await;
+    let sink = net.sink(2, Behaviour::default()).await;
+    let mut cfg = inbound(&net);
+    cfg.dkim.keys = vec![DkimKeyConfig {
+        domain: "mx.test".into(),
+        selector: "arc".into(),
+        file,
+        algorithm: DkimAlgorithm::RsaSha256,
+    }];
+    common::alias(&mut cfg, "fwd@example.org", &["friend@remote.test"]);
+    let d = net.start(cfg).await;
+    let msg = "From: carol@sender.test\r\nTo: fwd@example.org\r\nSubject: seal me\r\nDate: Tue, 08 Dec 2026 01:00:00 +0000\r\nMessage-ID: <seal@sender.test>\r\n\r\nhello\r\n";
+    let r = submit(d.addr, "carol@sender.test", "fwd@example.org", msg).await;
+    assert!(r.starts_with("250"), "{r}");
+    let got = sink.wait_for(1, 20).await;
+    let out = got[0].data.clone();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("\r\nARC-Seal: i=1; a=rsa-sha256;"), "{text}");
+    assert!(text.contains("ARC-Message-Signature: i=1;"), "{text}");
+    assert!(
+        text.contains("ARC-Authentication-Results: i=1; mx.test;"),
+        "{text}"
+    );
+    assert!(text.contains("cv=none"), "{text}");
+    let mut records = String::new();
+    for r in &zone {
+        if let Data::TxtParts(p) = &r.data {
+            records.push_str(&format!("{}\t{}\n", r.name, p.join("")));
+        }
+    }
+    let mfile = dir.path().join("sealed.eml");
+    std::fs::write(&mfile, &out).unwrap();
+    let rfile = dir.path().join("records.txt");
+    std::fs::write(&rfile, records).unwrap();
+    let script = r#"
+import sys, dkim
+recs = {}
+for line in open(sys.argv[2]):
+    n, t = line.rstrip('\n').split('\t', 1)
+    recs[n.lower().rstrip('.')] = t.encode()
+def dns(name, timeout=5):
+    return recs.get(name.decode().lower().rstrip('.'))
+msg = open(sys.argv[1], 'rb').read()
+cv, results, reason = dkim.arc_verify(msg, dnsfunc=dns)
+print(cv, reason)
+sys.exit(0 if cv == dkim.CV_Pass else 1)
+"#;
+    let o = Command::new(python())
+        .args(["-c", script])
+        .arg(&mfile)
+        .arg(&rfile)
+        .output()
+        .expect("python3 with dkimpy");
+    assert!(
+        o.status.success(),
+        "dkimpy did not validate the ARC chain: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     d.stop().await;
 }

@@ -14,7 +14,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use mail_auth::dmarc::Policy as DmarcPolicy;
-use mail_auth::{AuthenticatedMessage, DkimResult, DmarcResult, SpfOutput, SpfResult};
+use mail_auth::{
+    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, SpfOutput,
+    SpfResult,
+};
 
 use super::spf::{self, SpfOutcome};
 use crate::config::InboundConfig;
@@ -127,6 +130,28 @@ pub struct AuthFacts {
     pub verified: bool,
     /// The `Authentication-Results:` field, CRLF-terminated.
     pub header: String,
+    /// The ARC set sealed for a forwarded message (ARC-Seal,
+    /// ARC-Message-Signature, ARC-Authentication-Results), each field
+    /// CRLF-terminated; empty when not sealed.
+    pub arc_seal: Vec<String>,
+    /// Why sealing failed, when it did.
+    pub arc_seal_error: Option<String>,
+}
+
+/// Seals a forwarded message: the ARC fields to prepend, given the
+/// message, the results found and the chain it arrived with.
+pub type SealFn<'f> = &'f (dyn Fn(
+    &AuthenticatedMessage<'_>,
+    &AuthenticationResults<'_>,
+    &ArcOutput<'_>,
+) -> Result<Vec<String>, String>
+         + Sync);
+
+/// What sealing a forwarded message needs besides the message.
+pub struct Sealing<'f> {
+    pub seal: SealFn<'f>,
+    pub ip: IpAddr,
+    pub helo: &'f str,
 }
 
 impl AuthFacts {
@@ -152,6 +177,7 @@ pub async fn check_message(
     authserv_id: &str,
     message: Option<&[u8]>,
     spf: Option<SpfFacts>,
+    sealing: Option<Sealing<'_>>,
 ) -> AuthFacts {
     let mut facts = AuthFacts {
         spf,
@@ -160,10 +186,8 @@ pub async fn check_message(
     };
     if let Some(raw) = message {
         let deadline = Duration::from_secs(cfg.timeout_secs);
-        if tokio::time::timeout(deadline, evaluate(dns, cfg, raw, &mut facts))
-            .await
-            .is_err()
-        {
+        let work = evaluate(dns, cfg, authserv_id, raw, &mut facts, sealing.as_ref());
+        if tokio::time::timeout(deadline, work).await.is_err() {
             // Out of time: what was not found is a temporary error.
             if cfg.dmarc && facts.dmarc.is_none() {
                 facts.dmarc = Some(DmarcFact {
@@ -179,7 +203,14 @@ pub async fn check_message(
     facts
 }
 
-async fn evaluate(dns: &HickoryResolver, cfg: &InboundConfig, raw: &[u8], facts: &mut AuthFacts) {
+async fn evaluate(
+    dns: &HickoryResolver,
+    cfg: &InboundConfig,
+    authserv_id: &str,
+    raw: &[u8],
+    facts: &mut AuthFacts,
+    sealing: Option<&Sealing<'_>>,
+) {
     let Some(mut msg) = AuthenticatedMessage::parse(raw) else {
         return;
     };
@@ -208,18 +239,33 @@ async fn evaluate(dns: &HickoryResolver, cfg: &InboundConfig, raw: &[u8], facts:
             });
         }
     }
-    if cfg.arc && !msg.as_headers.is_empty() {
-        let out = auth.verify_arc(&msg).await;
-        facts.arc = Some(dkim_name(out.result()).0);
-    } else if cfg.arc {
-        facts.arc = Some("none");
+    let arc_out = if cfg.arc || sealing.is_some() {
+        Some(auth.verify_arc(&msg).await)
+    } else {
+        None
+    };
+    if let (true, Some(a)) = (cfg.arc, &arc_out) {
+        facts.arc = Some(if msg.as_headers.is_empty() {
+            "none"
+        } else {
+            dkim_name(a.result()).0
+        });
     }
+    let (spf_domain, spf_result, spf_identity) = match &facts.spf {
+        Some(s) => (
+            s.mail_from.domain.clone(),
+            s.mail_from.result,
+            if s.null_sender {
+                String::new()
+            } else {
+                s.mail_from.identity.clone()
+            },
+        ),
+        None => (String::new(), SpfResult::None, String::new()),
+    };
+    let spf_out = SpfOutput::new(spf_domain.clone()).with_result(spf_result);
+    let mut dmarc_out = None;
     if cfg.dmarc {
-        let (spf_domain, spf_result) = match &facts.spf {
-            Some(s) => (s.mail_from.domain.clone(), s.mail_from.result),
-            None => (String::new(), SpfResult::None),
-        };
-        let spf_out = SpfOutput::new(spf_domain.clone()).with_result(spf_result);
         let out = auth
             .verify_dmarc(mail_auth::dmarc::verify::DmarcParameters::new(
                 &msg,
@@ -229,16 +275,8 @@ async fn evaluate(dns: &HickoryResolver, cfg: &InboundConfig, raw: &[u8], facts:
             ))
             .await;
         let from_domain = out.domain().to_ascii_lowercase();
-        if from_domain.is_empty() {
-            facts.dmarc = Some(DmarcFact {
-                result: "none",
-                from_domain,
-                disposition: Disposition::None,
-                published: Disposition::None,
-            });
-            return;
-        }
         let result = match out.result() {
+            _ if from_domain.is_empty() => "none",
             DmarcResult::Pass => "pass",
             DmarcResult::Fail(_) => "fail",
             DmarcResult::TempError(_) => "temperror",
@@ -246,6 +284,7 @@ async fn evaluate(dns: &HickoryResolver, cfg: &InboundConfig, raw: &[u8], facts:
             DmarcResult::None => "none",
         };
         let published = match out.policy() {
+            _ if from_domain.is_empty() => Disposition::None,
             DmarcPolicy::Reject => Disposition::Reject,
             DmarcPolicy::Quarantine => Disposition::Quarantine,
             DmarcPolicy::None | DmarcPolicy::Unspecified => Disposition::None,
@@ -265,6 +304,24 @@ async fn evaluate(dns: &HickoryResolver, cfg: &InboundConfig, raw: &[u8], facts:
             disposition,
             published,
         });
+        dmarc_out = Some(out);
+    }
+    // RFC 8617 §5.1: the forwarder's set carries the results it found.
+    if let (Some(seal), Some(chain)) = (sealing, &arc_out) {
+        let header_from = msg.from.first().map(String::as_str).unwrap_or("");
+        let mut results =
+            AuthenticationResults::new(authserv_id).with_dkim_results(&dkim_out, header_from);
+        if facts.spf.is_some() {
+            results = results.with_spf_mailfrom_result(&spf_out, seal.ip, &spf_identity, seal.helo);
+        }
+        results = results.with_arc_result(chain, seal.ip);
+        if let Some(d) = &dmarc_out {
+            results = results.with_dmarc_result(d);
+        }
+        match (seal.seal)(&msg, &results, chain) {
+            Ok(fields) => facts.arc_seal = fields,
+            Err(e) => facts.arc_seal_error = Some(e),
+        }
     }
 }
 
@@ -489,6 +546,8 @@ mod tests {
             }),
             verified: true,
             header: String::new(),
+            arc_seal: Vec::new(),
+            arc_seal_error: None,
         };
         let h = results_field("mx.example.org", &f);
         assert!(h.starts_with("Authentication-Results: mx.example.org;\r\n\tdkim=fail (body hash mismatch) header.s=s1 header.b=abcd1234;"), "{h}");

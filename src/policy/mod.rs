@@ -161,6 +161,10 @@ impl Policy {
     /// temporary DNS problem never becomes a permanent refusal.
     fn authentication_verdict(&self, a: &AuthFacts) -> Verdict {
         let mut edits = HeaderEdits::new();
+        // RFC 8617 §4.1: the newest ARC set on top, then the results.
+        for field in &a.arc_seal {
+            edits.add_raw(field.as_bytes());
+        }
         edits.add_raw(a.header.as_bytes());
         if a.temporary() && self.inbound.temperror == TempErrorAction::Defer {
             return Verdict::Reject(reply::AUTH_TEMPORARY_FAILURE);

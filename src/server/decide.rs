@@ -8,6 +8,8 @@ use crate::checks::authentication::{self, AuthFacts};
 use crate::checks::Facts;
 use crate::proto::{Decision, ServerSession, Stage, Verdict};
 use crate::trace::{self, Event};
+use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults};
+use tracing::warn;
 
 /// The verdict on what `s` waits for (accept when it waits for nothing).
 /// `received`: the message as received, at the end of DATA, when a copy
@@ -46,19 +48,41 @@ pub(super) async fn decide(
                 facts.spf = Some(spf);
             }
             Decision::Mail { .. } => host.spf = None,
-            Decision::Content { .. } => {
+            Decision::Content { rcpts, .. } => {
                 let wants = i.dkim || i.dmarc || i.arc;
                 let message = if wants { received } else { Some(&[][..]) };
-                facts.auth = Some(
-                    authentication::check_message(
-                        &shared.dns,
-                        i,
-                        cfg.authserv_id(),
-                        message,
-                        host.spf.clone(),
-                    )
-                    .await,
-                );
+                // Mail an alias forwards to another domain is ARC-sealed
+                // with a key of the server's own domain, when there is one.
+                let snap = host.snap.clone();
+                let sealer = snap
+                    .dkim
+                    .sealer_for(&cfg.server.hostname)
+                    .filter(|_| forwards(&snap, rcpts));
+                let seal = |m: &AuthenticatedMessage<'_>,
+                            r: &AuthenticationResults<'_>,
+                            c: &ArcOutput<'_>| match sealer {
+                    Some(s) => s.seal(m, r, c),
+                    None => Ok(Vec::new()),
+                };
+                let helo = s.helo_name().unwrap_or("").to_string();
+                let sealing = sealer.map(|_| authentication::Sealing {
+                    seal: &seal,
+                    ip: host.client.ip,
+                    helo: &helo,
+                });
+                let a = authentication::check_message(
+                    &shared.dns,
+                    i,
+                    cfg.authserv_id(),
+                    message,
+                    host.spf.clone(),
+                    sealing,
+                )
+                .await;
+                if let Some(e) = &a.arc_seal_error {
+                    warn!(error = %e, "ARC sealing failed; the message is forwarded unsealed");
+                }
+                facts.auth = Some(a);
             }
             _ => {}
         }
@@ -142,4 +166,14 @@ fn emit_authenticated(host: &ConnHost<'_>, a: &AuthFacts, verdict: &Verdict) {
         from_domain,
         action,
     });
+}
+
+/// Whether a recipient is an alias that forwards to another domain.
+fn forwards(snap: &crate::live::Snapshot, rcpts: &[crate::proto::envelope::Recipient]) -> bool {
+    rcpts.iter().any(|r| {
+        snap.directory.resolve(&r.address).is_ok_and(|d| {
+            d.iter()
+                .any(|x| matches!(x, crate::users::directory::Destination::Remote(_)))
+        })
+    })
 }

@@ -30,6 +30,8 @@ enum SignerKind {
 pub struct Signers {
     signers: Vec<Signer>,
     sign_subdomains: bool,
+    /// ARC sealers: one per RSA key, in the order of the keys.
+    sealers: Vec<super::arc::Sealer>,
 }
 
 impl Signers {
@@ -37,10 +39,22 @@ impl Signers {
     pub fn load(cfg: &DkimConfig) -> Result<Signers, Vec<String>> {
         let mut errors = Vec::new();
         let mut signers = Vec::new();
+        let mut sealers = Vec::new();
         for (i, k) in cfg.keys.iter().enumerate() {
             match keys::load(&k.file, k.algorithm) {
                 Ok(key) => signers.push(Signer::new(cfg, &k.domain, &k.selector, key)),
                 Err(e) => errors.push(format!("dkim.key[{i}]: {e}")),
+            }
+            // The key read once more for sealing: a key signs one way only.
+            if k.algorithm == crate::config::DkimAlgorithm::RsaSha256 {
+                if let Ok(Key::Rsa(rsa)) = keys::load(&k.file, k.algorithm) {
+                    sealers.push(super::arc::Sealer::new(
+                        &k.domain,
+                        &k.selector,
+                        rsa,
+                        &cfg.headers,
+                    ));
+                }
             }
         }
         if !errors.is_empty() {
@@ -49,6 +63,7 @@ impl Signers {
         Ok(Signers {
             signers,
             sign_subdomains: cfg.sign_subdomains,
+            sealers,
         })
     }
 
@@ -60,6 +75,7 @@ impl Signers {
                 .map(|(d, s, k)| Signer::new(cfg, &d, &s, k))
                 .collect(),
             sign_subdomains: cfg.sign_subdomains,
+            sealers: Vec::new(),
         }
     }
 
@@ -84,6 +100,22 @@ impl Signers {
             match d.split_once('.') {
                 Some((_, parent)) if parent.contains('.') => d = parent,
                 _ => return Vec::new(),
+            }
+        }
+    }
+
+    /// The sealer for mail this server forwards: an RSA key of `domain`
+    /// (the server's host name) or of its nearest parent that has one.
+    pub fn sealer_for(&self, domain: &str) -> Option<&super::arc::Sealer> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let mut d = domain.as_str();
+        loop {
+            if let Some(s) = self.sealers.iter().find(|s| s.domain == d) {
+                return Some(s);
+            }
+            match d.split_once('.') {
+                Some((_, parent)) if parent.contains('.') => d = parent,
+                _ => return None,
             }
         }
     }

@@ -7,6 +7,7 @@
 //! and `message`. Message bytes reach it (untrusted, hashed, never
 //! interpreted beyond the header fields to sign).
 
+pub mod arc;
 pub mod dkim;
 pub mod keys;
 
