@@ -40,7 +40,7 @@ async fn verify(msg: &[u8]) -> Vec<(String, String, String)> {
     let dns = TestDns::start(zone()).await;
     let r = HickoryResolver::new(&[dns.addr], Duration::from_secs(2), 1).unwrap();
     let cfg = InboundConfig::default();
-    let facts = check_message(&r, &cfg, "mx.test", Some(msg), None, None).await;
+    let facts = check_message(&r, &cfg, "mx.test", Some(msg), b"", None, None).await;
     assert!(facts.verified);
     facts
         .dkim

@@ -577,6 +577,7 @@ async fn dsns_are_signed_for_the_server_domain() {
         &pigeon::config::InboundConfig::default(),
         "check.test",
         Some(dsn.as_bytes()),
+        b"",
         None,
         None,
     )
@@ -662,5 +663,46 @@ sys.exit(0 if cv == dkim.CV_Pass else 1)
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_authors_are_refused_and_large_spoofs_still_meet_dmarc() {
+    let net = Net::new(dmarc_zone()).await;
+    let junk = maildir(&net).join(".Junk");
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(junk.join(sub)).unwrap();
+        std::fs::create_dir_all(maildir(&net).join(sub)).unwrap();
+    }
+    let mut cfg = inbound(&net);
+    // Small enough that the test message is not kept for verification.
+    cfg.inbound.max_verify_size = 2048;
+    let d = net.start(cfg).await;
+    // Two From: fields, or one with two domains: no single author domain.
+    let two_fields = "From: ceo@bank.test\r\nFrom: x@loose.test\r\nSubject: two\r\n\r\nbody\r\n";
+    let r = submit(d.addr, "x@loose.test", "box@example.org", two_fields).await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    let two_domains = "From: ceo@bank.test, x@loose.test\r\nSender: x@loose.test\r\nSubject: mixed\r\n\r\nbody\r\n";
+    let r = submit(d.addr, "x@loose.test", "box@example.org", two_domains).await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    // A spoof of a p=reject domain too large to verify: DMARC from SPF
+    // alone, one level weaker: quarantined, not delivered to the inbox.
+    let big = format!(
+        "From: ceo@bank.test\r\nSubject: big\r\n\r\n{}\r\n",
+        "x".repeat(4000)
+    );
+    let r = submit(d.addr, "ceo@bank.test", "box@example.org", &big).await;
+    assert!(r.starts_with("250"), "{r}");
+    let q = wait_messages(&junk, 1).await;
+    let ar = results(&q[0]);
+    assert!(
+        ar[0].contains("dkim=none (message too large to verify)"),
+        "{ar:?}"
+    );
+    assert!(
+        ar[0].contains("dmarc=fail (p=reject) header.from=bank.test"),
+        "{ar:?}"
+    );
+    assert!(common::maildir_messages(&maildir(&net)).is_empty());
     d.stop().await;
 }

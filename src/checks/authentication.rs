@@ -112,8 +112,10 @@ pub struct DmarcFact {
     /// The domain's policy for this message (p=, sp= or np=, after
     /// sampling).
     pub disposition: Disposition,
-    /// The policy as published, before sampling.
+    /// The policy as published (p=, sp= or np=), before sampling.
     pub published: Disposition,
+    /// A DMARC record was found (a temporary error may have hidden one).
+    pub record_known: bool,
 }
 
 /// Everything found about a message at the end of DATA.
@@ -136,6 +138,10 @@ pub struct AuthFacts {
     pub arc_seal: Vec<String>,
     /// Why sealing failed, when it did.
     pub arc_seal_error: Option<String>,
+    /// The message has more than one From: field, or From: addresses in
+    /// more than one domain: DMARC cannot name one author domain (RFC 7489
+    /// §6.6.1) and RFC 5322 §3.6 allows one field.
+    pub ambiguous_author: bool,
 }
 
 /// Seals a forwarded message: the ARC fields to prepend, given the
@@ -159,23 +165,31 @@ impl AuthFacts {
     /// for that to matter.
     pub fn dmarc_failure(&self) -> Option<(&DmarcFact, Disposition)> {
         let d = self.dmarc.as_ref()?;
-        (self.verified && d.result == "fail").then_some((d, d.disposition))
+        (d.result == "fail").then_some((d, d.disposition))
     }
 
     /// Some check could not finish for a temporary reason that could
-    /// change the DMARC outcome.
+    /// change what is done with the message: the domain's policy is not
+    /// `none`, or could not be fetched.
     pub fn temporary(&self) -> bool {
-        self.dmarc.as_ref().is_some_and(|d| d.result == "temperror")
+        self.dmarc.as_ref().is_some_and(|d| {
+            d.result == "temperror" && (!d.record_known || d.published != Disposition::None)
+        })
     }
 }
 
-/// The checks of a complete message (`message`: the bytes as received,
-/// `None` when too large to check). `spf` from MAIL when it was checked.
+/// The checks of a complete message. `message`: the bytes as received,
+/// `None` when too large to keep; then only its header section `header`
+/// is checked: no DKIM, and DMARC from SPF alone, a failure counting one
+/// policy level weaker (a large spoof goes to Junk rather than the inbox,
+/// a large message signed but not SPF-aligned is not refused unverified).
+/// `spf` from MAIL when it was checked.
 pub async fn check_message(
     dns: &HickoryResolver,
     cfg: &InboundConfig,
     authserv_id: &str,
     message: Option<&[u8]>,
+    header: &[u8],
     spf: Option<SpfFacts>,
     sealing: Option<Sealing<'_>>,
 ) -> AuthFacts {
@@ -184,21 +198,36 @@ pub async fn check_message(
         verified: message.is_some(),
         ..AuthFacts::default()
     };
-    if let Some(raw) = message {
-        let deadline = Duration::from_secs(cfg.timeout_secs);
-        let work = evaluate(dns, cfg, authserv_id, raw, &mut facts, sealing.as_ref());
-        if tokio::time::timeout(deadline, work).await.is_err() {
-            // Out of time: what was not found is a temporary error.
-            if cfg.dmarc && facts.dmarc.is_none() {
-                facts.dmarc = Some(DmarcFact {
-                    result: "temperror",
-                    from_domain: String::new(),
-                    disposition: Disposition::None,
-                    published: Disposition::None,
-                });
-            }
+    let from_fields = crate::message::header::field_values(header, "from").count();
+    let header_only;
+    let raw = match message {
+        Some(m) => m,
+        None => {
+            let mut h = header.to_vec();
+            h.extend_from_slice(if h.ends_with(b"\r\n") {
+                b"\r\n"
+            } else {
+                b"\r\n\r\n"
+            });
+            header_only = h;
+            &header_only[..]
+        }
+    };
+    let deadline = Duration::from_secs(cfg.timeout_secs);
+    let work = evaluate(dns, cfg, authserv_id, raw, &mut facts, sealing.as_ref());
+    if tokio::time::timeout(deadline, work).await.is_err() {
+        // Out of time: what was not found is a temporary error.
+        if cfg.dmarc && facts.dmarc.is_none() {
+            facts.dmarc = Some(DmarcFact {
+                result: "temperror",
+                from_domain: String::new(),
+                disposition: Disposition::None,
+                published: Disposition::None,
+                record_known: false,
+            });
         }
     }
+    facts.ambiguous_author |= from_fields > 1;
     facts.header = results_field(authserv_id, &facts);
     facts
 }
@@ -217,8 +246,18 @@ async fn evaluate(
     // Every signature costs lookups and hashing: at most the configured
     // number are verified (the first ones, nearest to this server).
     msg.dkim_headers.truncate(cfg.max_signatures);
+    // Authors in several domains: DMARC has no one domain to ask.
+    let mut author_domains: Vec<String> = msg
+        .from
+        .iter()
+        .filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
+        .collect();
+    author_domains.sort();
+    author_domains.dedup();
+    facts.ambiguous_author = author_domains.len() > 1;
+    let whole = facts.verified;
     let auth = dns.authenticator();
-    let dkim_out = if cfg.dkim || cfg.dmarc {
+    let dkim_out = if whole && (cfg.dkim || cfg.dmarc) {
         auth.verify_dkim(&msg).await
     } else {
         Vec::new()
@@ -239,7 +278,7 @@ async fn evaluate(
             });
         }
     }
-    let arc_out = if cfg.arc || sealing.is_some() {
+    let arc_out = if whole && (cfg.arc || sealing.is_some()) {
         Some(auth.verify_arc(&msg).await)
     } else {
         None
@@ -289,12 +328,18 @@ async fn evaluate(
             DmarcPolicy::Quarantine => Disposition::Quarantine,
             DmarcPolicy::None | DmarcPolicy::Unspecified => Disposition::None,
         };
+        // (The crate's policy already counts the revision's t=y one
+        // level weaker.)
         let mut disposition = published;
         if result == "fail" && published != Disposition::None {
-            // The revision's testing flag, and RFC 7489's pct= sampling.
-            let testing = out.dmarc_record().is_some_and(|r| r.t);
-            let pct = percent(dns, &from_domain).await;
-            if testing || !sampled(pct) {
+            // RFC 7489 §6.6.4: pct= sampling; a pct= that cannot be read
+            // for a temporary reason counts as not sampled (never a
+            // harder outcome because of a DNS failure).
+            let sampled_in = match percent(dns, &from_domain).await {
+                Some(pct) => sampled(pct),
+                None => false,
+            };
+            if !sampled_in || !whole {
                 disposition = weaker(published);
             }
         }
@@ -303,6 +348,7 @@ async fn evaluate(
             from_domain,
             disposition,
             published,
+            record_known: out.dmarc_record().is_some(),
         });
         dmarc_out = Some(out);
     }
@@ -345,14 +391,16 @@ fn sampled(pct: u8) -> bool {
 }
 
 /// The `pct=` of the DMARC record that applies to `domain` (RFC 7489
-/// §6.3; 100 when absent or unreadable): the domain's own record, else
-/// the nearest one above it, as the tree walk finds it.
-async fn percent(dns: &HickoryResolver, domain: &str) -> u8 {
+/// §6.3; 100 when absent): the domain's own record, else the nearest one
+/// above it, as the tree walk finds it. `None` on a temporary DNS error.
+async fn percent(dns: &HickoryResolver, domain: &str) -> Option<u8> {
     let labels: Vec<&str> = domain.split('.').filter(|l| !l.is_empty()).collect();
     for skip in 0..labels.len().saturating_sub(1).min(8) {
         let name = format!("_dmarc.{}", labels[skip..].join("."));
-        let Ok(txts) = dns.txt(&name).await else {
-            continue;
+        let txts = match dns.txt(&name).await {
+            Ok(t) => t,
+            Err(crate::dns::DnsError::NotFound(_)) => continue,
+            Err(crate::dns::DnsError::Temporary(_)) => return None,
         };
         for t in txts {
             let Ok(text) = std::str::from_utf8(&t) else {
@@ -361,10 +409,10 @@ async fn percent(dns: &HickoryResolver, domain: &str) -> u8 {
             if !text.trim_start().starts_with("v=DMARC1") {
                 continue;
             }
-            return parse_pct(text);
+            return Some(parse_pct(text));
         }
     }
-    100
+    Some(100)
 }
 
 /// The `pct` tag of a DMARC record (RFC 7489 §6.3), 100 when absent or
@@ -451,41 +499,39 @@ pub fn results_field(authserv_id: &str, f: &AuthFacts) -> String {
             parts.push(h);
         }
     }
-    if f.verified {
-        if f.dkim.is_empty() && f.dmarc.is_some() {
-            parts.push("dkim=none".into());
-        }
-        for d in &f.dkim {
-            let mut p = format!("dkim={}", d.result);
-            if !d.reason.is_empty() {
-                let _ = write!(p, " ({})", comment(&d.reason));
-            }
-            if let Some(v) = pvalue(&d.domain) {
-                let _ = write!(p, " header.d={v}");
-            }
-            if let Some(v) = pvalue(&d.selector) {
-                let _ = write!(p, " header.s={v}");
-            }
-            if let Some(v) = pvalue(&d.b) {
-                let _ = write!(p, " header.b={v}");
-            }
-            parts.push(p);
-        }
-        if let Some(a) = f.arc {
-            parts.push(format!("arc={a}"));
-        }
-        if let Some(d) = &f.dmarc {
-            let mut p = format!("dmarc={}", d.result);
-            if d.result == "fail" {
-                let _ = write!(p, " (p={})", disposition_name(d.published));
-            }
-            if let Some(v) = pvalue(&d.from_domain) {
-                let _ = write!(p, " header.from={v}");
-            }
-            parts.push(p);
-        }
-    } else {
+    if !f.verified {
         parts.push("dkim=none (message too large to verify)".into());
+    } else if f.dkim.is_empty() && f.dmarc.is_some() {
+        parts.push("dkim=none".into());
+    }
+    for d in &f.dkim {
+        let mut p = format!("dkim={}", d.result);
+        if !d.reason.is_empty() {
+            let _ = write!(p, " ({})", comment(&d.reason));
+        }
+        if let Some(v) = pvalue(&d.domain) {
+            let _ = write!(p, " header.d={v}");
+        }
+        if let Some(v) = pvalue(&d.selector) {
+            let _ = write!(p, " header.s={v}");
+        }
+        if let Some(v) = pvalue(&d.b) {
+            let _ = write!(p, " header.b={v}");
+        }
+        parts.push(p);
+    }
+    if let Some(a) = f.arc {
+        parts.push(format!("arc={a}"));
+    }
+    if let Some(d) = &f.dmarc {
+        let mut p = format!("dmarc={}", d.result);
+        if d.result == "fail" {
+            let _ = write!(p, " (p={})", disposition_name(d.published));
+        }
+        if let Some(v) = pvalue(&d.from_domain) {
+            let _ = write!(p, " header.from={v}");
+        }
+        parts.push(p);
     }
     let mut out = format!("Authentication-Results: {authserv_id}");
     if parts.is_empty() {
@@ -543,11 +589,13 @@ mod tests {
                 from_domain: "bank.test".into(),
                 disposition: Disposition::Reject,
                 published: Disposition::Reject,
+                record_known: true,
             }),
             verified: true,
             header: String::new(),
             arc_seal: Vec::new(),
             arc_seal_error: None,
+            ambiguous_author: false,
         };
         let h = results_field("mx.example.org", &f);
         assert!(h.starts_with("Authentication-Results: mx.example.org;\r\n\tdkim=fail (body hash mismatch) header.s=s1 header.b=abcd1234;"), "{h}");

@@ -140,8 +140,9 @@ pub struct InboundConfig {
     /// DMARC decide) or `reject` (550 5.7.23 at MAIL FROM). Default: `none`.
     pub spf_fail: SpfFailAction,
     /// What a temporary DNS error does when it decides the outcome (a
-    /// DMARC policy that could not be fetched, or a failure that might
-    /// have been a pass): `accept` (delivered, recorded as `temperror`) or
+    /// DMARC policy that could not be fetched, or a failure under a policy
+    /// other than `none` that might have been a pass): `accept`
+    /// (delivered, recorded as `temperror`) or
     /// `defer` (451 4.4.3: the sender retries). Never a permanent refusal.
     /// Default: `accept`.
     pub temperror: TempErrorAction,
@@ -149,10 +150,10 @@ pub struct InboundConfig {
     /// the recipient's Maildir (it is never created); otherwise the inbox.
     /// Default: `.Junk`.
     pub junk_folder: String,
-    /// Messages larger than this (bytes) are not kept in memory for DKIM,
-    /// ARC and DMARC evaluation: they are accepted with
-    /// `dkim=none (message too large to verify)` and never refused for
-    /// DMARC. Default: 26214400 (25 MiB).
+    /// Messages larger than this (bytes) are not kept in memory for DKIM
+    /// and ARC verification: DMARC is decided from SPF alone, and a
+    /// failure counts one policy level weaker (reject → quarantine,
+    /// quarantine → none). Default: 26214400 (25 MiB).
     pub max_verify_size: u64,
     /// Most bytes of all messages held for verification at once; a message
     /// arriving when the budget is spent is handled as one too large.

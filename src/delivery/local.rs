@@ -109,8 +109,14 @@ impl LocalTransport {
                     // DMARC quarantine (the field only this server adds;
                     // arriving copies are removed) goes to the Junk folder
                     // when the Maildir has one.
+                    // (An alias expansion carries the field in the
+                    // message itself.)
                     let quarantined = HeaderEdits::from_stored(&msg.edits)
-                        .is_some_and(|e| e.contains(QUARANTINE_FIELD));
+                        .is_some_and(|e| e.contains(QUARANTINE_FIELD))
+                        || crate::message::header::has_field(
+                            &crate::message::header_section(&msg.body).0,
+                            QUARANTINE_FIELD,
+                        );
                     let junk = cfg.inbound.junk_folder.trim_start_matches('.').to_string();
                     let folder = if quarantined && !junk.is_empty() {
                         Some(junk)

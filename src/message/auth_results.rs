@@ -159,7 +159,15 @@ impl AuthResultsFilter {
                 continue;
             }
             self.line.extend_from_slice(part);
-            if complete || self.line.len() >= DECIDE_AFTER {
+            // A line is judged once complete, or once its field name is
+            // known (a colon seen) and it is long; a line with no colon
+            // yet is held up to MAX_HELD_FIELD (a name padded with spaces
+            // must not slip through undecided).
+            let named = self.line.contains(&b':');
+            if complete
+                || (named && self.line.len() >= DECIDE_AFTER)
+                || self.line.len() >= MAX_HELD_FIELD
+            {
                 let line = std::mem::take(&mut self.line);
                 self.line_start(&line, out);
                 self.mid_line = !complete;
@@ -191,14 +199,23 @@ impl AuthResultsFilter {
             return;
         }
         self.settle(out);
+        // Without a colon (a line held to the limit), the whole start of
+        // the line stands for the name.
         let name = line
             .iter()
             .position(|&c| c == b':')
             .map(|p| line[..p].trim_ascii_end())
-            .unwrap_or(b"");
+            .unwrap_or_else(|| line.trim_ascii());
+        let removable = |n: &[u8], field: &str| {
+            n.len() >= field.len() && n[..field.len()].eq_ignore_ascii_case(field.as_bytes())
+        };
+        let no_colon = !line.contains(&b':');
         self.mode = if name.eq_ignore_ascii_case(b"Authentication-Results") {
             Mode::Held
-        } else if name.eq_ignore_ascii_case(QUARANTINE_FIELD.as_bytes()) {
+        } else if name.eq_ignore_ascii_case(QUARANTINE_FIELD.as_bytes())
+            || (no_colon
+                && (removable(name, "Authentication-Results") || removable(name, QUARANTINE_FIELD)))
+        {
             self.removed += 1;
             Mode::Drop
         } else {
@@ -314,6 +331,18 @@ mod tests {
         assert!(out.starts_with(b"Subject: aaa"));
         assert!(out.ends_with(b"\r\n\r\nbody"));
         assert_eq!(out.len(), 9 + 100_000 + 2 + 2 + 4);
+    }
+
+    #[test]
+    fn a_name_padded_past_the_decision_point_is_still_removed() {
+        let mut msg = b"Authentication-Results".to_vec();
+        msg.extend(std::iter::repeat_n(b' ', 1100));
+        msg.extend_from_slice(b": mx.example.org; dkim=pass\r\nSubject: x\r\n\r\nbody");
+        for chunk in [1, 7, 1024, 1100, 64 * 1024] {
+            let (out, removed) = run(&msg, chunk);
+            assert_eq!(out, b"Subject: x\r\n\r\nbody", "chunk {chunk}");
+            assert_eq!(removed, 1);
+        }
     }
 
     #[test]

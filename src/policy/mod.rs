@@ -166,6 +166,9 @@ impl Policy {
             edits.add_raw(field.as_bytes());
         }
         edits.add_raw(a.header.as_bytes());
+        if a.ambiguous_author && self.inbound.dmarc {
+            return Verdict::Reject(reply::AMBIGUOUS_AUTHOR);
+        }
         if a.temporary() && self.inbound.temperror == TempErrorAction::Defer {
             return Verdict::Reject(reply::AUTH_TEMPORARY_FAILURE);
         }

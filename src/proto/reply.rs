@@ -277,6 +277,11 @@ pub const SRS_INVALID: Reply = Reply::new(
     "5.1.1",
     "Error: invalid address: not a bounce to mail this server forwarded, or too old",
 );
+pub const AMBIGUOUS_AUTHOR: Reply = Reply::new(
+    550,
+    "5.7.1",
+    "Error: the message needs exactly one From: field, with addresses of one domain",
+);
 pub const RELAY_DENIED: Reply = Reply::new(554, "5.7.1", "Error: relay access denied");
 pub const INSUFFICIENT_STORAGE: Reply = Reply::new(
     452,

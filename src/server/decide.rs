@@ -48,7 +48,7 @@ pub(super) async fn decide(
                 facts.spf = Some(spf);
             }
             Decision::Mail { .. } => host.spf = None,
-            Decision::Content { rcpts, .. } => {
+            Decision::Content { rcpts, header, .. } => {
                 let wants = i.dkim || i.dmarc || i.arc;
                 let message = if wants { received } else { Some(&[][..]) };
                 // Mail an alias forwards to another domain is ARC-sealed
@@ -75,6 +75,7 @@ pub(super) async fn decide(
                     i,
                     cfg.authserv_id(),
                     message,
+                    header,
                     host.spf.clone(),
                     sealing,
                 )

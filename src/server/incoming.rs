@@ -245,10 +245,14 @@ impl<'k> Incoming<'k> {
             Signing::Waiting(held) => {
                 let from = held.len().saturating_sub(3);
                 held.extend_from_slice(bytes);
-                let done = memchr::memmem::find(&held[from..], b"\r\n\r\n").is_some()
-                    || held.len() > MAX_HEADER_SECTION;
-                if done {
+                if memchr::memmem::find(&held[from..], b"\r\n\r\n").is_some() {
                     self.activate();
+                } else if held.len() > MAX_HEADER_SECTION {
+                    // No end of the header section in sight: not signed
+                    // (the signer would hold the whole message, and a
+                    // signature over an empty body would not verify).
+                    warn!("header section too large to DKIM-sign; the message is sent unsigned");
+                    self.signing = Signing::Off;
                 }
             }
         }
