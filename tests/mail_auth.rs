@@ -37,6 +37,72 @@ fn txt(name: &str, text: &str) -> Record {
     Record::new(name, Data::TxtParts(parts))
 }
 
+/// A new key of `alg` written (0600) to `dir/<selector>.key`: its
+/// `[[dkim.key]]` entry for `domain`, and its DNS record.
+fn new_key(
+    dir: &Path,
+    domain: &str,
+    selector: &str,
+    alg: DkimAlgorithm,
+) -> (DkimKeyConfig, Record) {
+    use std::os::unix::fs::PermissionsExt;
+    let pem = keys::generate(alg).unwrap();
+    let file = dir.join(format!("{selector}.key"));
+    std::fs::write(&file, &pem).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let record = keys::parse(&pem, alg).unwrap().dns_record();
+    let entry = DkimKeyConfig {
+        domain: domain.into(),
+        selector: selector.into(),
+        file,
+        algorithm: alg,
+    };
+    (
+        entry,
+        txt(&format!("{selector}._domainkey.{domain}"), &record),
+    )
+}
+
+/// The Python preamble of the dkimpy checks: `msg` (argv 1) and `dns`, a
+/// resolver answering from the TXT records of the zone (argv 2).
+const DKIMPY_PREAMBLE: &str = r#"
+import sys, dkim
+recs = {}
+for line in open(sys.argv[2]):
+    n, t = line.rstrip('\n').split('\t', 1)
+    recs[n.lower().rstrip('.')] = t.encode()
+def dns(name, timeout=5):
+    return recs.get(name.decode().lower().rstrip('.'))
+msg = open(sys.argv[1], 'rb').read()
+"#;
+
+/// Runs `check` (Python, after [`DKIMPY_PREAMBLE`]) on `message` with the
+/// TXT records of `zone`; panics with dkimpy's output if it exits non-zero.
+fn dkimpy_check(dir: &Path, message: &[u8], zone: &[Record], check: &str, what: &str) {
+    let mut records = String::new();
+    for r in zone {
+        if let Data::TxtParts(p) = &r.data {
+            records.push_str(&format!("{}\t{}\n", r.name, p.join("")));
+        }
+    }
+    let mfile = dir.join("checked.eml");
+    std::fs::write(&mfile, message).unwrap();
+    let rfile = dir.join("records.txt");
+    std::fs::write(&rfile, records).unwrap();
+    let out = Command::new(python())
+        .args(["-c", &format!("{DKIMPY_PREAMBLE}{check}")])
+        .arg(&mfile)
+        .arg(&rfile)
+        .output()
+        .expect("python3 with dkimpy (python3-dkim, python3-nacl)");
+    assert!(
+        out.status.success(),
+        "dkimpy: {what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The configuration of a server receiving from the internet: no client
 /// is trusted, so every message is checked.
 fn inbound(net: &Net) -> Config {
@@ -116,19 +182,9 @@ async fn pigeon_signatures_verify_with_dkimpy() {
         ("rsa", DkimAlgorithm::RsaSha256),
         ("ed", DkimAlgorithm::Ed25519Sha256),
     ] {
-        let pem = keys::generate(alg).unwrap();
-        let file = dir.path().join(format!("{sel}.key"));
-        std::fs::write(&file, &pem).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let record = keys::parse(&pem, alg).unwrap().dns_record();
-        zone.push(txt(&format!("{sel}._domainkey.sender.test"), &record));
-        keys_cfg.push(DkimKeyConfig {
-            domain: "sender.test".into(),
-            selector: sel.into(),
-            file,
-            algorithm: alg,
-        });
+        let (entry, record) = new_key(dir.path(), "sender.test", sel, alg);
+        keys_cfg.push(entry);
+        zone.push(record);
     }
     let net = Net::new(zone.clone()).await;
     let sink = net.sink(2, Behaviour::default()).await;
@@ -148,42 +204,19 @@ async fn pigeon_signatures_verify_with_dkimpy() {
         "the forged results field was removed: {text}"
     );
     // dkimpy verifies both signatures with the records the test DNS holds.
-    let mut records = String::new();
-    for r in &zone {
-        if let Data::TxtParts(p) = &r.data {
-            records.push_str(&format!("{}\t{}\n", r.name, p.join("")));
-        }
-    }
-    let mfile = dir.path().join("msg.eml");
-    std::fs::write(&mfile, &msg).unwrap();
-    let rfile = dir.path().join("records.txt");
-    std::fs::write(&rfile, records).unwrap();
-    let script = r#"
-import sys, dkim
-recs = {}
-for line in open(sys.argv[2]):
-    n, t = line.rstrip('\n').split('\t', 1)
-    recs[n.lower().rstrip('.')] = t.encode()
-def dns(name, timeout=5):
-    return recs.get(name.decode().lower().rstrip('.'))
-msg = open(sys.argv[1], 'rb').read()
+    let verify_both = r#"
 d = dkim.DKIM(msg)
 n = len([h for h in d.headers if h[0].lower() == b'dkim-signature'])
 ok = [d.verify(idx=i, dnsfunc=dns) for i in range(n)]
 print(n, ok)
 sys.exit(0 if n == 2 and all(ok) else 1)
 "#;
-    let out = Command::new(python())
-        .args(["-c", script])
-        .arg(&mfile)
-        .arg(&rfile)
-        .output()
-        .expect("python3 with dkimpy (python3-dkim, python3-nacl)");
-    assert!(
-        out.status.success(),
-        "dkimpy did not verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    dkimpy_check(
+        dir.path(),
+        &msg,
+        &zone,
+        verify_both,
+        "signatures do not verify",
     );
     d.stop().await;
 }
@@ -527,18 +560,11 @@ async fn forwarded_mail_gets_an_srs_sender_and_its_bounce_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dsns_are_signed_for_the_server_domain() {
     let dir = tempfile::tempdir().unwrap();
-    let pem = keys::generate(DkimAlgorithm::Ed25519Sha256).unwrap();
-    let file = dir.path().join("host.key");
-    std::fs::write(&file, &pem).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let record = keys::parse(&pem, DkimAlgorithm::Ed25519Sha256)
-        .unwrap()
-        .dns_record();
+    let (entry, record) = new_key(dir.path(), "mx.test", "host", DkimAlgorithm::Ed25519Sha256);
     let net = Net::new(vec![
         Record::mx("remote.test", 10, "mx.remote.test"),
         Record::a("mx.remote.test", "127.0.0.2"),
-        txt("host._domainkey.mx.test", &record),
+        record.clone(),
     ])
     .await;
     let _sink = net
@@ -551,12 +577,7 @@ async fn dsns_are_signed_for_the_server_domain() {
         )
         .await;
     let mut cfg = net.config();
-    cfg.dkim.keys = vec![DkimKeyConfig {
-        domain: "mx.test".into(),
-        selector: "host".into(),
-        file,
-        algorithm: DkimAlgorithm::Ed25519Sha256,
-    }];
+    cfg.dkim.keys = vec![entry];
     let d = net.start(cfg).await;
     d.send(
         "box@example.org",
@@ -570,7 +591,7 @@ async fn dsns_are_signed_for_the_server_domain() {
         .replace('\n', "\r\n");
     assert!(dsn.contains("d=mx.test"), "{dsn}");
     // It verifies, with the record published for the key.
-    let dns = common::dns::TestDns::start(vec![txt("host._domainkey.mx.test", &record)]).await;
+    let dns = common::dns::TestDns::start(vec![record]).await;
     let r = pigeon::dns::HickoryResolver::new(&[dns.addr], Duration::from_secs(2), 1).unwrap();
     let facts = pigeon::checks::authentication::check_message(
         &r,
@@ -590,29 +611,17 @@ async fn dsns_are_signed_for_the_server_domain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_mail_is_arc_sealed_and_dkimpy_validates_the_chain() {
     let dir = tempfile::tempdir().unwrap();
-    let pem = keys::generate(DkimAlgorithm::RsaSha256).unwrap();
-    let file = dir.path().join("arc.key");
-    std::fs::write(&file, &pem).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let record = keys::parse(&pem, DkimAlgorithm::RsaSha256)
-        .unwrap()
-        .dns_record();
+    let (entry, record) = new_key(dir.path(), "mx.test", "arc", DkimAlgorithm::RsaSha256);
     let zone = vec![
         Record::mx("remote.test", 10, "mx.remote.test"),
         Record::a("mx.remote.test", "127.0.0.2"),
-        txt("arc._domainkey.mx.test", &record),
+        record,
         txt("sender.test", "v=spf1 ip4:127.0.0.1 -all"),
     ];
     let net = Net::new(zone.clone()).await;
     let sink = net.sink(2, Behaviour::default()).await;
     let mut cfg = inbound(&net);
-    cfg.dkim.keys = vec![DkimKeyConfig {
-        domain: "mx.test".into(),
-        selector: "arc".into(),
-        file,
-        algorithm: DkimAlgorithm::RsaSha256,
-    }];
+    cfg.dkim.keys = vec![entry];
     common::alias(&mut cfg, "fwd@example.org", &["friend@remote.test"]);
     let d = net.start(cfg).await;
     let msg = "From: carol@sender.test\r\nTo: fwd@example.org\r\nSubject: seal me\r\nDate: Tue, 08 Dec 2026 01:00:00 +0000\r\nMessage-ID: <seal@sender.test>\r\n\r\nhello\r\n";
@@ -628,40 +637,17 @@ async fn forwarded_mail_is_arc_sealed_and_dkimpy_validates_the_chain() {
         "{text}"
     );
     assert!(text.contains("cv=none"), "{text}");
-    let mut records = String::new();
-    for r in &zone {
-        if let Data::TxtParts(p) = &r.data {
-            records.push_str(&format!("{}\t{}\n", r.name, p.join("")));
-        }
-    }
-    let mfile = dir.path().join("sealed.eml");
-    std::fs::write(&mfile, &out).unwrap();
-    let rfile = dir.path().join("records.txt");
-    std::fs::write(&rfile, records).unwrap();
-    let script = r#"
-import sys, dkim
-recs = {}
-for line in open(sys.argv[2]):
-    n, t = line.rstrip('\n').split('\t', 1)
-    recs[n.lower().rstrip('.')] = t.encode()
-def dns(name, timeout=5):
-    return recs.get(name.decode().lower().rstrip('.'))
-msg = open(sys.argv[1], 'rb').read()
+    let validate = r#"
 cv, results, reason = dkim.arc_verify(msg, dnsfunc=dns)
 print(cv, reason)
 sys.exit(0 if cv == dkim.CV_Pass else 1)
 "#;
-    let o = Command::new(python())
-        .args(["-c", script])
-        .arg(&mfile)
-        .arg(&rfile)
-        .output()
-        .expect("python3 with dkimpy");
-    assert!(
-        o.status.success(),
-        "dkimpy did not validate the ARC chain: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+    dkimpy_check(
+        dir.path(),
+        &out,
+        &zone,
+        validate,
+        "the ARC chain does not validate",
     );
     d.stop().await;
 }
